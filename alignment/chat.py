@@ -1,0 +1,131 @@
+"""Chat formats and the token-level prompt/answer split every stage relies on.
+
+A dialog is cut into segments: prompt segments (system and user text plus the template's markers) and
+answer segments. Each segment is tokenized on its own and the ids are concatenated, so the boundary between
+"no loss" and "loss" is exact by construction rather than recovered from offsets afterwards. Generation
+prompts and reward-model inputs are built from the same segments, so the model sees at sampling time exactly
+the token sequence it was trained on.
+
+Formats:
+- "llama2": the released Llama 2 code's template (LLAMA2_METHOD.md, "Chat format"):
+  `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...`.
+  Each answer segment ends with EOS, which is trained so the model learns to stop.
+- "model": the tokenizer's own chat template (e.g. SmolLM2's ChatML); the answer segment is the text the
+  template adds for the assistant turn, end-of-turn marker included.
+"""
+
+from __future__ import annotations
+
+from alignment.config import RecipeError
+
+CHAT_FORMATS = ("llama2", "model")
+IGNORE_INDEX = -100
+
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+def check_chat_format(chat_format: str, tokenizer=None) -> None:
+    if chat_format not in CHAT_FORMATS:
+        raise RecipeError(f"unknown chat_format '{chat_format}' (use one of {', '.join(CHAT_FORMATS)})")
+    if chat_format == "model" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        raise RecipeError("chat_format 'model' needs a tokenizer with a chat template; use 'llama2'")
+
+
+def _merge_system(messages: list[dict]) -> list[dict]:
+    """Llama 2 has no system role: the system prompt is merged into the first user message."""
+    if not messages or messages[0]["role"] != "system":
+        return list(messages)
+    system, rest = messages[0]["content"], list(messages[1:])
+    if rest:
+        rest[0] = {"role": rest[0]["role"], "content": f"{B_SYS}{system}{E_SYS}{rest[0]['content']}"}
+    return rest
+
+
+def llama2_dialog_text(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The Llama 2 rendering as plain text (for reading, tokenizer training and the pretraining corpus)."""
+    parts = []
+    for message in _merge_system(messages):
+        if message["role"] == "user":
+            parts.append(f"<s>{B_INST} {message['content'].strip()} {E_INST}")
+        else:
+            parts.append(f" {message['content'].strip()} </s>")
+    return "".join(parts)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _llama2_segments(tokenizer, messages: list[dict], add_generation_prompt: bool):
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    segments = []
+    for message in _merge_system(messages):
+        if message["role"] == "user":
+            segments.append((bos + _encode(tokenizer, f"{B_INST} {message['content'].strip()} {E_INST}"), False))
+        else:
+            segments.append((_encode(tokenizer, message["content"].strip()) + [tokenizer.eos_token_id], True))
+    return segments
+
+
+def _template_segments(tokenizer, messages: list[dict], add_generation_prompt: bool):
+    def render(msgs, generation_prompt):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+
+    texts: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt_text = render(messages[:i], True)
+        full_text = render(messages[: i + 1], False)
+        if not prompt_text.startswith(done) or not full_text.startswith(prompt_text):
+            raise RecipeError(
+                "the tokenizer's chat template does not render dialogs as growing prefixes; use chat_format 'llama2'"
+            )
+        texts.append((prompt_text[len(done):], False))
+        texts.append((full_text[len(prompt_text):], True))
+        done = full_text
+    if add_generation_prompt or not messages or messages[-1]["role"] != "assistant":
+        tail = render(messages, add_generation_prompt)
+        texts.append((tail[len(done):], False))
+    return [(_encode(tokenizer, text), is_answer) for text, is_answer in texts if text]
+
+
+def dialog_segments(tokenizer, messages: list[dict], chat_format: str = "llama2",
+                    add_generation_prompt: bool = False) -> list[tuple[list[int], bool]]:
+    """(token_ids, is_answer) segments of a dialog; with add_generation_prompt the last user turn stays open."""
+    check_chat_format(chat_format)
+    if chat_format == "llama2":
+        return _llama2_segments(tokenizer, messages, add_generation_prompt)
+    return _template_segments(tokenizer, messages, add_generation_prompt)
+
+
+def encode_dialog(tokenizer, messages: list[dict], chat_format: str = "llama2") -> dict:
+    """input_ids and labels for SFT: labels are -100 on every prompt token, in every turn (sec. 3.1)."""
+    input_ids, labels = [], []
+    for ids, is_answer in dialog_segments(tokenizer, messages, chat_format):
+        input_ids += ids
+        labels += ids if is_answer else [IGNORE_INDEX] * len(ids)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_prompt(tokenizer, messages: list[dict], chat_format: str = "llama2") -> list[int]:
+    """Token ids of a dialog whose last user turn is open, ready for the model to answer."""
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("a generation prompt must end with a user message")
+    return [i for ids, _ in dialog_segments(tokenizer, messages, chat_format, add_generation_prompt=True) for i in ids]
+
+
+def encode_prompt_response(tokenizer, messages: list[dict], response: str, chat_format: str = "llama2"):
+    """(input_ids, prompt_length) of a prompt and one finished answer: what reward models score."""
+    prompt_ids = encode_prompt(tokenizer, messages, chat_format)
+    full = encode_dialog(tokenizer, list(messages) + [{"role": "assistant", "content": response}], chat_format)
+    if full["input_ids"][: len(prompt_ids)] != prompt_ids:
+        raise RecipeError("chat template renders the open prompt differently from the answered one")
+    return full["input_ids"], len(prompt_ids)
+
+
+def user_prompt(text: str, system: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": text}]

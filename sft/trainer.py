@@ -1,0 +1,145 @@
+"""Stage 1, supervised fine-tuning, on TRL's SFTTrainer.
+
+What the paper adds to a plain SFTTrainer run is the loss mask: labels are -100 on every user and system
+token of every turn, so only answers are back-propagated (LLAMA2_METHOD.md, "Stage 1"). We tokenize dialogs
+ourselves with `alignment.chat.encode_dialog` (exact masks by construction) and hand SFTTrainer `input_ids`
+and `labels`; it then truncates, packs (best-fit, with position ids restarting per example so no token
+attends across examples) and trains.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from alignment.batching import accumulation_steps, world_size
+from alignment.chat import check_chat_format, encode_dialog
+from alignment.config import RecipeError, config_to_dict, require_file
+from alignment.data import SkipCounter, atomic_write_json, load_dialogs
+from alignment.paths import DEMO_SFT_DATA
+
+BUILTIN_DATASETS = {"builtin:demo-sft": DEMO_SFT_DATA}
+COMPLETE_MARKER = "stage_complete.json"
+
+
+def resolve_dataset(name: str) -> str:
+    if name.startswith("builtin:"):
+        if name not in BUILTIN_DATASETS:
+            raise RecipeError(f"unknown builtin dataset '{name}' (known: {', '.join(BUILTIN_DATASETS)})")
+        return str(BUILTIN_DATASETS[name])
+    return name
+
+
+def validate_sft_inputs(model_args, data_args, training_args) -> None:
+    """Everything that can be checked without loading a model, so recipe mistakes fail in a second."""
+    check_chat_format(model_args.chat_format)
+    require_file(resolve_dataset(data_args.dataset_name), "dataset_name")
+    if not 0.0 <= data_args.eval_fraction < 1.0:
+        raise RecipeError("eval_fraction must be in [0, 1)")
+    accumulation_steps(data_args.global_batch_size, training_args.per_device_train_batch_size, world_size())
+
+
+def tokenize_dialogs(dialogs: list[list[dict]], tokenizer, chat_format: str):
+    from datasets import Dataset
+
+    rows = [encode_dialog(tokenizer, dialog, chat_format) for dialog in dialogs]
+    return Dataset.from_list(rows)
+
+
+def split_dialogs(dialogs: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(dialogs)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(len(dialogs) * eval_fraction))
+    eval_ids = set(order[:n_eval])
+    train = [d for i, d in enumerate(dialogs) if i not in eval_ids]
+    held_out = [d for i, d in enumerate(dialogs) if i in eval_ids]
+    return train, held_out
+
+
+def lora_config(model_args):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=list(model_args.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_final_model(trainer, tokenizer, output_dir: Path, merge_lora: bool) -> None:
+    """Save weights as safetensors; a LoRA run is merged so later stages load an ordinary checkpoint."""
+    model = trainer.model
+    model = trainer.accelerator.unwrap_model(model)
+    if hasattr(model, "peft_config") and merge_lora:
+        model = model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | None = None) -> dict:
+    """Train and save; returns a summary. `dialogs` overrides the dataset (rejection sampling passes its pool)."""
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from alignment.models import load_causal_lm, load_tokenizer
+
+    validate_sft_inputs(model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    training_args.gradient_accumulation_steps = accumulation_steps(
+        data_args.global_batch_size, training_args.per_device_train_batch_size, world_size()
+    )
+    skipped = SkipCounter()
+    if dialogs is None:
+        dialogs = load_dialogs(
+            resolve_dataset(data_args.dataset_name), data_args.dataset_split, data_args.skip_bad_rows, skipped
+        )
+    train_dialogs, eval_dialogs = split_dialogs(dialogs, data_args.eval_fraction, training_args.seed)
+    if data_args.max_train_rows:
+        train_dialogs = train_dialogs[: data_args.max_train_rows]
+    if not train_dialogs:
+        raise RecipeError("no training rows left after loading and splitting")
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    check_chat_format(model_args.chat_format, tokenizer)
+    model = load_causal_lm(model_args.model_name_or_path, model_args.dtype)
+    train_dataset = tokenize_dialogs(train_dialogs, tokenizer, model_args.chat_format)
+    eval_dataset = tokenize_dialogs(eval_dialogs, tokenizer, model_args.chat_format) if eval_dialogs else None
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args) if model_args.use_lora else None,
+    )
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    save_final_model(trainer, tokenizer, output_dir, model_args.merge_lora)
+    summary = {
+        "train_dialogs": len(train_dialogs),
+        "eval_dialogs": len(eval_dialogs),
+        "skipped_rows": dict(skipped.reasons),
+        "resumed_from": last_checkpoint,
+        "seconds": time.time() - started,
+        "metrics": metrics,
+        "config": {**config_to_dict(model_args), **config_to_dict(data_args)},
+    }
+    if trainer.accelerator.is_main_process:
+        if eval_dialogs:
+            with open(output_dir / "held_out.jsonl", "w") as handle:
+                handle.writelines(json.dumps({"messages": d}) + "\n" for d in eval_dialogs)
+        atomic_write_json(output_dir / COMPLETE_MARKER, summary)
+    if skipped.total:
+        print(f"skipped {skipped.total} bad rows: {skipped.summary()}")
+    return summary
