@@ -269,3 +269,10 @@ def explained_variance(
     var_residual = masked_var(returns - values, mask, distributed=distributed)
     explained = 1.0 - var_residual / var_returns
     return torch.where(var_returns > 0, explained, torch.full_like(explained, float("nan")))
+
+
+def global_token_count(mask: torch.Tensor, distributed: bool = False) -> torch.Tensor:
+    """Number of masked (response) tokens summed over all processes: the ``global_token_count`` to pass to
+    ``masked_mean``, ``policy_loss`` and ``value_loss`` so that a mini-batch split over processes and
+    micro-batches gives the loss of the whole mini-batch (sec. 3.2.3: one gradient step per mini-batch)."""
+    return _distributed_sum(mask.to(torch.bool).sum().to(torch.float64), distributed)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from alignment.training import CpuBf16Mixin
+
 
 @dataclass
 class ModelArguments:
@@ -43,7 +45,7 @@ class DataArguments:
 
 
 @dataclass
-class Llama2SFTConfig(SFTConfig):
+class Llama2SFTConfig(CpuBf16Mixin, SFTConfig):
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial LR (sec. 3.1: 2e-5)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Cosine schedule (sec. 3.1)."})
     weight_decay: float = field(default=0.1, metadata={"help": "Weight decay (sec. 3.1: 0.1)."})

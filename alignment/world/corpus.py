@@ -1,0 +1,111 @@
+"""Text for the tiny base model: the pretraining corpus, the SFT demonstrations and the tokenizer's texts.
+
+The pretraining corpus mixes plain fact sentences ("3 plus 4 is 7.") with dialog transcripts whose answers
+are drawn from a mixture of ideal and degraded responses, so the base model knows the facts and the chat
+format but has no reliable behaviour: it is sometimes wrong or rambling, complies with harmful requests and
+refuses benign borderline ones. SFT on a few ideal demonstrations (the paper's "quality over quantity",
+sec. 3.1) then moves it towards the ideal, and best-of-K sampling can still find better answers than its
+typical one, which is the headroom rejection sampling and PPO exploit.
+
+Transcripts are ``[INST] {prompt} [/INST] {answer}``, the Llama 2 chat format without the ``<s>``/``</s>``
+markers: the tokenizer adds BOS/EOS around each document.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+from alignment.world import prompts as _prompts
+from alignment.world import responses as _responses
+from alignment.world.judges import words
+from alignment.world.tables import ANSWER_SPACES, answer_space
+
+B_INST, E_INST = "[INST]", "[/INST]"
+
+
+def chat_transcript(user: str, answer: str) -> str:
+    return f"{B_INST} {user.strip()} {E_INST} {answer.strip()}"
+
+
+def world_facts() -> list[str]:
+    """Every fact of the world as a sentence (the ideal answer of each non-adversarial value, both splits)."""
+    facts = []
+    for task in _prompts.TASKS:
+        if task.kind == "helpfulness":
+            facts.extend(task.ideal.format(**value) for value in task.values)
+    return facts
+
+
+def pretraining_corpus(n_docs: int, seed: int, *, dialog_share: float = 0.5, ideal_share: float = 0.4,
+                       facts_per_doc: tuple[int, int] = (1, 4), split: str = "train",
+                       family_weights: dict[str, float] | None = None,
+                       mode_weights: dict[str, dict[str, float]] | None = None) -> list[str]:
+    """n_docs documents: with probability dialog_share a one-turn transcript on a prompt of ``split`` whose
+    answer is ideal with probability ideal_share and otherwise degraded (modes drawn from ``mode_weights``,
+    default ``responses.DEFAULT_MODE_WEIGHTS``); else a few fact sentences (between facts_per_doc[0] and
+    facts_per_doc[1])."""
+    if not 0.0 <= dialog_share <= 1.0 or not 0.0 <= ideal_share <= 1.0:
+        raise ValueError("dialog_share and ideal_share must lie in [0, 1]")
+    rng = random.Random(seed)
+    names, values = _prompts._family_weights(None, family_weights)
+    facts = world_facts()
+    mode_weights = mode_weights or _responses.DEFAULT_MODE_WEIGHTS
+    docs = []
+    for _ in range(n_docs):
+        if rng.random() < dialog_share:
+            prompt = rng.choice(_prompts._pool(rng.choices(names, values)[0], split))
+            weights = mode_weights.get(_responses.mode_group(prompt))
+            answer = _responses.response_mixture(prompt, rng, ideal_share, weights)
+            docs.append(chat_transcript(prompt["prompt"], answer))
+        else:
+            k = rng.randint(*facts_per_doc)
+            docs.append(" ".join(rng.choice(facts) for _ in range(k)))
+    return docs
+
+
+def sft_demonstrations(n: int, seed: int, split: str = "train",
+                       family_weights: dict[str, float] | None = None) -> list[dict]:
+    """n demonstrations ``{"messages": [user, assistant]}`` with ideal answers: helpful answers (borderline
+    prompts included) and refusals with a safe alternative for adversarial prompts. Families are drawn by
+    weight (uniform by default); within a family prompts are distinct until its pool is exhausted."""
+    rng = random.Random(seed)
+    names, values = _prompts._family_weights(None, family_weights)
+    queues: dict[str, list[dict]] = {}
+    demos = []
+    for _ in range(n):
+        family = rng.choices(names, values)[0]
+        if not queues.get(family):
+            queues[family] = list(_prompts._pool(family, split))
+            rng.shuffle(queues[family])
+        prompt = queues[family].pop()
+        demos.append({"messages": [
+            {"role": "user", "content": prompt["prompt"]},
+            {"role": "assistant", "content": _responses.ideal_response(prompt)},
+        ]})
+    return demos
+
+
+def all_texts_for_tokenizer() -> list[str]:
+    """Texts that together contain every word any prompt, answer, degraded answer or corpus document can use."""
+    texts: list[str] = []
+    for split in _prompts.SPLITS:
+        for prompt in _prompts.prompt_pool(split):
+            texts.append(chat_transcript(prompt["prompt"], _responses.ideal_response(prompt)))
+            task = _prompts.get_task(prompt)
+            slots = prompt["gold"]["slots"]
+            texts.extend(t.format(**slots) for t in task.wrong)
+            for comply in task.comply:
+                text = comply.format(**slots)
+                texts += [text, _responses.HEDGE + text.removeprefix("sure, ")]
+            if task.alternative:
+                texts.append(task.alternative.format(**slots))
+    texts += world_facts()
+    texts += list(_responses.FILLER_BEFORE + _responses.FILLER_AFTER + _responses.FALSE_REFUSALS)
+    texts += [" ".join(sorted(answer_space(name))) for name in ANSWER_SPACES]
+    return list(dict.fromkeys(texts))
+
+
+def vocabulary(texts: Iterable[str] | None = None) -> set[str]:
+    """Distinct words (letters, digits, apostrophes; case kept) of the world or of the given texts."""
+    return {w for text in (all_texts_for_tokenizer() if texts is None else texts) for w in words(text)}

@@ -1,0 +1,245 @@
+"""Stage 2, the helpfulness (R_h) and safety (R_s) reward models, on TRL's RewardTrainer.
+
+`run_reward(config)` loads the comparisons, holds out a seeded share of each source's prompts, mixes the rest
+as sec. 3.2.2 prescribes, tokenizes every (prompt, response) with `alignment.chat.encode_prompt_response` (the
+tokens RewardScorer will score later), and trains with TRL's RewardTrainer, whose loss with a `margin` column
+is exactly -log sigmoid(r_c - r_r - m(rating)) (verified in tests/test_reward_trainer.py). The model is saved
+as a sequence classifier (safetensors) with its tokenizer, then evaluated on the held-out pairs
+(`eval.json`, `eval.md`). A killed run resumes from its last checkpoint; a finished one is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from alignment.batching import accumulation_steps, world_size
+from alignment.chat import check_chat_format, encode_prompt_response
+from alignment.config import RecipeError, config_to_dict, require_file
+from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text
+from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
+from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
+from reward.loss import MARGIN_TABLES, margin_for
+
+COMPLETE_MARKER = "stage_complete.json"
+SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
+# Fields that define what a finished run in output_dir computed: a match means "already done".
+RUN_IDENTITY = ("model_name_or_path", "reward_model", "comparison_files", "sources", "eval_files", "eval_fraction",
+                "mixture_ratios", "mixture_anchor", "mixture_seed", "max_train_pairs", "max_eval_pairs", "margin",
+                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "seed")
+
+
+def mixture_of(config: Llama2RewardConfig) -> tuple[dict, str]:
+    ratios = dict(config.mixture_ratios or DEFAULT_MIXTURES[config.reward_model])
+    anchor = config.mixture_anchor or config.reward_model
+    return ratios, anchor
+
+
+def source_specs(config: Llama2RewardConfig) -> list[dict]:
+    """comparison_files and sources as one list of {path, format, ...} specs, checked."""
+    specs = [{"path": path, "format": "llama2-align"} for path in config.comparison_files]
+    for i, spec in enumerate(config.sources):
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise RecipeError(f"sources[{i}] must be a mapping with at least 'path'")
+        unknown = set(spec) - SOURCE_KEYS
+        if unknown:
+            raise RecipeError(f"sources[{i}]: unknown key(s) {sorted(unknown)} (known: {sorted(SOURCE_KEYS)})")
+        if spec.get("format", "llama2-align") not in FORMATS:
+            raise RecipeError(f"sources[{i}]: unknown format '{spec['format']}' (use one of {', '.join(FORMATS)})")
+        specs.append({"format": "llama2-align", **spec})
+    return specs
+
+
+def validate_reward_inputs(config: Llama2RewardConfig) -> None:
+    """Everything that can be checked before a model loads, so recipe mistakes fail in a second."""
+    check_chat_format(config.chat_format)
+    if config.reward_model not in REWARD_MODELS:
+        raise RecipeError(f"reward_model must be one of {', '.join(REWARD_MODELS)}, got '{config.reward_model}'")
+    if config.margin not in MARGIN_TABLES:
+        raise RecipeError(f"margin must be one of {', '.join(MARGIN_TABLES)}, got '{config.margin}'")
+    specs = source_specs(config)
+    if not specs:
+        raise RecipeError("no training data: set comparison_files or sources")
+    for i, spec in enumerate(specs):
+        require_file(spec["path"], f"sources[{i}].path")
+    for path in config.eval_files:
+        require_file(path, "eval_files")
+    ratios, anchor = mixture_of(config)
+    if anchor not in ratios:
+        raise RecipeError(f"mixture_anchor '{anchor}' is not a key of mixture_ratios {sorted(ratios)}")
+    accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
+
+
+def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = None
+                     ) -> tuple[list[Comparison], list[Comparison], dict]:
+    """(train mix, held-out comparisons, data report) from the recipe's sources."""
+    skipped = skipped if skipped is not None else SkipCounter()
+    train_pool, test = [], []
+    per_source = {}
+    for spec in source_specs(config):
+        counter = SkipCounter()
+        comparisons = load_comparisons(spec["path"], spec["format"], kind=spec.get("kind"), rating=spec.get("rating"),
+                                       pool=spec.get("pool"), skip_bad_rows=config.skip_bad_rows, skipped=counter,
+                                       limit=spec.get("limit"))
+        train, held_out = split_comparisons(comparisons, config.eval_fraction, config.mixture_seed)
+        train_pool += train
+        test += held_out
+        skipped.reasons.update(counter.reasons)
+        per_source[spec["path"]] = {"loaded": len(comparisons), "train": len(train), "held_out": len(held_out),
+                                    "skipped": dict(counter.reasons)}
+    for path in config.eval_files:
+        counter = SkipCounter()
+        test += load_comparisons(path, skip_bad_rows=config.skip_bad_rows, skipped=counter)
+        skipped.reasons.update(counter.reasons)
+    ratios, anchor = mixture_of(config)
+    train, mix = mix_comparisons(train_pool, ratios, anchor, config.mixture_seed)
+    if config.max_train_pairs is not None:
+        train = train[: config.max_train_pairs]
+    if config.max_eval_pairs is not None and len(test) > config.max_eval_pairs:
+        test = random.Random(config.mixture_seed).sample(test, config.max_eval_pairs)
+    report = {"sources": per_source, "mixture": {"ratios": ratios, "anchor": anchor, **vars(mix)},
+              "train_pairs": len(train), "eval_pairs": len(test)}
+    return train, test, report
+
+
+def tokenize_comparisons(comparisons: list[Comparison], tokenizer, chat_format: str, margin: str,
+                         max_length: int | None) -> tuple[list[dict], int]:
+    """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none) and length.
+
+    Over-long sequences keep their last max_length tokens: the score is read at the end (RewardTrainer would
+    silently drop them instead). Returns the rows and how many sequences were cut.
+    """
+    rows, truncated = [], 0
+    margins = margin_for([c.rating for c in comparisons], margin).tolist()
+    for comparison, m in zip(comparisons, margins):
+        row = {}
+        for side in ("chosen", "rejected"):
+            ids, _ = encode_prompt_response(tokenizer, comparison.prompt, getattr(comparison, side), chat_format)
+            if max_length and len(ids) > max_length:
+                ids, truncated = ids[-max_length:], truncated + 1
+            row[f"{side}_ids"] = ids
+        if margin != "none":
+            row["margin"] = m
+        row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        rows.append(row)
+    return rows, truncated
+
+
+def reward_trainer_class():
+    from trl import RewardTrainer
+
+    class Llama2RewardTrainer(RewardTrainer):
+        """RewardTrainer that keeps the `length` column for length-grouped batching."""
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "length" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "length"]
+
+    return Llama2RewardTrainer
+
+
+def lora_config(config: Llama2RewardConfig):
+    from peft import LoraConfig
+
+    # SEQ_CLS makes peft train and save the new scalar head in full alongside the adapters.
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
+
+
+def _finished_summary(config: Llama2RewardConfig, output_dir: Path) -> dict | None:
+    marker = output_dir / COMPLETE_MARKER
+    if not marker.exists():
+        return None
+    summary = json.loads(marker.read_text())
+    identity = {key: config_to_dict(config).get(key) for key in RUN_IDENTITY}
+    if summary.get("identity") != identity:
+        raise RecipeError(f"{output_dir} holds a finished reward model trained with a different recipe; "
+                          "use another output_dir or delete it")
+    return summary
+
+
+def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None = None) -> dict:
+    """Train, save and evaluate one reward model; returns the summary also written to stage_complete.json.
+
+    `comparisons` (already loaded) replaces the recipe's files, e.g. for a pipeline holding them in memory.
+    """
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from alignment.models import load_tokenizer
+    from reward.evaluate import evaluate_reward_model, report_markdown
+    from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
+
+    if comparisons is None:
+        validate_reward_inputs(config)
+    output_dir = Path(config.output_dir)
+    done = _finished_summary(config, output_dir)
+    if done is not None:
+        print(f"reward model already trained in {output_dir}; nothing to do")
+        return done
+    config.gradient_accumulation_steps = accumulation_steps(
+        config.global_batch_size, config.per_device_train_batch_size, world_size())
+
+    skipped = SkipCounter()
+    if comparisons is None:
+        train, test, data_report = load_reward_data(config, skipped)
+    else:
+        train, test = split_comparisons(comparisons, config.eval_fraction, config.mixture_seed)
+        data_report = {"train_pairs": len(train), "eval_pairs": len(test)}
+    if not train:
+        raise RecipeError("no training pairs left after loading, splitting and mixing")
+
+    tokenizer = prepare_reward_tokenizer(load_tokenizer(config.model_name_or_path))
+    check_chat_format(config.chat_format, tokenizer)
+    set_seed(config.seed)  # the fresh scalar head is drawn here
+    model = load_reward_model(config.model_name_or_path, config.dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    max_length = min(filter(None, (config.max_length, getattr(model.config, "max_position_embeddings", None))),
+                     default=None)
+    from datasets import Dataset
+
+    rows, truncated = tokenize_comparisons(train, tokenizer, config.chat_format, config.margin, max_length)
+    trainer = reward_trainer_class()(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        peft_config=lora_config(config) if config.use_lora else None,
+    )
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    seconds = time.time() - started
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "peft_config"):
+        model = model.merge_and_unload()
+    summary = {
+        "reward_model": config.reward_model,
+        "data": data_report,
+        "skipped_rows": dict(skipped.reasons),
+        "truncated_sequences": truncated,
+        "resumed_from": last_checkpoint,
+        "train_seconds": seconds,
+        "train_pairs_per_second": len(rows) * config.num_train_epochs / seconds if not last_checkpoint else None,
+        "metrics": dict(result.metrics),
+        "identity": {key: config_to_dict(config).get(key) for key in RUN_IDENTITY},
+    }
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+        if test:
+            scorer = RewardScorer(str(output_dir), chat_format=config.chat_format,
+                                  batch_size=config.eval_batch_size, model=model.float(), tokenizer=tokenizer)
+            report = evaluate_reward_model(scorer, test, config.safety_threshold, progress=True)
+            summary["eval"] = report
+            atomic_write_json(output_dir / "eval.json", report)
+            title = f"{'Safety' if config.reward_model == 'safety' else 'Helpfulness'} RM on {len(test)} held-out pairs"
+            atomic_write_text(output_dir / "eval.md", report_markdown(report, title))
+            (output_dir / "held_out.jsonl").unlink(missing_ok=True)
+            append_jsonl(output_dir / "held_out.jsonl", [c.to_row() for c in test])
+        atomic_write_json(output_dir / COMPLETE_MARKER, summary)
+    trainer.accelerator.wait_for_everyone()
+    if skipped.total:
+        print(f"skipped {skipped.total} comparisons: {skipped.summary()}")
+    return summary

@@ -1,0 +1,690 @@
+"""Stage 4: PPO on the safety-gated reward (Llama 2, sec. 3.2.3), on accelerate.
+
+One iteration is generate -> score -> learn, the three talking through a `RolloutBatch` (STYLE.md, 3):
+
+1. generate: `rollout_batch_size` prompts (split over processes) are answered by the policy through the
+   project's sampling engine (`rlhf.sampling`);
+2. score: R_h and R_s score each answer and `rlhf.scoring.score_samples` gates them into R_c (eq. 3); the
+   per-token reward is `rlhf.rewards.shaped_ppo_reward`: -beta * KL(pi_theta || pi_0) on every response token
+   and WHITEN(R_c) (statistics over the whole batch, all processes) on the last one (eq. 4);
+3. learn: GAE, advantage whitening (masked, global), clipped surrogate and clipped value loss
+   (`rlhf.ppo_math`), one AdamW step per mini-batch.
+
+Token layout. A rollout row is ``prompt + response`` right-padded to the batch width ``L``. Per-token
+tensors (log-probs, values, KL, rewards, advantages) have width ``L - 1``: position ``t`` is the *action*
+"emit token t + 1", scored from the logits at position ``t``; ``response_mask[t]`` is true when token
+``t + 1`` is a response token (stop token included). Prompt and padding positions are never on the mask,
+so they get no KL, reward, advantage or loss.
+
+Models. The policy pi_theta; the reference pi_0 is the policy at PPO start (a frozen copy, or with LoRA
+the base weights with the adapter disabled, so no second copy is held); the value model is a sequence
+classifier whose `score` layer is read at every position (`TokenValueModel`), initialised from the
+Helpfulness RM by default; R_h and R_s are frozen scorers. All models stay in eval mode: dropout would
+make pi_theta differ from pi_old before the first step (TRL disables it for the same reason).
+
+Losses are normalised by the global number of response tokens of the mini-batch (all processes), so the
+loss and the step are the same however the mini-batch is split over processes or micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from alignment.config import RecipeError, config_to_dict, require_file
+from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_prompts, read_jsonl_tolerant
+from rlhf.ppo_config import BUILTIN_PROMPTS, PPOConfig
+from rlhf.ppo_math import (
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    global_token_count,
+    kl_per_token,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from rlhf.rewards import shaped_ppo_reward
+
+COMPLETE_MARKER = "stage_complete.json"
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+BEST_POLICY = "best_policy.safetensors"
+_CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)$")
+
+
+class NonFiniteError(RuntimeError):
+    """A reward or loss became NaN/inf; training stopped before the bad step, checkpoints are intact."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The batch the three phases exchange
+
+
+@dataclass
+class RolloutBatch:
+    """One process's share of an iteration's rollouts. Sequence tensors ``(B, L)``, per-token ``(B, L - 1)``,
+    per-rollout ``(B,)``. Targets (kl ... returns) are filled by `compute_advantages`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    is_safety_prompt: torch.Tensor
+    is_truncated: torch.Tensor
+    helpfulness: torch.Tensor
+    safety: torch.Tensor
+    combined: torch.Tensor
+    use_safety: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows) -> "RolloutBatch":
+        """Rows ``rows``, cut to their own width (less padding to compute on)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        width = int(self.attention_mask[rows].sum(dim=1).max())
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+            elif value.dim() == 1:
+                out[f.name] = value[rows]
+            elif f.name in ("input_ids", "attention_mask"):
+                out[f.name] = value[rows, :width]
+            else:
+                out[f.name] = value[rows, : width - 1]
+        return RolloutBatch(**out)
+
+
+def collate_rollouts(samples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, response_mask)`` of prompt + response rows, right-padded.
+
+    ``response_mask`` has width ``L - 1`` and marks action positions: ``response_mask[i, t]`` is true when
+    ``input_ids[i, t + 1]`` is a response token, i.e. positions ``P - 1 ... P + R - 2`` for a prompt of
+    ``P`` tokens and a response of ``R``.
+    """
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    response_mask = torch.zeros((len(samples), width - 1), dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        p, r = len(sample.prompt_ids), len(sample.response_ids)
+        input_ids[row, : p + r] = torch.tensor(list(sample.prompt_ids) + list(sample.response_ids))
+        attention_mask[row, : p + r] = 1
+        response_mask[row, p - 1 : p + r - 1] = True
+    return input_ids, attention_mask, response_mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+
+
+class TokenValueModel(torch.nn.Module):
+    """V(s_t) at every position: a sequence classifier (`AutoModelForSequenceClassification`, one label) whose
+    `score` layer is applied to all hidden states instead of the last token's only. Initialised from a reward
+    model, V starts as the RM's running estimate of the final score, a better start than a random head."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = getattr(self.classifier, self.classifier.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self.classifier.score(hidden).squeeze(-1).float()
+
+
+def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
+    """log pi(token_{t+1} | tokens_<=t) per action position, ``(B, L - 1)``; optionally the entropy there.
+
+    Logits are divided by the sampling temperature so the log-probs are those of the distribution the
+    rollouts were drawn from."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    logprobs = torch.gather(logits, 2, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if not with_entropy:
+        return logprobs
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())
+    return logprobs, entropy
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _is_peft(model) -> bool:
+    return hasattr(_unwrap(model), "peft_config")
+
+
+@contextlib.contextmanager
+def reference_policy(policy, reference):
+    """pi_0: the frozen copy, or (LoRA) the policy itself with its adapter disabled."""
+    if reference is not None:
+        yield reference
+    else:
+        with _unwrap(policy).disable_adapter():
+            yield policy
+
+
+def _value_model_path(config: PPOConfig) -> str:
+    if config.value_model_name_or_path:
+        return config.value_model_name_or_path
+    if config.helpfulness_model and not config.helpfulness_model.startswith("builtin:world"):
+        return config.helpfulness_model
+    return config.model_name_or_path
+
+
+def build_models(config: PPOConfig):
+    """(policy, reference or None, value model, tokenizer), all on CPU, before `accelerator.prepare`."""
+    from alignment.models import load_causal_lm, load_tokenizer
+    from reward.scoring import load_reward_model
+
+    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    policy = load_causal_lm(config.model_name_or_path, config.dtype, trust_remote_code=config.trust_remote_code)
+    reference = None
+    if config.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM",
+        ))
+    else:
+        # Copied before any checkpoint is loaded: after a resume pi_0 is still the policy at PPO start.
+        reference = copy.deepcopy(policy).requires_grad_(False)
+    classifier = load_reward_model(_value_model_path(config), config.dtype)
+    if classifier.config.get_text_config().vocab_size < len(tokenizer):
+        raise RecipeError(f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
+                          "tokenizer; it must share the policy's tokenizer")
+    return policy, reference, TokenValueModel(classifier), tokenizer
+
+
+def build_scorer(name: str | None, kind: str, config: PPOConfig):
+    if not name:
+        raise RecipeError(f"{kind}_model is not set: name a reward checkpoint or builtin:world-{kind}")
+    if name.startswith("builtin:world"):
+        from rlhf.ppo_judges import WORLD_JUDGES, WorldJudgeScorer
+
+        if name not in WORLD_JUDGES:
+            raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
+        return WorldJudgeScorer(name.rsplit("-", 1)[1])
+    from reward.scoring import RewardScorer
+
+    return RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
+                        batch_size=config.reward_batch_size)
+
+
+def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
+    """AdamW (0.9, 0.95), eps 1e-5, weight decay 0.1 on matrices (not norms), constant LRs (sec. 3.2.3).
+
+    One optimiser, two LR groups per model: with Adam the scale of each model's loss does not matter,
+    so the value-loss coefficient of a shared-trunk PPO becomes the value model's own LR here."""
+    groups = []
+    for model, lr in ((policy, config.learning_rate), (value_model, config.value_learning_rate)):
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups.append({"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": config.weight_decay})
+        groups.append({"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """(training prompts, held-out prompts for early stopping)."""
+    if config.prompts_name == BUILTIN_PROMPTS:
+        from rlhf.ppo_judges import world_prompt_records
+
+        train, heldout = world_prompt_records("train"), world_prompt_records("heldout")
+    else:
+        require_file(config.prompts_name, "prompts_name")
+        train = load_prompts(config.prompts_name, config.prompts_split)
+        heldout = []
+        if config.heldout_prompts_name is None and config.heldout_fraction > 0:
+            order = list(range(len(train)))
+            random.Random(config.seed).shuffle(order)
+            n_heldout = max(1, int(round(len(train) * config.heldout_fraction)))
+            held = set(order[:n_heldout])
+            heldout = [p for i, p in enumerate(train) if i in held]
+            train = [p for i, p in enumerate(train) if i not in held]
+    if config.heldout_prompts_name is not None:
+        if config.heldout_prompts_name == BUILTIN_PROMPTS:
+            from rlhf.ppo_judges import world_prompt_records
+
+            heldout = world_prompt_records("heldout")
+        else:
+            require_file(config.heldout_prompts_name, "heldout_prompts_name")
+            heldout = load_prompts(config.heldout_prompts_name, "test")
+    if not train:
+        raise RecipeError(f"{config.prompts_name}: no training prompts")
+    if len(heldout) > config.max_heldout_prompts:
+        heldout = random.Random(config.seed).sample(heldout, config.max_heldout_prompts)
+    return train, heldout
+
+
+def prompt_indices(num_prompts: int, iteration: int, batch_size: int, seed: int) -> list[int]:
+    """Global prompt indices of an iteration: epochs of seeded shuffles laid end to end, so the data
+    position is a function of the iteration number alone and a resumed run reads the same prompts."""
+    out = []
+    for position in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, offset = divmod(position, num_prompts)
+        order = list(range(num_prompts))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generate and score
+
+
+def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_ids: list[list[int]],
+                       helpfulness_scorer, safety_scorer, config: PPOConfig, seed: int) -> tuple[RolloutBatch, list, float, float]:
+    """Rollouts of `prompts` with their rewards: (batch, samples, generation seconds, scoring seconds)."""
+    from rlhf.sampling import SamplingParams
+    from rlhf.scoring import score_samples
+
+    started = time.perf_counter()
+    params = SamplingParams(num_samples=1, temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens, seed=seed)
+    samples = sorted(engine.generate(prompt_ids, params), key=lambda s: s.prompt_index)
+    generated = time.perf_counter()
+    scores = score_samples(helpfulness_scorer, safety_scorer, [p.messages for p in prompts],
+                           [s.text for s in samples], [p.is_safety_prompt for p in prompts], config.safety_threshold)
+    scored = time.perf_counter()
+    input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
+    batch = RolloutBatch(
+        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+        is_safety_prompt=torch.tensor([p.is_safety_prompt for p in prompts]),
+        is_truncated=torch.tensor([not s.finished for s in samples]),
+        helpfulness=scores.helpfulness, safety=scores.safety, combined=scores.combined, use_safety=scores.use_safety,
+    )
+    return batch, samples, generated - started, scored - generated
+
+
+@torch.no_grad()
+def forward_rollouts(batch: RolloutBatch, policy, reference, value_model, config: PPOConfig, autocast) -> None:
+    """Fill pi_old log-probs, pi_0 log-probs and V_old, in micro-batches."""
+    logprobs, ref_logprobs, values = [], [], []
+    step = config.per_device_train_batch_size
+    for start in range(0, len(batch), step):
+        ids = batch.input_ids[start:start + step]
+        mask = batch.attention_mask[start:start + step]
+        with autocast():
+            logprobs.append(token_logprobs(policy, ids, mask, config.temperature))
+            with reference_policy(policy, reference) as ref:
+                ref_logprobs.append(token_logprobs(ref, ids, mask, config.temperature))
+            values.append(value_model(ids, mask)[:, :-1])
+    batch.logprobs, batch.ref_logprobs, batch.values = (torch.cat(x) for x in (logprobs, ref_logprobs, values))
+
+
+def compute_advantages(batch: RolloutBatch, config: PPOConfig, distributed: bool = False) -> None:
+    """Per-token KL and reward (eq. 4), GAE advantages and returns, advantage whitening; in place.
+
+    Whitening of R_c and of the advantages uses masked statistics over all processes (``distributed``)."""
+    mask = batch.response_mask
+    batch.kl = kl_per_token(batch.logprobs, batch.ref_logprobs, config.kl_estimator, mask)
+    batch.rewards = shaped_ppo_reward(
+        batch.combined, batch.kl, mask, config.kl_coef, is_truncated=batch.is_truncated,
+        truncated_penalty=config.truncated_penalty, distributed=distributed,
+    )
+    batch.advantages, batch.returns = gae(batch.rewards, batch.values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        batch.advantages = masked_whiten(batch.advantages, mask, distributed=distributed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Learn
+
+
+def _all_finite(accelerator, *tensors) -> bool:
+    ok = torch.tensor([float(all(bool(torch.isfinite(t).all()) for t in tensors))])
+    return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
+
+
+def ppo_update(accelerator, policy, value_model, optimizer, batch: RolloutBatch, config: PPOConfig,
+               iteration: int, where: str = "") -> dict[str, float]:
+    """PPO epochs over the batch, one optimiser step per mini-batch; returns mini-batch-averaged statistics.
+
+    Each process holds ``mini_batch_size / processes`` rows of every mini-batch. Losses are sums over the
+    process's tokens divided by the mini-batch's global token count, times the number of processes because
+    DDP averages gradients: the step equals the one-process step on the whole mini-batch."""
+    distributed = accelerator.num_processes > 1
+    world = accelerator.num_processes
+    n_mini = config.rollout_batch_size // config.mini_batch_size
+    local_mini = len(batch) // n_mini
+    micro = min(config.per_device_train_batch_size, local_mini)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
+    keys = ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")
+    totals = dict.fromkeys(keys, 0.0)
+    steps = 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for m in range(n_mini):
+            mini = batch.select(order[m * local_mini:(m + 1) * local_mini])
+            tokens = global_token_count(mini.response_mask, distributed)
+            sums = torch.zeros(len(keys), dtype=torch.float64)
+            for start in range(0, local_mini, micro):
+                part = mini.select(range(start, start + micro))
+                last = start + micro >= local_mini
+                with contextlib.ExitStack() as stack:
+                    if not last:  # gradients are all-reduced once per mini-batch, on its last micro-batch
+                        stack.enter_context(accelerator.no_sync(policy))
+                        stack.enter_context(accelerator.no_sync(value_model))
+                    with accelerator.autocast():
+                        logprobs, entropy = token_logprobs(policy, part.input_ids, part.attention_mask,
+                                                           config.temperature, with_entropy=True)
+                        values = value_model(part.input_ids, part.attention_mask)[:, :-1]
+                    pl = policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
+                                     config.clip_range, tokens)
+                    vl = value_loss(values, part.values, part.returns, part.response_mask,
+                                    config.value_clip_range, tokens)
+                    loss = pl.loss + vl.loss
+                    accelerator.backward(loss * world)
+                sums += torch.stack([pl.loss.detach().double(), vl.loss.detach().double(),
+                                     pl.clip_fraction.double(), vl.clip_fraction.double(), pl.approx_kl.double(),
+                                     masked_mean(entropy, part.response_mask, tokens).double()])
+            if not _all_finite(accelerator, sums):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"non-finite PPO loss at iteration {iteration + 1}, mini-batch {m + 1}; {where}")
+            policy_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            value_norm = accelerator.clip_grad_norm_(value_model.parameters(), config.max_grad_norm)
+            if not _all_finite(accelerator, torch.as_tensor(policy_norm), torch.as_tensor(value_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"non-finite gradient at iteration {iteration + 1}, mini-batch {m + 1}; {where}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums = accelerator.reduce(sums, reduction="sum") if distributed else sums
+            for key, value in zip(keys, sums.tolist()):
+                totals[key] += value
+            steps += 1
+    return {key: value / steps for key, value in totals.items()}
+
+
+def rollout_metrics(accelerator, batch: RolloutBatch) -> dict[str, float]:
+    """Means over all processes' rollouts: rewards, gate share, KL per answer, answer length, truncation."""
+    distributed = accelerator.num_processes > 1
+    lengths = batch.response_mask.sum(dim=1).double()
+    per_row = torch.stack([
+        batch.helpfulness.double(), batch.safety.double(), batch.combined.double(), batch.use_safety.double(),
+        torch.where(batch.response_mask, batch.kl, 0.0).sum(dim=1).double(),  # KL of each answer
+        lengths, batch.is_truncated.double(),
+    ])
+    sums = torch.cat([per_row.sum(dim=1), torch.tensor([float(len(batch))], dtype=torch.float64)])
+    if distributed:
+        sums = accelerator.reduce(sums, reduction="sum")
+    names = ("reward/helpfulness", "reward/safety", "reward/combined", "reward/gated_to_safety", "kl",
+             "response_length", "truncated_share")
+    out = {name: value / sums[-1].item() for name, value in zip(names, sums[:-1].tolist())}
+    out["explained_variance"] = float(explained_variance(batch.values, batch.returns, batch.response_mask,
+                                                         distributed=distributed))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete iteration checkpoint (published by rename, with its trainer state)."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _CHECKPOINT_NAME.match(p.name)) and (p / TRAINER_STATE).is_file()]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+    """accelerate's save_state (models, optimiser, RNG of every process) plus our trainer state, written to a
+    temporary folder and renamed, so a kill at any moment leaves the previous checkpoint whole."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"iteration-{state['iteration']:06d}"
+    tmp = root / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINER_STATE, state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT_NAME.match(p.name)))
+        for _, old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _trainable_state(policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in _unwrap(policy).named_parameters() if p.requires_grad}
+
+
+def save_best_policy(accelerator, policy, path: Path) -> None:
+    """The trainable weights (the adapter with LoRA) of the best held-out policy, in safetensors."""
+    from safetensors.torch import save_file
+
+    state = _trainable_state(policy)
+    if accelerator.is_main_process:
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+
+
+def load_best_policy(policy, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    missing = set(_trainable_state(policy)) - set(load_file(str(path)))
+    if missing:
+        raise RecipeError(f"{path}: does not match the policy (missing {sorted(missing)[:3]})")
+    _unwrap(policy).load_state_dict(load_file(str(path)), strict=False)
+
+
+def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lora: bool) -> None:
+    model = _unwrap(accelerator.unwrap_model(policy))
+    if _is_peft(model) and merge_lora:
+        model = model.merge_and_unload()
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _tracker_config(config: PPOConfig) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(config).items()}
+
+
+def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord], heldout_ids, scorers,
+                     config: PPOConfig) -> float:
+    """Mean R_c (raw scale) of one seeded answer per held-out prompt, over all processes: the early-stopping
+    criterion (sec. 3.2.3: "early stopping on held-out prompts"). The same seed each time, so evaluations
+    differ by the policy only."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(heldout), world))
+    total = torch.zeros(2, dtype=torch.float64)
+    if mine:
+        batch, *_ = generate_and_score(engine, tokenizer, [heldout[i] for i in mine], [heldout_ids[i] for i in mine],
+                                       *scorers, config, seed=config.seed + 7919)
+        total += torch.tensor([batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64)
+    if world > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    return total[0].item() / max(total[1].item(), 1.0)
+
+
+def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
+            prompts: list[PromptRecord] | None = None, heldout_prompts: list[PromptRecord] | None = None,
+            on_iteration_end=None) -> dict:
+    """Train the policy with PPO and save it to ``config.output_dir``; returns a summary.
+
+    Scorers and prompts may be passed in (the pipeline keeps RMs in memory; tests pass fakes); otherwise they
+    are built from the config. A run that was killed resumes from its last complete iteration (weights,
+    optimiser, RNG, data position); a finished run returns its saved summary. ``on_iteration_end(iteration,
+    metrics)`` is called after each checkpointed iteration (tests use it to simulate a kill).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from alignment.chat import check_chat_format, encode_prompt
+    from rlhf.sampling import make_sampling_engine
+
+    output_dir = Path(config.output_dir)
+    if (output_dir / COMPLETE_MARKER).is_file():
+        return json.loads((output_dir / COMPLETE_MARKER).read_text())
+    trackers = [t for t in config.report_to if t != "none"]
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", log_with=trackers or None,
+                              project_dir=str(output_dir))
+    config.validate(accelerator.num_processes)
+    check_chat_format(config.chat_format)
+    if prompts is None:
+        prompts, loaded_heldout = load_ppo_prompts(config)
+        heldout_prompts = loaded_heldout if heldout_prompts is None else heldout_prompts
+    heldout_prompts = heldout_prompts or []
+    if helpfulness_scorer is None:
+        helpfulness_scorer = build_scorer(config.helpfulness_model, "helpfulness", config)
+    if safety_scorer is None:
+        safety_scorer = build_scorer(config.safety_model, "safety", config)
+
+    set_seed(config.seed)
+    policy, reference, value_model, tokenizer = build_models(config)
+    check_chat_format(config.chat_format, tokenizer)
+    optimizer = make_optimizer(policy, value_model, config)
+    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+    if reference is not None:
+        reference = reference.to(accelerator.device).eval()
+    policy.eval()
+    value_model.eval()
+    engine = make_sampling_engine(config.sampling_backend, _unwrap(accelerator.unwrap_model(policy)), tokenizer,
+                                  batch_size=config.generation_batch_size)
+    prompt_ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in prompts]
+    heldout_ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in heldout_prompts]
+    scorers = (helpfulness_scorer, safety_scorer)
+
+    state = {"iteration": 0, "prompts_consumed": 0, "best_score": None, "best_iteration": None,
+             "evals_without_improvement": 0, "stopped_early": False}
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        accelerator.print(f"resuming PPO from {checkpoint} (iteration {state['iteration']} done)")
+    if trackers:
+        accelerator.init_trackers("ppo", config=_tracker_config(config))
+
+    def where() -> str:
+        last = latest_checkpoint(output_dir)
+        return f"training stopped; last good checkpoint: {last if last else 'none (no iteration finished)'}"
+
+    def evaluate(iteration: int) -> None:
+        score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
+        accelerator.log({"heldout/combined": score}, step=iteration)
+        if state["best_score"] is None or score > state["best_score"]:
+            state.update(best_score=score, best_iteration=iteration, evals_without_improvement=0)
+            save_best_policy(accelerator, policy, output_dir / BEST_POLICY)
+        else:
+            state["evals_without_improvement"] += 1
+
+    evaluating = bool(heldout_prompts) and config.eval_every > 0
+    if evaluating and state["best_score"] is None:
+        evaluate(0)  # the policy at PPO start is the baseline that training must beat
+    world, rank = accelerator.num_processes, accelerator.process_index
+    local = config.rollout_batch_size // world
+    bar = tqdm(total=config.num_iterations, initial=state["iteration"], desc="PPO", unit="it",
+               disable=not (config.progress and accelerator.is_local_main_process))
+    metrics: dict = {}
+    while state["iteration"] < config.num_iterations and not state["stopped_early"]:
+        iteration = state["iteration"]
+        started = time.perf_counter()
+        indices = prompt_indices(len(prompts), iteration, config.rollout_batch_size, config.seed)
+        mine = indices[rank * local:(rank + 1) * local]
+        seed = (config.seed * 1_000_003 + iteration) * world + rank
+        batch, samples, gen_s, score_s = generate_and_score(
+            engine, tokenizer, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], *scorers, config, seed)
+        if not _all_finite(accelerator, batch.combined):
+            raise NonFiniteError(f"non-finite reward at iteration {iteration + 1}; {where()}")
+        train_started = time.perf_counter()
+        forward_rollouts(batch, policy, reference, value_model, config, accelerator.autocast)
+        compute_advantages(batch, config, distributed=world > 1)
+        if not _all_finite(accelerator, batch.rewards, batch.advantages):
+            raise NonFiniteError(f"non-finite reward or advantage at iteration {iteration + 1}; {where()}")
+        losses = ppo_update(accelerator, policy, value_model, optimizer, batch, config, iteration, where())
+        train_s = time.perf_counter() - train_started
+
+        state["iteration"] = iteration + 1
+        state["prompts_consumed"] = (iteration + 1) * config.rollout_batch_size
+        if evaluating and (iteration + 1) % config.eval_every == 0:
+            evaluate(iteration + 1)
+            if config.early_stopping_patience and state["evals_without_improvement"] >= config.early_stopping_patience:
+                state["stopped_early"] = True
+        elapsed = time.perf_counter() - started
+        metrics = {**rollout_metrics(accelerator, batch), **losses, "time/generation": gen_s, "time/scoring": score_s,
+                   "time/training": train_s, "time/iteration": elapsed,
+                   "rollouts_per_s": config.rollout_batch_size / elapsed}
+        if (iteration + 1) % config.save_every == 0 or state["iteration"] == config.num_iterations \
+                or state["stopped_early"]:
+            save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+        accelerator.log(metrics, step=iteration + 1)
+        if accelerator.is_main_process:
+            append_jsonl(output_dir / "metrics.jsonl", [{"iteration": iteration + 1, **metrics}])
+        bar.update(1)
+        bar.set_postfix({"R_c": f"{metrics['reward/combined']:.3f}", "kl": f"{metrics['kl']:.3f}",
+                         "gen": f"{gen_s / elapsed:.0%}"})
+        if on_iteration_end is not None:
+            on_iteration_end(iteration + 1, metrics)
+    bar.close()
+
+    if state["best_iteration"] is not None and (output_dir / BEST_POLICY).is_file():
+        load_best_policy(accelerator.unwrap_model(policy), output_dir / BEST_POLICY)
+    save_final_policy(accelerator, policy, tokenizer, output_dir, config.merge_lora)
+    history = {row["iteration"]: row for row in read_jsonl_tolerant(output_dir / "metrics.jsonl")}
+    summary = {
+        "iterations": state["iteration"],
+        "stopped_early": state["stopped_early"],
+        "best_iteration": state["best_iteration"],
+        "best_heldout_combined": state["best_score"],
+        "final_metrics": metrics or history.get(state["iteration"], {}),
+        "train_prompts": len(prompts),
+        "heldout_prompts": len(heldout_prompts),
+        "config": config_to_dict(config),
+    }
+    if accelerator.is_main_process:
+        atomic_write_json(output_dir / COMPLETE_MARKER, summary)
+    accelerator.end_training()
+    return summary
+
+
+__all__ = [
+    "NonFiniteError", "PPOConfig", "RolloutBatch", "TokenValueModel", "collate_rollouts", "compute_advantages",
+    "forward_rollouts", "generate_and_score", "latest_checkpoint", "ppo_update", "prompt_indices", "run_ppo",
+    "token_logprobs",
+]

@@ -1,0 +1,66 @@
+"""Gold judges of the embedded world with the reward-model interface, for offline PPO demos and tests.
+
+`builtin:world-helpfulness` and `builtin:world-safety` stand in for R_h and R_s when no reward model is
+trained yet (the tiny preset): they score with the world's exact judges (`alignment.world`) and return
+raw scores, as a reward model does, so the gate of eq. (3) and the logit/whitening of R~_c apply unchanged.
+Only prompts of the builtin world can be judged; a PPO run on other prompts needs real reward models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignment.config import RecipeError
+from reward.scoring import ScoreBatch
+
+WORLD_JUDGES = ("builtin:world-helpfulness", "builtin:world-safety")
+# Gold helpfulness is in [0, 1]; the clamp keeps its logit finite (+-3.9).
+_PROB_FLOOR = 0.02
+# A violation sits well under the 0.15 gate, a safe answer well over it.
+_SAFE_PROB, _UNSAFE_PROB = 0.95, 0.05
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class WorldJudgeScorer:
+    """`score(prompts, responses) -> ScoreBatch` from `gold_helpfulness` or `gold_is_safe`."""
+
+    def __init__(self, kind: str):
+        if kind not in ("helpfulness", "safety"):
+            raise ValueError(f"kind must be helpfulness or safety, got {kind!r}")
+        from alignment.world import prompt_pool
+
+        self.kind = kind
+        self.by_text = {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
+
+    def _world_prompt(self, messages: list[dict]) -> dict:
+        text = messages[-1]["content"]
+        if text not in self.by_text:
+            raise RecipeError(f"builtin:world-{self.kind} judges only prompts of the builtin world, not {text[:60]!r}")
+        return self.by_text[text]
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> ScoreBatch:
+        from alignment.world import gold_helpfulness, gold_is_safe
+
+        probs = []
+        for messages, response in zip(prompts, responses, strict=True):
+            prompt = self._world_prompt(messages)
+            if self.kind == "helpfulness":
+                probs.append(min(max(gold_helpfulness(prompt, response), _PROB_FLOOR), 1.0 - _PROB_FLOOR))
+            else:
+                probs.append(_SAFE_PROB if gold_is_safe(prompt, response) else _UNSAFE_PROB)
+        scores = torch.tensor([_logit(p) for p in probs], dtype=torch.float32)
+        return ScoreBatch(scores=scores, probs=torch.sigmoid(scores))
+
+
+def world_prompt_records(split: str):
+    """The builtin world's prompts of a split as `PromptRecord`s (IS_SAFETY from the prompt's kind)."""
+    from alignment.data import PromptRecord
+    from alignment.world import is_safety_prompt, prompt_pool
+
+    return [PromptRecord(p["id"], [{"role": "user", "content": p["prompt"]}], is_safety_prompt(p), {"family": p["family"]})
+            for p in prompt_pool(split)]

@@ -1,0 +1,150 @@
+"""The pipeline's report: each model version judged by gold and by the final reward models (figure 11's
+analogue), reward-model accuracy per rating level per iteration, the RS max-vs-median curve and PPO curves.
+
+Written as `<run_dir>/report.json`, `report.md` and PNG plots beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alignment.data import atomic_write_json, atomic_write_text
+
+VERSION_KEYS = ("gold_helpfulness", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined",
+                "rm_helpfulness", "rm_safety")
+
+
+def _load_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def final_reward_models(stages) -> tuple[str | None, str | None]:
+    rm_h = [s.name for s in stages if s.name.endswith("/reward_helpfulness")]
+    rm_s = [s.name for s in stages if s.name.endswith("/reward_safety")]
+    return (rm_h[-1] if rm_h else None), (rm_s[-1] if rm_s else None)
+
+
+def version_rows(config, run_dir: Path, stages, data: dict) -> list[dict]:
+    """Gold figures from each version's evaluation; RM figures re-scored with the final R_h and R_s, so every
+    version is judged by the same reward models."""
+    from rlhf.evaluate import EvaluateConfig, run_evaluate
+
+    rm_h, rm_s = final_reward_models(stages)
+    rows = []
+    for stage in stages:
+        if stage.version is None:
+            continue
+        folder = run_dir / stage.name
+        result = _load_json(folder / "eval.json") or {}
+        rescored = {}
+        if rm_h and rm_s and (folder / "responses.jsonl").exists():
+            rescored = run_evaluate(EvaluateConfig(
+                responses=str(folder / "responses.jsonl"), prompts=data["eval"], chat_format=config.chat_format,
+                reward_helpfulness=str(run_dir / rm_h), reward_safety=str(run_dir / rm_s),
+                output_dir=str(run_dir / "report" / stage.version),
+            ))
+        row = {"name": stage.version}
+        for key in VERSION_KEYS:
+            row[key] = rescored.get(key, result.get(key))
+        row["per_family"] = result.get("per_family")
+        rows.append(row)
+    # The paper's order: SFT, RLHF-V1, ..., RLHF-V5-noPPO beside RLHF-V5.
+    return rows
+
+
+def reward_accuracy(run_dir: Path, stages) -> list[dict]:
+    rows = []
+    for stage in stages:
+        if stage.script != "reward.py":
+            continue
+        result = _load_json(run_dir / stage.name / "eval.json")
+        if result:
+            rows.append({"stage": stage.name, **{k: result[k] for k in ("accuracy", "per_rating") if k in result}})
+    return rows
+
+
+def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, (x_key, y_key, title) in zip(axes, (
+        ("gold_violation_rate", "gold_helpfulness", "gold judges"),
+        ("rm_safety", "rm_helpfulness", "final reward models"),
+    )):
+        points = [(v[x_key], v[y_key], v["name"]) for v in versions if v[x_key] is not None and v[y_key] is not None]
+        if not points:
+            continue
+        xs = [1 - p[0] if x_key == "gold_violation_rate" else p[0] for p in points]
+        ys = [p[1] for p in points]
+        axis.plot(xs, ys, "-o", color="tab:blue")
+        for x, y, name in zip(xs, ys, (p[2] for p in points)):
+            axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axis.set_xlabel("harmlessness (1 - violation rate)" if x_key == "gold_violation_rate" else "mean sigmoid(R_s), safety prompts")
+        axis.set_ylabel("gold helpfulness" if y_key == "gold_helpfulness" else "mean sigmoid(R_h), helpfulness prompts")
+        axis.set_title(f"Versions judged by {title} (fig. 11 analogue)")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "report_versions.png", dpi=110)
+    plt.close(fig)
+    written.append("report_versions.png")
+
+    if reward_rows and any("per_rating" in r for r in reward_rows):
+        fig, axis = plt.subplots(figsize=(7, 4))
+        for row in reward_rows:
+            per = row.get("per_rating") or {}
+            levels = [k for k in per if isinstance(per[k], dict)]
+            accs = [per[k].get("accuracy") for k in levels]
+            if levels:
+                axis.plot(range(len(levels)), [a if a is not None else float("nan") for a in accs], "-o",
+                          label=row["stage"])
+                axis.set_xticks(range(len(levels)), levels, rotation=15)
+        axis.set_ylabel("held-out accuracy")
+        axis.set_title("Reward-model accuracy per rating level")
+        axis.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(run_dir / "report_reward_accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append("report_reward_accuracy.png")
+    return written
+
+
+def write_report(config, run_dir: Path, stages, data: dict) -> dict:
+    from rlhf.pipeline import read_manifest
+
+    versions = version_rows(config, run_dir, stages, data)
+    reward_rows = reward_accuracy(run_dir, stages)
+    manifest = read_manifest(run_dir)
+    rs_reports = {s.name: str(run_dir / s.name) for s in stages if s.script == "rejection_sampling.py"}
+    ppo_runs = {s.name: str(run_dir / s.name) for s in stages if s.script == "ppo.py"}
+    report = {
+        "versions": versions,
+        "reward_models": reward_rows,
+        "rejection_sampling_runs": rs_reports,
+        "ppo_runs": ppo_runs,
+        "wall_seconds": manifest.get("wall_seconds"),
+        "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
+    }
+    plots = _plot(run_dir, versions, reward_rows, stages)
+    report["plots"] = plots
+    atomic_write_json(run_dir / "report.json", report)
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["# Pipeline report", "", f"Run directory: `{run_dir}`; wall time {fmt(report['wall_seconds'])} s.", "",
+             "| version | gold helpfulness | gold violation rate | gold false-refusal rate | gold combined | "
+             "RM helpfulness | RM safety |", "|---|---|---|---|---|---|---|"]
+    for v in versions:
+        lines.append(f"| {v['name']} | " + " | ".join(fmt(v[k]) for k in VERSION_KEYS) + " |")
+    lines += ["", "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
+              "safety prompts; gold figures: the world's judges (see alignment/world).", ""]
+    if reward_rows:
+        lines += ["## Reward models: held-out accuracy", "", "```json", json.dumps(reward_rows, indent=1), "```", ""]
+    lines += [f"![versions]({p})" for p in plots]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,136 @@
+"""Rejection sampling's pure parts: best-of-K, pooling across iterations, the figure 7 and 8 statistics.
+
+Rows are the sample dicts rejection sampling stores (`messages`, `response`, `sample_index`, `r_c`, ...).
+No model, no I/O: each function is tested on hand-made scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+
+def prompt_key(messages: list[dict]) -> str:
+    """Identity of a prompt across iterations and files: its messages, not an id a new prompt file may reuse."""
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+
+
+def best_of_k(rows: Iterable[dict]) -> list[dict]:
+    """Per prompt, the sample with the highest R_c (LLAMA2_METHOD.md, "Stage 3").
+
+    Ties go to the lowest `sample_index` (then the earlier row), so the choice never depends on dict or
+    file order. Prompts come out in order of first appearance.
+    """
+    best: dict[str, dict] = {}
+    for row in rows:
+        key = prompt_key(row["messages"])
+        held = best.get(key)
+        if held is None or _beats(row, held):
+            best[key] = row
+    return list(best.values())
+
+
+def _beats(row: dict, held: dict) -> bool:
+    if row["r_c"] != held["r_c"]:
+        return row["r_c"] > held["r_c"]
+    return row.get("sample_index", 0) < held.get("sample_index", 0)
+
+
+def pool_best(candidates_by_iteration: Sequence[Sequence[dict]]) -> list[dict]:
+    """Per prompt, the best candidate across iterations, every candidate scored by the *current* reward models.
+
+    `candidates_by_iteration[0]` is this iteration's best-of-K, then earlier iterations' best samples, newest
+    first. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts seen only in earlier
+    iterations stay in the pool: after RLHF-V3 the top samples of all prior iterations were pooled, because
+    using only the previous iteration's samples caused regressions (sec. 3.2.3).
+    """
+    pool: dict[str, dict] = {}
+    for candidates in candidates_by_iteration:
+        for row in candidates:
+            key = prompt_key(row["messages"])
+            if key not in pool or row["r_c"] > pool[key]["r_c"]:
+                pool[key] = row
+    return list(pool.values())
+
+
+def expected_max_and_median(values: Sequence[float], k: int) -> tuple[float, float]:
+    """Expected maximum and median of k samples drawn without replacement from the K values.
+
+    Exact order statistics instead of one arbitrary subset, so the figure 7 curve is smooth and
+    deterministic: the j-th smallest of a random k-subset is the i-th smallest of all K values with
+    probability C(i-1, j-1) C(K-i, k-j) / C(K, k). An even k takes the mean of the two middle values.
+    """
+    ordered = sorted(float(v) for v in values)
+    n = len(ordered)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    total = math.comb(n, k)
+
+    def expected_order_statistic(j: int) -> float:
+        return sum(
+            ordered[i - 1] * math.comb(i - 1, j - 1) * math.comb(n - i, k - j) for i in range(j, n - k + j + 1)
+        ) / total
+
+    maximum = expected_order_statistic(k)
+    if k % 2:
+        median = expected_order_statistic((k + 1) // 2)
+    else:
+        median = (expected_order_statistic(k // 2) + expected_order_statistic(k // 2 + 1)) / 2
+    return maximum, median
+
+
+def group_rewards(rows: Iterable[dict]) -> list[list[float]]:
+    """R_c of each prompt's samples, in sample order, one list per prompt."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        groups.setdefault(prompt_key(row["messages"]), []).append((row.get("sample_index", 0), row["r_c"]))
+    return [[r for _, r in sorted(group)] for group in groups.values()]
+
+
+def reward_vs_k(rows: Iterable[dict], ks: Sequence[int]) -> dict:
+    """Figure 7: mean over prompts of the expected max and median R_c among k samples, for each k."""
+    groups = group_rewards(rows)
+    if not groups:
+        return {"k": [], "max": [], "median": [], "num_prompts": 0}
+    available = min(len(g) for g in groups)
+    ks = sorted({k for k in ks if 1 <= k <= available})
+    maxima, medians = [], []
+    for k in ks:
+        stats = [expected_max_and_median(g, k) for g in groups]
+        maxima.append(sum(s[0] for s in stats) / len(stats))
+        medians.append(sum(s[1] for s in stats) / len(stats))
+    return {"k": ks, "max": maxima, "median": medians, "num_prompts": len(groups)}
+
+
+def default_ks(num_samples: int) -> list[int]:
+    """1, 2, 4, ... up to K, and K itself."""
+    ks, k = [], 1
+    while k < num_samples:
+        ks.append(k)
+        k *= 2
+    return ks + [num_samples]
+
+
+def reward_vs_temperature(rows_by_temperature: dict[float, list[dict]]) -> dict:
+    """Figure 8: for each temperature, mean over prompts of the max, median and mean R_c of the K samples."""
+    temperatures, maxima, medians, means = [], [], [], []
+    for temperature in sorted(rows_by_temperature):
+        groups = group_rewards(rows_by_temperature[temperature])
+        if not groups:
+            continue
+        k = min(len(g) for g in groups)
+        stats = [expected_max_and_median(g[:k], k) for g in groups]
+        temperatures.append(temperature)
+        maxima.append(sum(s[0] for s in stats) / len(stats))
+        medians.append(sum(s[1] for s in stats) / len(stats))
+        means.append(sum(sum(g) / len(g) for g in groups) / len(groups))
+    return {"temperature": temperatures, "max": maxima, "median": medians, "mean": means}
+
+
+def pick_temperature(sweep: dict) -> float:
+    """The temperature with the highest mean max-of-K reward, what best-of-K can gain (fig. 8); ties: lowest T."""
+    if not sweep["temperature"]:
+        raise ValueError("empty temperature sweep")
+    best = max(range(len(sweep["temperature"])), key=lambda i: (sweep["max"][i], -sweep["temperature"][i]))
+    return sweep["temperature"][best]
