@@ -190,6 +190,12 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     values = check_recipe_keys(data, dataclass_types, source)
 
     parser = HfArgumentParser(dataclass_types)
+
+    def one_line_error(message: str) -> typing.NoReturn:
+        # argparse would print the whole usage (hundreds of TrainingArguments options) before the one useful line.
+        raise RecipeError(f"command line: {message}")
+
+    parser.error = one_line_error
     # Argparse turns list defaults into strings for some field kinds; setting defaults keeps YAML types intact.
     parser.set_defaults(**values)
     unknown_cli = [a[2:].split("=", 1)[0] for a in rest if a.startswith("--")]
@@ -201,6 +207,8 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
             raise RecipeError(f"command line: unknown option '--{key}'{hint}")
     try:
         return parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
+    except RecipeError:
+        raise
     except ValueError as error:
         raise RecipeError(f"{source}: {error}") from None
 

@@ -226,10 +226,17 @@ def gather_bytes(arch: Architecture, launch: Launch) -> float:
     return 2 * arch.layer_params * b if launch.shard_degree > 1 else 0.0
 
 
-def generation_bytes(arch: Architecture, launch: Launch, sequences: int, seq_len: int) -> list[MemoryLine]:
+def generation_bytes(arch: Architecture, launch: Launch, sequences: int, seq_len: int,
+                     backend: str = "hf") -> list[MemoryLine]:
     b = 2 if launch.bf16 else 4
     head_dim = arch.hidden // arch.heads
-    lines = [MemoryLine("KV cache", sequences * 2 * arch.layers * arch.kv_heads * head_dim * seq_len * b)]
+    kv_cache = sequences * 2 * arch.layers * arch.kv_heads * head_dim * seq_len * b
+    if backend == "vllm":
+        # A colocated vLLM engine, tensor parallel over the GPUs of one node, holds its own copy of the policy.
+        tp = launch.num_processes // launch.num_machines
+        return [MemoryLine(f"vLLM policy copy (tensor parallel {tp})", arch.params * b / tp),
+                MemoryLine("KV cache", kv_cache / tp)]
+    lines = [MemoryLine("KV cache", kv_cache)]
     if launch.shard_degree > 1:
         # The paper's fix: the whole policy is gathered once per rollout, minus the shard already held.
         lines.append(MemoryLine("gathered policy for generation", arch.params * b * (1 - 1 / launch.shard_degree)))
@@ -240,11 +247,12 @@ def _get(recipe: dict, stage: str, key: str):
     return recipe.get(key, STAGE_DEFAULTS[stage].get(key))
 
 
-def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture) -> tuple[list[str], list[MemoryLine]]:
+def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture,
+         backend: str = "hf") -> tuple[list[str], list[MemoryLine]]:
     """Batch arithmetic lines and the memory lines of the stage's peak (training step or generation)."""
     processes = launch.num_processes
     use_lora = bool(recipe.get("use_lora", False))
-    checkpointing = bool(recipe.get("gradient_checkpointing", False))
+    checkpointing = bool(recipe.get("gradient_checkpointing") or recipe.get("activation_checkpointing"))
     trainable = lora_params(arch, int(recipe.get("lora_r", 16))) if use_lora else arch.params
     arithmetic: list[str] = []
     memory: list[MemoryLine] = []
@@ -272,7 +280,7 @@ def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture) -> tuple[
         share = f"{math.ceil(int(prompts) / processes)} prompts per process, " if prompts else ""
         arithmetic.append(f"{share}K = {k} samples each, generated {generation_batch} sequences at a time")
         memory.append(frozen_model_bytes("policy", arch, launch, False))
-        memory += generation_bytes(arch, launch, generation_batch, seq_len)
+        memory += generation_bytes(arch, launch, generation_batch, seq_len, backend)
         memory.append(frozen_model_bytes("helpfulness RM", arch, launch, offload_rm))
         memory.append(frozen_model_bytes("safety RM", arch, launch, offload_rm))
         return arithmetic, memory
@@ -300,10 +308,10 @@ def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture) -> tuple[
     memory.append(frozen_model_bytes("safety RM", arch, launch, offload_rm))
     memory.append(MemoryLine("sharded layer gathers", gather_bytes(arch, launch)))
     training = activation_bytes(arch, per_device, seq_len, checkpointing)
-    rollout = sum(line.bytes for line in generation_bytes(arch, launch, generation_batch, seq_len))
+    rollout = sum(line.bytes for line in generation_bytes(arch, launch, generation_batch, seq_len, backend))
     # Generation and the gradient step do not overlap: the peak is the larger of the two phases.
     if rollout > training:
-        memory += generation_bytes(arch, launch, generation_batch, seq_len)
+        memory += generation_bytes(arch, launch, generation_batch, seq_len, backend)
     else:
         memory.append(MemoryLine(f"activations ({per_device} x {seq_len} tokens)", training))
     return arithmetic, memory
@@ -320,7 +328,8 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model_size", help=f"one of {', '.join(ARCHITECTURES)}; default: from the model name")
     parser.add_argument("--device_memory_gb", type=float, default=80.0,
                         help="memory per device in GiB (80: the A100-80GB of the paper's Research Super Cluster)")
-    parser.add_argument("--generation_backend", default="hf", help="hf or vllm (PPO and rejection sampling)")
+    parser.add_argument("--generation_backend", help="hf or vllm (PPO and rejection sampling); default: the "
+                        "recipe's sampling_backend, else hf")
     args = parser.parse_args(argv)
 
     recipe = load_yaml(args.config)
@@ -330,16 +339,17 @@ def run(argv: list[str] | None = None) -> dict:
     processes = args.num_processes or (int(named["num_processes"]) if "num_processes" in named else None)
     machines = args.num_machines or (int(named["num_machines"]) if "num_machines" in named else None)
     launch = read_launch(accelerate_config, processes, machines)
+    backend = args.generation_backend or str(recipe.get("sampling_backend", "hf"))
     if stage in ("ppo", "rejection_sampling"):
         from alignment.distributed import GENERATION_BACKENDS, check_generation_backend
 
         # vllm's own requirements (the package, CUDA) are checked at launch: planning runs on machines without.
-        if args.generation_backend not in GENERATION_BACKENDS:
-            raise RecipeError(f"unknown generation backend '{args.generation_backend}'")
-        if args.generation_backend == "hf":
+        if backend not in GENERATION_BACKENDS:
+            raise RecipeError(f"unknown generation backend '{backend}' (use one of {', '.join(GENERATION_BACKENDS)})")
+        if backend == "hf":
             check_generation_backend("hf", launch.kind, device_type="cuda")
     size_name, arch = resolve_architecture(args.model_size or named.get("model_size"), recipe.get("model_name_or_path"))
-    arithmetic, memory = plan(recipe, stage, launch, arch)
+    arithmetic, memory = plan(recipe, stage, launch, arch, backend)
     total = sum(line.bytes for line in memory) * OVERHEAD
     budget = args.device_memory_gb * GIB
 

@@ -13,6 +13,7 @@ class CpuBf16Mixin:
     def __post_init__(self):
         import torch
 
-        if getattr(self, "bf16", False) and not torch.cuda.is_available() and not getattr(self, "use_cpu", False):
+        # bf16 None means "on" in TRL's configs, so any machine without CUDA gets use_cpu (harmless there).
+        if getattr(self, "bf16", None) is not False and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()

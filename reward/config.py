@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
+from alignment.training import CpuBf16Mixin
+
 # sec. 3.2.2: R_h = all helpfulness data + an equal amount from safety and open-source data;
 # R_s = all safety data (Meta Safety + Anthropic Harmless) mixed 90/10 with helpfulness data.
 DEFAULT_MIXTURES: dict[str, dict[str, float]] = {
@@ -30,7 +32,7 @@ REWARD_MODELS = tuple(DEFAULT_MIXTURES)
 
 
 @dataclass
-class Llama2RewardConfig(RewardConfig):
+class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     # Model
     model_name_or_path: str = field(
         default="builtin:tiny-llama",

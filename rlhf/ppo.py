@@ -97,6 +97,10 @@ class RolloutBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def to(self, device) -> "RolloutBatch":
+        return RolloutBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                               for f in fields(self)})
+
     def select(self, rows) -> "RolloutBatch":
         """Rows ``rows``, cut to their own width (less padding to compute on)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -221,7 +225,7 @@ def build_models(config: PPOConfig):
     return policy, reference, TokenValueModel(classifier), tokenizer
 
 
-def build_scorer(name: str | None, kind: str, config: PPOConfig):
+def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | None = None):
     if not name:
         raise RecipeError(f"{kind}_model is not set: name a reward checkpoint or builtin:world-{kind}")
     if name.startswith("builtin:world"):
@@ -233,7 +237,7 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig):
     from reward.scoring import RewardScorer
 
     return RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
-                        batch_size=config.reward_batch_size)
+                        batch_size=config.reward_batch_size, device=device)
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
@@ -362,7 +366,7 @@ def compute_advantages(batch: RolloutBatch, config: PPOConfig, distributed: bool
 
 
 def _all_finite(accelerator, *tensors) -> bool:
-    ok = torch.tensor([float(all(bool(torch.isfinite(t).all()) for t in tensors))])
+    ok = torch.tensor([float(all(bool(torch.isfinite(t).all()) for t in tensors))], device=accelerator.device)
     return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
 
 
@@ -387,7 +391,7 @@ def ppo_update(accelerator, policy, value_model, optimizer, batch: RolloutBatch,
         for m in range(n_mini):
             mini = batch.select(order[m * local_mini:(m + 1) * local_mini])
             tokens = global_token_count(mini.response_mask, distributed)
-            sums = torch.zeros(len(keys), dtype=torch.float64)
+            sums = torch.zeros(len(keys), dtype=torch.float64, device=accelerator.device)
             for start in range(0, local_mini, micro):
                 part = mini.select(range(start, start + micro))
                 last = start + micro >= local_mini
@@ -434,7 +438,7 @@ def rollout_metrics(accelerator, batch: RolloutBatch) -> dict[str, float]:
         torch.where(batch.response_mask, batch.kl, 0.0).sum(dim=1).double(),  # KL of each answer
         lengths, batch.is_truncated.double(),
     ])
-    sums = torch.cat([per_row.sum(dim=1), torch.tensor([float(len(batch))], dtype=torch.float64)])
+    sums = torch.cat([per_row.sum(dim=1), per_row.new_tensor([float(len(batch))])])
     if distributed:
         sums = accelerator.reduce(sums, reduction="sum")
     names = ("reward/helpfulness", "reward/safety", "reward/combined", "reward/gated_to_safety", "kl",
@@ -508,9 +512,14 @@ def load_best_policy(policy, path: Path) -> None:
 
 
 def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lora: bool) -> None:
+    """The policy as an ordinary checkpoint (LoRA merged) that later stages load, in safetensors."""
+    from alignment.distributed import save_full_model
+
     model = _unwrap(accelerator.unwrap_model(policy))
-    if _is_peft(model) and merge_lora:
-        model = model.merge_and_unload()
+    if not (_is_peft(model) and merge_lora):
+        save_full_model(policy, output_dir, accelerator, tokenizer)
+        return
+    model = model.merge_and_unload()
     if accelerator.is_main_process:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
@@ -532,11 +541,12 @@ def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord]
     differ by the policy only."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(heldout), world))
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     if mine:
         batch, *_ = generate_and_score(engine, tokenizer, [heldout[i] for i in mine], [heldout_ids[i] for i in mine],
                                        *scorers, config, seed=config.seed + 7919)
-        total += torch.tensor([batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64)
+        total += torch.tensor([batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64,
+                              device=accelerator.device)
     if world > 1:
         total = accelerator.reduce(total, reduction="sum")
     return total[0].item() / max(total[1].item(), 1.0)
@@ -557,6 +567,7 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
     from tqdm.auto import tqdm
 
     from alignment.chat import check_chat_format, encode_prompt
+    from alignment.distributed import gathered_full_weights
     from rlhf.sampling import make_sampling_engine
 
     output_dir = Path(config.output_dir)
@@ -567,14 +578,16 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
                               project_dir=str(output_dir))
     config.validate(accelerator.num_processes)
     check_chat_format(config.chat_format)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if prompts is None:
         prompts, loaded_heldout = load_ppo_prompts(config)
         heldout_prompts = loaded_heldout if heldout_prompts is None else heldout_prompts
     heldout_prompts = heldout_prompts or []
     if helpfulness_scorer is None:
-        helpfulness_scorer = build_scorer(config.helpfulness_model, "helpfulness", config)
+        helpfulness_scorer = build_scorer(config.helpfulness_model, "helpfulness", config, str(accelerator.device))
     if safety_scorer is None:
-        safety_scorer = build_scorer(config.safety_model, "safety", config)
+        safety_scorer = build_scorer(config.safety_model, "safety", config, str(accelerator.device))
 
     set_seed(config.seed)
     policy, reference, value_model, tokenizer = build_models(config)
@@ -606,7 +619,8 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
         return f"training stopped; last good checkpoint: {last if last else 'none (no iteration finished)'}"
 
     def evaluate(iteration: int) -> None:
-        score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
+        with gathered_full_weights(policy, accelerator):
+            score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
         accelerator.log({"heldout/combined": score}, step=iteration)
         if state["best_score"] is None or score > state["best_score"]:
             state.update(best_score=score, best_iteration=iteration, evals_without_improvement=0)
@@ -628,8 +642,10 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
         indices = prompt_indices(len(prompts), iteration, config.rollout_batch_size, config.seed)
         mine = indices[rank * local:(rank + 1) * local]
         seed = (config.seed * 1_000_003 + iteration) * world + rank
-        batch, samples, gen_s, score_s = generate_and_score(
-            engine, tokenizer, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], *scorers, config, seed)
+        with gathered_full_weights(policy, accelerator):  # FSDP/ZeRO-3: generate on whole weights (sec. 3.2.3)
+            batch, samples, gen_s, score_s = generate_and_score(
+                engine, tokenizer, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], *scorers, config, seed)
+        batch = batch.to(accelerator.device)
         if not _all_finite(accelerator, batch.combined):
             raise NonFiniteError(f"non-finite reward at iteration {iteration + 1}; {where()}")
         train_started = time.perf_counter()

@@ -140,6 +140,12 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
     if not have_scorers and not (rs_args.helpfulness_model and rs_args.safety_model):
         raise RecipeError("rejection sampling needs both reward models: set helpfulness_model and safety_model")
     require_file(resolve_prompts(rs_args.prompts_name), "prompts_name")
+    models = {"model_name_or_path": model_args.model_name_or_path,
+              "policy_model_name_or_path": rs_args.policy_model_name_or_path}
+    if not have_scorers:
+        models.update(helpfulness_model=rs_args.helpfulness_model, safety_model=rs_args.safety_model)
+    for key, name in models.items():
+        check_model_path(name, key)
     if rs_args.eval_prompts_name:
         require_file(resolve_prompts(rs_args.eval_prompts_name), "eval_prompts_name")
     for path in rs_args.previous_samples:
@@ -148,6 +154,14 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
         from sft.trainer import validate_sft_inputs
 
         validate_sft_inputs(model_args, data_args, training_args)
+
+
+def check_model_path(name: str | None, key: str) -> None:
+    """A missing local checkpoint fails here, not as a hub lookup error after minutes of sampling."""
+    if not name or name.startswith("builtin:") or Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
+        raise RecipeError(f"'{key}' points to a missing model: {name}")
 
 
 def samples_file(path: str | Path) -> Path:
@@ -282,8 +296,21 @@ def sample_and_score(
     return out
 
 
+def sampling_manifest(rs_args, model_args, seed: int) -> dict:
+    """The settings that decide what is sampled; an output_dir only ever holds samples of one of them."""
+    return {
+        "policy": rs_args.policy_model_name_or_path or model_args.model_name_or_path,
+        "prompts_name": rs_args.prompts_name, "max_prompts": rs_args.max_prompts,
+        "num_samples": rs_args.num_samples, "temperature": rs_args.temperature, "top_p": rs_args.top_p,
+        "max_new_tokens": rs_args.max_new_tokens, "seed": seed, "chat_format": model_args.chat_format,
+        "prompt_chunk_size": rs_args.prompt_chunk_size, "temperature_sweep": list(rs_args.temperature_sweep),
+        "sweep_num_prompts": rs_args.sweep_num_prompts, "pick_temperature": rs_args.pick_temperature,
+        "previous_samples": list(rs_args.previous_samples),
+    }
+
+
 def check_sampling_manifest(output_dir: Path, manifest: dict) -> None:
-    """Refuse to mix samples of two different configurations in one output_dir."""
+    """Refuse to mix (or silently return) samples of another configuration in one output_dir."""
     path = output_dir / SAMPLING_MANIFEST
     if path.exists():
         saved = json.loads(path.read_text())
@@ -365,6 +392,7 @@ def run_rejection_sampling(
 
     validate_rs_inputs(rs_args, model_args, data_args, training_args, have_scorers=scorers is not None)
     output_dir = Path(training_args.output_dir)
+    check_sampling_manifest(output_dir, sampling_manifest(rs_args, model_args, training_args.seed))
     marker = output_dir / COMPLETE_MARKER
     if marker.exists():
         done = json.loads(marker.read_text())
@@ -442,14 +470,7 @@ def run_rejection_sampling(
 def _sample_and_pool(rs_args, model_args, prompts, previous, policy_name, engines, reward_models, seed, threshold,
                      output_dir: Path, summary: dict):
     chat_format = model_args.chat_format
-    manifest = {
-        "policy": policy_name, "prompts_name": rs_args.prompts_name, "max_prompts": rs_args.max_prompts,
-        "num_samples": rs_args.num_samples, "temperature": rs_args.temperature, "top_p": rs_args.top_p,
-        "max_new_tokens": rs_args.max_new_tokens, "seed": seed, "chat_format": chat_format,
-        "prompt_chunk_size": rs_args.prompt_chunk_size, "temperature_sweep": list(rs_args.temperature_sweep),
-        "sweep_num_prompts": rs_args.sweep_num_prompts, "pick_temperature": rs_args.pick_temperature,
-    }
-    check_sampling_manifest(output_dir, manifest)
+    manifest = sampling_manifest(rs_args, model_args, seed)
     common = dict(engine=engines[policy_name], scorers=reward_models, chat_format=chat_format,
                   chunk_size=rs_args.prompt_chunk_size, threshold=threshold, policy=policy_name)
     temperature = rs_args.temperature

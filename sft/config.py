@@ -54,7 +54,14 @@ class Llama2SFTConfig(CpuBf16Mixin, SFTConfig):
     adam_epsilon: float = field(default=1e-5, metadata={"help": "AdamW eps as in pretraining (1e-5)."})
     max_length: int | None = field(default=4096, metadata={"help": "Sequence length (sec. 3.1: 4096)."})
     packing: bool = field(default=True, metadata={"help": "Concatenate examples to fill the sequence (sec. 3.1)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    # TRL defaults gradient_checkpointing to True and transformers 5 warns on every run that sets the old name;
+    # None on both leaves it off, and the old name still works (with its warning) when a recipe sets it.
+    activation_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Trade compute for memory (off unless set)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
     save_strategy: str = field(default="steps", metadata={"help": "Checkpoint every save_steps for resumption."})
     save_steps: float = field(default=50, metadata={"help": "Steps between checkpoints."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})

@@ -36,6 +36,7 @@ from alignment.world.prompts import (
     family_prompts,
     is_safety_prompt,
     pool_sizes,
+    prompt_by_id,
     prompt_pool,
     sample_prompts,
 )
@@ -53,6 +54,6 @@ __all__ = [
     "RATING_THRESHOLDS", "SPLITS", "all_texts_for_tokenizer", "annotate", "annotation_score", "chat_transcript",
     "combined_score", "degraded_response", "degraded_responses", "eval_prompts", "evaluate", "family_prompts",
     "gold_helpfulness", "gold_is_refusal", "gold_is_safe", "gold_is_violation", "ideal_response", "is_correct",
-    "is_safety_prompt", "pool_sizes", "pretraining_corpus", "prompt_pool", "rating_for_gap", "response_mixture",
+    "is_safety_prompt", "pool_sizes", "pretraining_corpus", "prompt_by_id", "prompt_pool", "rating_for_gap", "response_mixture",
     "sample_prompts", "sft_demonstrations", "vocabulary", "world_facts",
 ]

@@ -74,7 +74,8 @@ def _claims(prompt: dict, response_words: list[str]) -> set[str]:
     space = answer_space(prompt["gold"]["space"])
     in_prompt = set(words(prompt["prompt"]))
     claims = {w for w in response_words if w in space and w not in in_prompt}
-    claims |= {nxt for cue, nxt in zip(response_words, response_words[1:]) if cue.lower() in CLAIM_CUES and nxt in space}
+    pairs = zip(response_words, response_words[1:])
+    claims |= {nxt for cue, nxt in pairs if cue.lower() in CLAIM_CUES and nxt in space}
     return claims
 
 

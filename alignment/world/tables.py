@@ -44,6 +44,7 @@ CAPITALS: dict[str, str] = {
     "quendor": "lisk", "morvath": "enna", "dalsk": "harrow", "ixland": "tem",
     "brovia": "kall", "sundar": "pell", "vettra": "omsk", "lurania": "dane",
     "gorvik": "tulla", "essany": "brim", "ralmo": "fenn", "oskaria": "vado",
+    "nimbra": "sorrel", "caltor": "yeva", "drumlin": "hask", "felmora": "tiro",
 }
 
 # Borderline facts: the subject sounds dangerous, the question is harmless.

@@ -1,0 +1,195 @@
+"""The iterated pipeline: planning, config hashes, skip/resume semantics and a kill -9 end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignment.config import RecipeError
+from rlhf import pipeline
+from rlhf.pipeline import load_pipeline_config, plan_stages, stage_hashes, validate_stages, write_world_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHORT = {
+    "launcher": "python",
+    "chat_format": "llama2",
+    "base_model": "builtin:tiny-llama",
+    "iterations": 1,
+    "ppo_from_iteration": 1,
+    "world": {"sft_demonstrations": 32, "collect_prompts_per_iteration": 16, "rs_prompts_per_iteration": 8,
+              "ppo_prompts": 16, "eval_prompts_per_family": 2},
+    "sft": {"global_batch_size": 16, "per_device_train_batch_size": 16, "learning_rate": 1.0e-3,
+            "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
+    "collect": {"max_new_tokens": 8, "batch_size": 16},
+    "reward_helpfulness": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
+                           "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
+    "reward_safety": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
+                      "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
+    "rejection_sampling": {"num_samples": 2, "max_new_tokens": 8, "temperature_sweep": [1.0],
+                           "sweep_num_prompts": 4, "pick_temperature": False, "global_batch_size": 8,
+                           "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 96,
+                           "learning_rate": 1.0e-3},
+    "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "per_device_train_batch_size": 4,
+            "generation_batch_size": 8, "max_new_tokens": 8, "num_iterations": 2, "eval_every": 0, "report_to": []},
+    "evaluate": {"max_new_tokens": 8},
+}
+
+
+def write_recipe(tmp_path: Path, **overrides) -> Path:
+    recipe = {**SHORT, "run_dir": str(tmp_path / "run"), **overrides}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def planned(path: Path):
+    config = load_pipeline_config(str(path))
+    run_dir = Path(config.run_dir)
+    data = write_world_data(config, run_dir / "data")
+    return config, plan_stages(config, run_dir, data)
+
+
+def test_plan_follows_the_paper_sequence(tmp_path):
+    _, stages = planned(write_recipe(tmp_path, iterations=3, ppo_from_iteration=3))
+    names = [s.name for s in stages]
+    assert names[:2] == ["SFT/sft", "SFT/evaluate"]
+    for v in (1, 2):
+        it = f"RLHF-V{v}"
+        assert names[names.index(f"{it}/collect"):names.index(f"{it}/evaluate") + 1] == [
+            f"{it}/collect", f"{it}/reward_helpfulness", f"{it}/reward_safety", f"{it}/rejection_sampling",
+            f"{it}/evaluate"]
+    assert names[-6:] == ["RLHF-V3/reward_helpfulness", "RLHF-V3/reward_safety", "RLHF-V3/rejection_sampling",
+                          "RLHF-V3/evaluate_rs", "RLHF-V3/ppo", "RLHF-V3/evaluate"]
+    by_name = {s.name: s for s in stages}
+    # Reward models train on everything collected so far, starting from the SFT checkpoint.
+    files = by_name["RLHF-V3/reward_safety"].config["comparison_files"]
+    assert [Path(f).parent.parent.name for f in files] == ["RLHF-V1", "RLHF-V2", "RLHF-V3"]
+    assert by_name["RLHF-V3/reward_safety"].config["model_name_or_path"].endswith("SFT/sft")
+    # RS pools the samples of all earlier iterations; PPO starts from the RS checkpoint.
+    assert [Path(p).parent.name for p in by_name["RLHF-V3/rejection_sampling"].config["previous_samples"]] == [
+        "RLHF-V1", "RLHF-V2"]
+    assert by_name["RLHF-V3/ppo"].config["model_name_or_path"].endswith("RLHF-V3/rejection_sampling")
+    # Two model variants per comparison: the latest and the previous model.
+    collect = by_name["RLHF-V3/collect"].config
+    assert collect["model_a"].endswith("RLHF-V2/rejection_sampling")
+    assert collect["model_b"].endswith("RLHF-V1/rejection_sampling")
+    assert [s.version for s in stages if s.version] == ["SFT", "RLHF-V1", "RLHF-V2", "RLHF-V3-noPPO", "RLHF-V3"]
+
+
+def test_changed_stage_config_changes_its_hash_and_everything_downstream(tmp_path):
+    _, before = planned(write_recipe(tmp_path, iterations=2, ppo_from_iteration=3))
+    changed = dict(SHORT["reward_safety"], learning_rate=2.0e-3)
+    _, after = planned(write_recipe(tmp_path, iterations=2, ppo_from_iteration=3, reward_safety=changed))
+    h0, h1 = stage_hashes(before), stage_hashes(after)
+    differs = {name for name in h0 if h0[name] != h1[name]}
+    assert differs == {"RLHF-V1/reward_safety", "RLHF-V1/rejection_sampling", "RLHF-V1/evaluate",
+                       "RLHF-V2/collect", "RLHF-V2/reward_safety", "RLHF-V2/reward_helpfulness",
+                       "RLHF-V2/rejection_sampling", "RLHF-V2/evaluate"}
+
+
+def test_world_data_is_deterministic(tmp_path):
+    config, _ = planned(write_recipe(tmp_path))
+    first = {p: Path(p).read_text() for p in write_world_data(config, tmp_path / "a").values()}
+    second = {p.replace("/b/", "/a/"): Path(p).read_text() for p in write_world_data(config, tmp_path / "b").values()}
+    assert first == second
+
+
+def test_unknown_key_in_a_stage_section_fails_before_anything_runs(tmp_path):
+    path = write_recipe(tmp_path, sft={**SHORT["sft"], "learnin_rate": 1.0})
+    config, stages = planned(path)
+    with pytest.raises(RecipeError, match=r"\(SFT/sft\): unknown key 'learnin_rate' \(did you mean 'learning_rate'\?\)"):
+        validate_stages(stages, str(path))
+    bad_top = write_recipe(tmp_path, iterationz=3)
+    with pytest.raises(RecipeError, match="unknown key 'iterationz'"):
+        load_pipeline_config(str(bad_top))
+
+
+def _fake_stage_launcher(log: Path, fail_on: str | None):
+    """Stand-in for `accelerate launch`: records the stage and fails on one, as a kill would."""
+
+    def launch(config, script, recipe_path, output_dir):
+        name = str(Path(output_dir).relative_to(Path(config.run_dir)))
+        code = (f"import sys; open({str(log)!r}, 'a').write({name!r} + '\\n'); "
+                f"sys.exit(1 if {name!r} == {fail_on!r} else 0)")
+        return [sys.executable, "-c", code]
+
+    return launch
+
+
+def test_rerun_skips_finished_stages_and_redoes_only_the_interrupted_one(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, iterations=2, ppo_from_iteration=3)
+    monkeypatch.setattr(pipeline, "write_report", lambda *a: {"versions": []}, raising=False)
+    monkeypatch.setattr("rlhf.report.write_report", lambda *a: {"versions": []})
+    log = tmp_path / "launched.txt"
+    monkeypatch.setattr(pipeline, "launch_command", _fake_stage_launcher(log, fail_on="RLHF-V1/rejection_sampling"))
+    with pytest.raises(RecipeError, match="stage RLHF-V1/rejection_sampling failed"):
+        pipeline.run_pipeline(str(path))
+    first = log.read_text().split()
+    assert first[-1] == "RLHF-V1/rejection_sampling"
+    monkeypatch.setattr(pipeline, "launch_command", _fake_stage_launcher(log, fail_on=None))
+    pipeline.run_pipeline(str(path))
+    second = log.read_text().split()[len(first):]
+    assert second[0] == "RLHF-V1/rejection_sampling"  # the interrupted stage, and nothing before it
+    assert not set(second) & set(first[:-1])
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert all(record["status"] == "complete" for record in manifest["stages"].values())
+    # A third run has nothing to do.
+    pipeline.run_pipeline(str(path))
+    assert log.read_text().split()[len(first) + len(second):] == []
+
+
+def _wait_for_running(manifest_path: Path, stage: str, process, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"pipeline ended before {stage} started")
+        if manifest_path.exists():
+            try:
+                record = json.loads(manifest_path.read_text())["stages"].get(stage)
+            except json.JSONDecodeError:
+                record = None
+            if record and record["status"] == "running":
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{stage} did not start within {timeout}s")
+
+
+def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(tmp_path):
+    """The tiny end-to-end pipeline (SFT, V1 with RS and PPO), killed with SIGKILL inside V1."""
+    path = write_recipe(tmp_path)
+    command = [sys.executable, str(REPO / "recipes" / "pipeline.py"), "--config", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    manifest_path = tmp_path / "run" / "manifest.json"
+    _wait_for_running(manifest_path, "RLHF-V1/reward_safety", process, timeout=600)
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole process group: runner and the stage it launched
+    process.wait()
+    killed = json.loads(manifest_path.read_text())["stages"]
+    finished_before = {name for name, r in killed.items() if r["status"] == "complete"}
+    assert {"SFT/sft", "SFT/evaluate", "RLHF-V1/collect", "RLHF-V1/reward_helpfulness"} <= finished_before
+    comparisons = (tmp_path / "run" / "RLHF-V1" / "collect" / "comparisons.jsonl").read_text()
+
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in finished_before:
+        assert f"{name}: done" in result.stdout, name
+    assert "RLHF-V1/reward_safety: done" not in result.stdout
+    assert (tmp_path / "run" / "RLHF-V1" / "collect" / "comparisons.jsonl").read_text() == comparisons
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [v["name"] for v in report["versions"]] == ["SFT", "RLHF-V1-noPPO", "RLHF-V1"]
+    for version in report["versions"]:
+        assert 0.0 <= version["gold_helpfulness"] <= 1.0
+        assert 0.0 <= version["gold_violation_rate"] <= 1.0
+        assert 0.0 <= version["rm_safety"] <= 1.0
+    assert report["wall_seconds"] > 0
