@@ -60,6 +60,14 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
+def converted_gguf_dir(gguf_file: str | Path) -> Path:
+    """Where `convert_gguf` keeps a conversion: keyed by path, size and mtime, so an edited file converts again."""
+    gguf_file = Path(gguf_file)
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
+
+
 def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) -> Path:
     """Dequantise a GGUF checkpoint into a safetensors checkpoint (once; cached by file content)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,9 +76,7 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) ->
     if not gguf_file.is_file():
         raise RecipeError(f"GGUF file not found: {gguf_file}")
     if output_dir is None:
-        stat = gguf_file.stat()
-        key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        output_dir = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
+        output_dir = converted_gguf_dir(gguf_file)
 
     def build(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)

@@ -19,7 +19,7 @@ CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
 
 @dataclass
 class TinyLlamaSpec:
-    vocab_size: int = 512
+    vocab_size: int = 1024
     hidden_size: int = 64
     intermediate_size: int = 176
     num_hidden_layers: int = 2

@@ -165,6 +165,9 @@ def main() -> None:
                            check=True, cwd=ROOT, env=env)
             results[impl] = json.loads(out.read_text())
     ours, trl = results["ours"], results["trl"]
+    import torch
+
+    torch.set_num_threads(1)  # what each run used; machine_description reports it
     from benchmarks.common import machine_description, markdown_table
 
     table = markdown_table(
@@ -174,7 +177,7 @@ def main() -> None:
     )
     body = (
         f"Command: `python benchmarks/ppo_vs_trl.py --iterations {args.iterations} --write`\n\n"
-        f"Machine: {machine_description()} (1 thread per run; 2 shared cores). Tiny Llama policy, batch {BATCH}, "
+        f"Machine: {machine_description()} (2 cores shared with other users). Tiny Llama policy, batch {BATCH}, "
         f"mini-batch {MINI_BATCH}, one PPO epoch, {RESPONSE_LENGTH}-token answers, mean of "
         f"{ours['iterations_timed']} / {trl['iterations_timed']} iterations after a warm-up one.\n\n{table}\n\n"
         f"Ratio (TRL seconds / ours): {trl['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f}x. "

@@ -36,7 +36,8 @@ def recipe_args(args, output_dir: Path) -> list[str]:
             "--eval_fraction", str(args.eval_fraction), "--max_train_pairs", str(args.train_pairs),
             "--learning_rate", str(args.learning_rate), "--global_batch_size", str(args.global_batch_size),
             "--per_device_train_batch_size", str(args.per_device_batch), "--save_steps", "1000",
-            "--use_lora", str(args.lora).lower()]
+            "--use_lora", str(args.lora).lower(), "--bf16", str(args.bf16).lower(), "--eval_batch_size", "8",
+            *(["--train_top_layers", str(args.train_top_layers)] if args.train_top_layers else [])]
 
 
 def accuracy_run(args, out: Path) -> dict:
@@ -80,7 +81,7 @@ def throughput_run(args, out: Path) -> dict:
         if len(rows) == pairs:
             break
     common = dict(per_device_train_batch_size=args.per_device_batch, gradient_accumulation_steps=1,
-                  num_train_epochs=1, learning_rate=1e-5, bf16=True, use_cpu=True, save_strategy="no",
+                  num_train_epochs=1, learning_rate=1e-5, bf16=args.bf16, use_cpu=True, save_strategy="no",
                   report_to="none", logging_steps=1000, seed=0, max_length=args.max_length, disable_tqdm=True)
     results = {}
 
@@ -99,9 +100,9 @@ def throughput_run(args, out: Path) -> dict:
     results["trl_plain"]["pairs_kept_by_trl_filter"] = len(trainer.train_dataset)
     results["speedup"] = results["ours"]["pairs_per_second"] / results["trl_plain"]["pairs_per_second"]
     results["settings"] = {"pairs": pairs, "per_device_batch": args.per_device_batch, "max_length": args.max_length,
-                           "trl_gradient_checkpointing": plain.gradient_checkpointing,
-                           "ours_gradient_checkpointing": ours.gradient_checkpointing,
-                           "ours_sampling": ours.train_sampling_strategy, "bf16": True}
+                           "trl_activation_checkpointing": plain.activation_checkpointing,
+                           "ours_activation_checkpointing": ours.activation_checkpointing,
+                           "ours_sampling": ours.train_sampling_strategy, "bf16": args.bf16}
     return results
 
 
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--global_batch_size", type=int, default=32)
     parser.add_argument("--per_device_batch", type=int, default=8)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--train_top_layers", type=int, default=None)
     parser.add_argument("--throughput_pairs", type=int, default=64)
     parser.add_argument("--skip", choices=["accuracy", "throughput"], default=None)
     parser.add_argument("--out", default="runs/bench/reward_hh")

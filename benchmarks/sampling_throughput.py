@@ -28,7 +28,7 @@ from rlhf.sampling import HFSamplingEngine, SamplingParams  # noqa: E402
 
 SYSTEM = " ".join(
     ["You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe."]
-    * 12
+    * 4
 )
 
 

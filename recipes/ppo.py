@@ -9,8 +9,8 @@ A killed run resumes from its last complete iteration when re-run with the same 
 import os
 import sys
 
-# Python puts this script's folder first on sys.path, where recipes/ppo.py would shadow nothing today but
-# recipes/<stage>.py would shadow a package of the same name; the stage scripts all drop it.
+# Python puts this script's folder first on sys.path, where the other recipes/<stage>.py scripts would shadow
+# the packages of the same name (recipes/sft.py -> sft) that this stage imports indirectly.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 
 from alignment.config import parse_recipe, run_cli  # noqa: E402

@@ -48,6 +48,11 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Modules that get LoRA adapters (Llama names)."},
     )
+    train_top_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the top N decoder layers (+ final norm, scalar head); None = all, as the paper. "
+                          "A compute saver for CPU runs: no backward pass through the frozen layers."},
+    )
     # Data
     reward_model: str = field(
         default="helpfulness", metadata={"help": "Which RM: helpfulness (R_h) or safety (R_s); picks the default mix."}
@@ -98,7 +103,11 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
         default=4096, metadata={"help": "Tokens per prompt+response (context 4096); longer inputs keep their end."}
     )
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    # TRL defaults gradient_checkpointing to True, and transformers 5 warns whenever the old name is set.
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Trade compute for memory (off: a 135M model fits; on for 7B+)."}
+    )
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "Batch pairs of similar length: less padding, same expected gradient."}
     )

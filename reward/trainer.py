@@ -28,7 +28,7 @@ SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
 RUN_IDENTITY = ("model_name_or_path", "reward_model", "comparison_files", "sources", "eval_files", "eval_fraction",
                 "mixture_ratios", "mixture_anchor", "mixture_seed", "max_train_pairs", "max_eval_pairs", "margin",
-                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "seed")
+                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "train_top_layers", "seed")
 
 
 def mixture_of(config: Llama2RewardConfig) -> tuple[dict, str]:
@@ -52,13 +52,16 @@ def source_specs(config: Llama2RewardConfig) -> list[dict]:
     return specs
 
 
-def validate_reward_inputs(config: Llama2RewardConfig) -> None:
+def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) -> None:
     """Everything that can be checked before a model loads, so recipe mistakes fail in a second."""
     check_chat_format(config.chat_format)
     if config.reward_model not in REWARD_MODELS:
         raise RecipeError(f"reward_model must be one of {', '.join(REWARD_MODELS)}, got '{config.reward_model}'")
     if config.margin not in MARGIN_TABLES:
         raise RecipeError(f"margin must be one of {', '.join(MARGIN_TABLES)}, got '{config.margin}'")
+    accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
+    if not check_data:
+        return
     specs = source_specs(config)
     if not specs:
         raise RecipeError("no training data: set comparison_files or sources")
@@ -69,7 +72,6 @@ def validate_reward_inputs(config: Llama2RewardConfig) -> None:
     ratios, anchor = mixture_of(config)
     if anchor not in ratios:
         raise RecipeError(f"mixture_anchor '{anchor}' is not a key of mixture_ratios {sorted(ratios)}")
-    accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
 
 
 def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = None
@@ -149,6 +151,18 @@ def lora_config(config: Llama2RewardConfig):
                       target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
 
 
+def freeze_lower_layers(model, top_layers: int) -> int:
+    """Freeze embeddings and all decoder layers but the top `top_layers`; returns trainable parameters."""
+    layers = model.base_model.layers
+    if not 0 < top_layers <= len(layers):
+        raise RecipeError(f"train_top_layers must be in 1..{len(layers)}, got {top_layers}")
+    for parameter in model.base_model.parameters():
+        parameter.requires_grad_(False)
+    for module in (*layers[len(layers) - top_layers:], model.base_model.norm):
+        module.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _finished_summary(config: Llama2RewardConfig, output_dir: Path) -> dict | None:
     marker = output_dir / COMPLETE_MARKER
     if not marker.exists():
@@ -164,7 +178,8 @@ def _finished_summary(config: Llama2RewardConfig, output_dir: Path) -> dict | No
 def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None = None) -> dict:
     """Train, save and evaluate one reward model; returns the summary also written to stage_complete.json.
 
-    `comparisons` (already loaded) replaces the recipe's files, e.g. for a pipeline holding them in memory.
+    `comparisons` (already loaded) replaces the recipe's files, e.g. for a pipeline holding them in memory;
+    they are split and mixed like loaded ones.
     """
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -173,8 +188,7 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     from reward.evaluate import evaluate_reward_model, report_markdown
     from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
 
-    if comparisons is None:
-        validate_reward_inputs(config)
+    validate_reward_inputs(config, check_data=comparisons is None)
     output_dir = Path(config.output_dir)
     done = _finished_summary(config, output_dir)
     if done is not None:
@@ -188,7 +202,8 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         train, test, data_report = load_reward_data(config, skipped)
     else:
         train, test = split_comparisons(comparisons, config.eval_fraction, config.mixture_seed)
-        data_report = {"train_pairs": len(train), "eval_pairs": len(test)}
+        train, mix = mix_comparisons(train, *mixture_of(config), config.mixture_seed)
+        data_report = {"mixture": vars(mix), "train_pairs": len(train), "eval_pairs": len(test)}
     if not train:
         raise RecipeError("no training pairs left after loading, splitting and mixing")
 
@@ -197,6 +212,10 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     set_seed(config.seed)  # the fresh scalar head is drawn here
     model = load_reward_model(config.model_name_or_path, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.train_top_layers:
+        if config.use_lora:
+            raise RecipeError("train_top_layers and use_lora are alternatives; set one")
+        freeze_lower_layers(model, config.train_top_layers)
     max_length = min(filter(None, (config.max_length, getattr(model.config, "max_position_embeddings", None))),
                      default=None)
     from datasets import Dataset

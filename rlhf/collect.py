@@ -24,6 +24,7 @@ from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_p
 
 ANNOTATORS = ("world", "file")
 COMPARISONS_FILE = "comparisons.jsonl"
+SKIPPED_FILE = "skipped_prompts.jsonl"
 COMPLETE_MARKER = "stage_complete.json"
 
 
@@ -84,7 +85,7 @@ def run_collect(config: CollectConfig) -> dict:
 
     require_file(config.prompts, "prompts")
     prompts = load_prompts(config.prompts)
-    done = {row["prompt_id"] for row in read_jsonl_tolerant(output / COMPARISONS_FILE)}
+    done = {row["prompt_id"] for name in (COMPARISONS_FILE, SKIPPED_FILE) for row in read_jsonl_tolerant(output / name)}
     todo = [p for p in prompts if p.id not in done]
     tokenizer = load_tokenizer(config.model_a)
     engine_a = HFSamplingEngine(load_causal_lm(config.model_a), tokenizer, batch_size=config.batch_size)
@@ -102,18 +103,24 @@ def run_collect(config: CollectConfig) -> dict:
         answers_a = engine_a.generate(ids, SamplingParams(temperature=config.temperature_a, seed=batch_seed, **common))
         answers_b = engine_b.generate(ids, SamplingParams(temperature=config.temperature_b, seed=batch_seed + 1, **common))
         rng = random.Random(batch_seed)
-        rows = []
+        rows, skipped = [], []
         for record, a, b in zip(batch, answers_a, answers_b):
+            if not a.text or not b.text:
+                # An annotator cannot compare against nothing; the prompt is logged so a resume skips it.
+                skipped.append({"prompt_id": record.id, "reason": "empty response"})
+                continue
             row = annotate(world_prompt(record), a.text, b.text, rng, noise=config.noise)
             row["prompt"] = record.messages
             row["prompt_id"] = record.id
             rows.append(row)
+        append_jsonl(output / SKIPPED_FILE, skipped)
         append_jsonl(output / COMPARISONS_FILE, rows)
         progress.update(len(batch))
     progress.close()
     rows = read_jsonl_tolerant(output / COMPARISONS_FILE)
     summary = {
         "comparisons": len(rows),
+        "skipped_empty_response": len(read_jsonl_tolerant(output / SKIPPED_FILE)),
         "by_kind": {k: sum(r["kind"] == k for r in rows) for k in ("helpfulness", "safety")},
         "by_rating": {r: sum(row["rating"] == r for row in rows) for r in sorted({row["rating"] for row in rows})},
         "flipped_by_noise": sum(bool(r.get("flipped")) for r in rows),

@@ -45,6 +45,11 @@ class PipelineConfig:
     iterations: int = field(default=5, metadata={"help": "RLHF-V1..Vn (the paper: 5)."})
     ppo_from_iteration: int = field(default=5, metadata={"help": "PPO on top of RS from this iteration (paper: V5)."})
     world: dict = field(default_factory=dict, metadata={"help": "Sizes of the embedded world's prompt sets."})
+    data_files: dict = field(
+        default_factory=dict,
+        metadata={"help": "Your own data instead of the world's: sft, eval, ppo, collect_v<n>, rs_v<n> (prompt "
+                          "files) and labels_v<n> (human comparisons, with collect.annotator: file)."},
+    )
     pretrain: dict = field(default_factory=dict, metadata={"help": "recipes/pretrain.py settings."})
     sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings."})
     collect: dict = field(default_factory=dict, metadata={"help": "recipes/collect.py settings."})
@@ -126,6 +131,13 @@ def load_pipeline_config(path: str) -> PipelineConfig:
         raise RecipeError(f"{path}: unknown key 'world.{sorted(unknown)[0]}' (known: {', '.join(WORLD_DEFAULTS)})")
     if config.accelerate_config and not Path(config.accelerate_config).is_file():
         raise RecipeError(f"{path}: 'accelerate_config' points to a missing file: {config.accelerate_config}")
+    known_files = {"sft", "eval", "ppo"} | {f"{k}_v{v}" for k in ("collect", "rs", "labels")
+                                            for v in range(1, config.iterations + 1)}
+    for key, value in config.data_files.items():
+        if key not in known_files:
+            raise RecipeError(f"{path}: unknown key 'data_files.{key}' (use sft, eval, ppo, collect_v<n>, rs_v<n>, labels_v<n>)")
+        if not Path(value).exists():
+            raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
     if not 1 <= config.iterations <= 20:
         raise RecipeError(f"{path}: iterations must be between 1 and 20")
     return config
@@ -198,6 +210,7 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
         collect = Stage(f"{it}/collect", "collect.py", {
             **config.collect, **fmt, "model_a": latest, "model_b": previous, "prompts": data[f"collect_v{v}"],
             "noise": config.world.get("annotator_noise", WORLD_DEFAULTS["annotator_noise"]), "seed": config.seed + v,
+            **({"labels_file": data[f"labels_v{v}"]} if f"labels_v{v}" in data else {}),
         }, [latest_stage] + ([previous_stage] if previous_stage else []))
         stages.append(collect)
         collected.append(str(Path(out(collect.name)) / "comparisons.jsonl"))
@@ -280,7 +293,7 @@ def run_pipeline(config_path: str, stop_after: str | None = None) -> dict:
     config = load_pipeline_config(config_path)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = write_world_data(config, run_dir / "data")
+    data = {**write_world_data(config, run_dir / "data"), **config.data_files}
     stages = plan_stages(config, run_dir, data)
     validate_stages(stages, config_path)
     hashes = stage_hashes(stages)

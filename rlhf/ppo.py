@@ -24,6 +24,18 @@ make pi_theta differ from pi_old before the first step (TRL disables it for the 
 
 Losses are normalised by the global number of response tokens of the mini-batch (all processes), so the
 loss and the step are the same however the mini-batch is split over processes or micro-batches.
+
+Truncated answers (no stop token within ``max_new_tokens``; the paper states no rule): by default they are
+scored like any answer, R~_c on their last generated token, and GAE does not bootstrap past it (V = 0 after
+the last token), so the value model learns that an unfinished answer ends there. ``truncated_penalty`` sets
+their whitened R~_c to a fixed value instead (useful with short budgets, where the RM would otherwise score
+a cut answer as if finished). Either way they count in the whitening statistics.
+
+Resumption: every ``save_every`` iterations accelerate's ``save_state`` (models, optimiser, RNG of every
+process) and our trainer state are written to ``checkpoints/iteration-N.tmp`` and renamed, so a kill leaves
+the previous checkpoint whole. The data position is a function of the iteration (`prompt_indices`) and
+sampling seeds derive from it, so a resumed run repeats the unbroken one. A NaN/inf reward, loss or gradient
+raises `NonFiniteError` before the optimiser step, naming the last good checkpoint.
 """
 
 from __future__ import annotations

