@@ -147,6 +147,19 @@ def demo_answers(demo_dir: str, n: int = 3) -> list[tuple[str, str, str]]:
             for d, s in zip(chosen, samples)]
 
 
+def ratios(rows: list[list]) -> str:
+    """packed / padded per model and dtype, and bf16 / fp32 per model and batch mode."""
+    speed = {(r[0], r[1], r[2]): float(r[6].replace(",", "")) for r in rows}
+    parts = []
+    for model in dict.fromkeys(r[0] for r in rows):
+        short = model.removeprefix("builtin:")
+        parts += [f"{short} {d} packed/padded {speed[model, d, 'packed'] / speed[model, d, 'padded']:.2f}x"
+                  for d in DTYPES]
+        parts += [f"{short} {m} bf16/fp32 {speed[model, 'bf16', m] / speed[model, 'fp32', m]:.2f}x"
+                  for m in ("packed", "padded")]
+    return "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo_dir", default=None, help="An output dir of recipes/sft.py: show its held-out answers.")
@@ -170,6 +183,8 @@ def main() -> None:
         "",
         markdown_table(["model", "dtype", "batch", "examples", "input shape", "s/step", "non-pad tok/s",
                         "loss tok/s", "total tok/s", "MFU"], rows),
+        "",
+        "Ratios in this run (non-pad tokens/s): " + ratios(rows) + ".",
         "",
         "Threads (tiny-llama, packed fp32 step, best of 5): "
         + ", ".join(f"{n} thread(s) {s} s" for n, s in threads) + ".",

@@ -26,6 +26,7 @@ from rlhf.ppo import (
     token_logprobs,
 )
 from rlhf.ppo_config import PPOConfig
+from rlhf.ppo_math import global_token_count
 from rlhf.sampling import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,7 @@ def test_prompt_and_padding_positions_get_no_kl_reward_or_advantage():
     expected_adv = torch.tensor([[0.0, -1.07, -1.02, 0.0], [0.0, 0.0, 0.9, 0.0]])
     torch.testing.assert_close(batch.advantages, expected_adv, atol=1e-6, rtol=0)
     torch.testing.assert_close(batch.returns, expected_adv, atol=1e-6, rtol=0)
+    assert global_token_count(mask).item() == 3  # the loss denominator: response tokens only
 
     # With a truncation rule the unfinished row 1 gets the penalty in place of its whitened score.
     compute_advantages(batch, PPOConfig(kl_coef=0.1, gamma=1.0, lam=1.0, whiten_advantages=True, truncated_penalty=-2.0))
