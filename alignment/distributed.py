@@ -4,6 +4,9 @@ The stages run under plain python, `torchrun` or `accelerate launch` (single pro
 ZeRO-3; configs in recipes/accelerate/). What must hold whatever the number of processes:
 
 - data is split without duplicates or drops, an uneven last batch included (`shard_indices`, `gather_in_order`);
+  a Trainer's data is padded to a multiple of the global batch with rows that weigh nothing
+  (`pad_dataset_to_multiple`) and drawn in an order that does not depend on the process count
+  (`GlobalLengthGroupedSampler`), so every optimizer step sees the global batch of one process;
 - metrics and statistics are those of the global batch (`gather_metrics`; reward and advantage whitening use
   `rlhf.ppo_math.masked_whiten(..., distributed=True)`, which all-reduces its sums);
 - generation under FSDP / ZeRO-3 runs on consolidated weights, freed afterwards (`gathered_full_weights`):
@@ -106,9 +109,11 @@ def shard(items: Sequence, rank: int | None = None, world: int | None = None) ->
 
 
 # Columns of a tokenized training row and the value of a row that weighs nothing (no label, no loss, no token
-# counted in `num_items_in_batch`); a list column not named here is an error rather than a guess.
+# counted in `num_items_in_batch`; a reward pair of weight 0); a column not named here is an error rather than
+# a guess. Token columns hold one pad token.
+_TOKEN_COLUMNS = ("input_ids", "chosen_ids", "rejected_ids")
 _ZERO_WEIGHT_ROW = {"labels": [-100], "seq_lengths": [1], "position_ids": [0], "attention_mask": [1],
-                    "completion_mask": [0], "assistant_masks": [0]}
+                    "completion_mask": [0], "assistant_masks": [0], "weight": 0.0, "margin": 0.0, "length": 1}
 
 
 def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
@@ -117,8 +122,10 @@ def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
     accelerate evens out an uneven last batch by repeating samples from the start of the epoch
     (`even_batches`), so a 2-process run would train on rows a 1-process run does not. With the dataset a
     multiple of the global batch (a number that does not depend on the process count) the random order,
-    every global batch and every loss are those of one process; the added rows have no label, so they add
-    neither loss nor tokens. Works on a tokenized `datasets.Dataset` (input_ids, labels[, seq_lengths...]).
+    every global batch and every loss are those of one process, provided the added rows weigh nothing:
+    - a language-model row (input_ids, labels[, seq_lengths...]) has no label, so adds neither loss nor tokens;
+    - a preference pair (chosen_ids, rejected_ids[, margin, length]) has `weight` 0, which the trainer's loss
+      and metrics must honour (reward.trainer does); its real pairs carry weight 1.
     """
     if multiple <= 0:
         raise ValueError(f"multiple must be positive, got {multiple}")
@@ -127,16 +134,46 @@ def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
         return dataset
     row = {}
     for name in dataset.column_names:
-        if name == "input_ids":
+        if name in _TOKEN_COLUMNS:
             row[name] = [pad_token_id]
         elif name in _ZERO_WEIGHT_ROW:
-            row[name] = list(_ZERO_WEIGHT_ROW[name])
+            value = _ZERO_WEIGHT_ROW[name]
+            row[name] = list(value) if isinstance(value, list) else value
         else:
             raise ValueError(f"pad_dataset_to_multiple: no zero-weight value known for column '{name}'")
+    if not {"labels", "completion_mask", "assistant_masks", "weight"} & set(row):
+        raise ValueError("pad_dataset_to_multiple: the dataset has no 'labels' or 'weight' column (nor a loss mask), "
+                         "so a padding row could not be told from a real one and would count in the loss")
     from datasets import Dataset, concatenate_datasets
 
     padding = Dataset.from_list([row] * missing, features=dataset.features)
     return concatenate_datasets([dataset, padding])
+
+
+class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length-grouped order, grouped by the global batch and seeded per epoch.
+
+    Trainer's own `LengthGroupedSampler` groups by per-device batch x accumulation (which changes with the
+    process count) and draws from the global RNG (which accelerate replaces by a fresh generator under several
+    processes), so 1 and 2 processes would see different batches. Here the order depends only on the lengths,
+    the global batch, the seed and the epoch: every process and every world size get the same index list,
+    which accelerate then cuts into per-device batches. Trainer calls `set_epoch` each epoch (resumption too).
+    """
+
+    def __init__(self, lengths: Sequence[int], global_batch_size: int, seed: int):
+        self.lengths, self.global_batch_size, self.seed, self.epoch = list(lengths), global_batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.global_batch_size, generator=generator))
 
 
 def all_gather_objects(items: list) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from alignment.distributed import all_gather_objects, shard
 from alignment.ratings import RATINGS
 from reward.data import KINDS, SAFETY_CATEGORIES, Comparison
 from reward.loss import accuracy_by_rating
@@ -68,8 +69,17 @@ def comparison_report(chosen: torch.Tensor, rejected: torch.Tensor, comparisons:
 
 
 def evaluate_reward_model(scorer, comparisons: list[Comparison], safety_threshold: float = SAFETY_THRESHOLD,
-                          progress: bool = False) -> dict:
-    chosen, rejected = score_comparisons(scorer, comparisons, progress)
+                          progress: bool = False, distributed: bool = False) -> dict:
+    """The report of `comparison_report` on all `comparisons`.
+
+    distributed=True (every process calls it, each with the same list): each process scores its contiguous
+    share (`shard`: no pair twice, none dropped, an uneven split included) and the scores are gathered in
+    order, so every process returns the report one process would compute on the whole list.
+    """
+    chosen, rejected = score_comparisons(scorer, shard(comparisons) if distributed else comparisons, progress)
+    if distributed:
+        scores = torch.tensor(all_gather_objects(torch.stack([chosen, rejected], -1).tolist())).reshape(-1, 2)
+        chosen, rejected = scores[:, 0], scores[:, 1]
     return comparison_report(chosen, rejected, comparisons, safety_threshold)
 
 

@@ -62,12 +62,19 @@ def ranking_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     margins: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    num_pairs: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Mean over pairs of -log(sigmoid(r_c - r_r - m)) (sec. 3.2.2, eq. 2).
 
     ``chosen_rewards`` and ``rejected_rewards`` are the scalar-head outputs, same shape (usually ``(B,)``);
     ``margins`` broadcasts against them, ``None`` meaning no margin (eq. 1). ``logsigmoid`` keeps the loss
     finite for large negative differences, where ``log(sigmoid(.))`` would underflow to -inf.
+
+    ``weights`` (1 for a real pair, 0 for a padding pair, see `alignment.distributed.pad_dataset_to_multiple`)
+    drop pairs from the sum; ``num_pairs`` is the divisor, by default the number of real pairs here. A trainer
+    that sees one micro-batch of one process passes the real pairs of the whole global batch, so that the sum
+    over micro-batches and processes is the global mean, whatever the split.
     """
     if chosen_rewards.shape != rejected_rewards.shape:
         raise ValueError(
@@ -77,7 +84,15 @@ def ranking_loss(
     diff = chosen_rewards - rejected_rewards
     if margins is not None:
         diff = diff - margins.to(dtype=diff.dtype, device=diff.device)
-    return -F.logsigmoid(diff).mean()
+    losses = -F.logsigmoid(diff)
+    if weights is None and num_pairs is None:
+        return losses.mean()
+    if weights is None:
+        weights = torch.ones_like(losses)
+    weights = weights.to(dtype=losses.dtype, device=losses.device)
+    if num_pairs is None:
+        num_pairs = weights.sum().clamp(min=1)  # a batch of padding only: loss 0, not 0/0
+    return (losses * weights).sum() / num_pairs
 
 
 def accuracy_by_rating(

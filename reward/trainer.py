@@ -6,6 +6,12 @@ tokens RewardScorer will score later), and trains with TRL's RewardTrainer, whos
 is exactly -log sigmoid(r_c - r_r - m(rating)) (verified in tests/test_reward_trainer.py). The model is saved
 as a sequence classifier (safetensors) with its tokenizer, then evaluated on the held-out pairs
 (`eval.json`, `eval.md`). A killed run resumes from its last checkpoint; a finished one is not redone.
+
+Under N processes (torchrun / accelerate launch) a run takes the steps of one process on the same data
+(tests/test_reward_distributed.py): the pairs are padded to a multiple of the global batch with pairs of
+weight 0, the loss and logged metrics count real pairs of the global batch only, and batches are drawn in
+an order independent of N (`Llama2RewardTrainer`). The held-out pairs are split over the processes without
+duplicates, scored, and gathered in order, so eval.json is that of one process.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text
+from alignment.distributed import pad_dataset_to_multiple
 from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
 from reward.loss import MARGIN_TABLES, margin_for
@@ -108,7 +115,9 @@ def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = N
 
 def tokenize_comparisons(comparisons: list[Comparison], tokenizer, chat_format: str, margin: str,
                          max_length: int | None) -> tuple[list[dict], int]:
-    """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none) and length.
+    """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none), length, weight.
+
+    `weight` is 1: the pairs `pad_dataset_to_multiple` adds for a distributed run have weight 0.
 
     Over-long sequences keep their last max_length tokens: the score is read at the end (RewardTrainer would
     silently drop them instead). Returns the rows and how many sequences were cut.
@@ -125,20 +134,115 @@ def tokenize_comparisons(comparisons: list[Comparison], tokenizer, chat_format: 
         if margin != "none":
             row["margin"] = m
         row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        row["weight"] = 1.0
         rows.append(row)
     return rows, truncated
 
 
 def reward_trainer_class():
+    import torch
     from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from alignment.distributed import GlobalLengthGroupedSampler
+    from reward.loss import ranking_loss
+
+    class WeightedPreferenceCollator(DataCollatorForPreference):
+        """TRL's preference collator, plus each pair's `weight` (0 for a padding pair, 1 when absent)."""
+
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+            return batch
 
     class Llama2RewardTrainer(RewardTrainer):
-        """RewardTrainer that keeps the `length` column for length-grouped batching."""
+        """RewardTrainer whose steps are those of one process on any number of processes.
+
+        - The loss of an optimizer step is the mean of -log sigmoid(r_c - r_r - m) over the real pairs of the
+          global batch: each micro-batch adds its weighted sum divided by that count (`_get_num_items_in_batch`,
+          all micro-batches, all processes), times the process count that DDP's gradient averaging divides by.
+          TRL instead averages per micro-batch, so an uneven last step and padding pairs would skew it.
+        - The logged metrics are over the real pairs of the logging window, gathered from every process:
+          accuracy, margin and mean reward are per-pair means, min/max reward the window's extremes (TRL
+          averages per-micro-batch values, which depend on how the batch is split), num_tokens counts real
+          sequences only.
+        - Length-grouped batching groups by the global batch (`GlobalLengthGroupedSampler`), and the `length`
+          and `weight` columns are kept.
+        """
+
+        loss_is_scaled_for_ga = True  # normalised over the global batch in compute_loss
+
+        def __init__(self, model, args, processing_class, data_collator=None, **kwargs):
+            if data_collator is None:
+                data_collator = WeightedPreferenceCollator(pad_token_id=processing_class.pad_token_id,
+                                                           pad_to_multiple_of=args.pad_to_multiple_of)
+            super().__init__(model=model, args=args, processing_class=processing_class, data_collator=data_collator,
+                             **kwargs)
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
-            if "length" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "length"]
+            self._signature_columns = [*self._signature_columns,
+                                       *(c for c in ("length", "weight") if c not in self._signature_columns)]
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            global_batch = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                            * self.accelerator.num_processes)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return GlobalLengthGroupedSampler(dataset["length"], global_batch, seed)
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            """Real pairs in this optimizer step: every micro-batch of every process (the loss divisor)."""
+            if not batch_samples:
+                return None
+            pairs = sum(float(b["weight"].sum()) if "weight" in b else b["input_ids"].shape[0] / 2
+                        for b in batch_samples)
+            pairs = torch.tensor([pairs], device=device)
+            if self.accelerator.num_processes > 1:
+                pairs = self.accelerator.gather(pairs)
+            return pairs.sum()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            weight = inputs.pop("weight", None)
+            margin = inputs.pop("margin", None)
+            outputs = model(**inputs, use_cache=False)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            if weight is None:
+                weight = torch.ones_like(chosen)
+            weight = weight.to(device=chosen.device, dtype=torch.float32)
+            if mode == "train" and num_items_in_batch is not None:
+                divisor, scale = num_items_in_batch, self.accelerator.num_processes
+            else:  # a batch on its own (evaluate, direct calls): the mean over its real pairs
+                divisor, scale = weight.sum().clamp(min=1), 1
+            loss = ranking_loss(chosen.float(), rejected.float(), margin, weight, num_pairs=divisor)
+            if self.args.center_rewards_coefficient is not None:
+                centre = (weight * (chosen.float() + rejected.float()) ** 2).sum() / divisor
+                loss = loss + self.args.center_rewards_coefficient * centre
+            self._record_metrics(mode, chosen, rejected, weight, inputs["attention_mask"])
+            loss = loss * scale
+            return (loss, outputs) if return_outputs else loss
+
+        @torch.no_grad()
+        def _record_metrics(self, mode, chosen, rejected, weight, attention_mask):
+            metrics = self._metrics[mode]
+            if mode == "train":
+                tokens = (attention_mask.sum(-1).float() * weight.repeat(2)).sum().reshape(1)
+                self._total_train_tokens += int(self.accelerator.gather(tokens).sum().item()) // self._tp_size
+            metrics["num_tokens"] = [self._total_train_tokens]
+            pairs = self.accelerator.gather_for_metrics(torch.stack([chosen.float(), rejected.float(), weight], -1))
+            pairs = pairs[pairs[:, 2] > 0]
+            if not len(pairs):
+                return
+            chosen, rejected = pairs[:, 0], pairs[:, 1]
+            rewards = torch.cat([chosen, rejected])
+            metrics["accuracy"] += (chosen > rejected).float().tolist()
+            metrics["margin"] += (chosen - rejected).tolist()
+            metrics["mean_reward"] += rewards.tolist()
+            metrics["min_reward"] = [min(metrics["min_reward"] + [rewards.min().item()])]
+            metrics["max_reward"] = [max(metrics["max_reward"] + [rewards.max().item()])]
 
     return Llama2RewardTrainer
 
@@ -225,6 +329,9 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=lora_config(config) if config.use_lora else None,
     )
+    # The same global batches on any number of processes, none repeated to even out the last one.
+    trainer.train_dataset = pad_dataset_to_multiple(trainer.train_dataset, config.global_batch_size,
+                                                    tokenizer.pad_token_id)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     started = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
@@ -244,14 +351,19 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         "metrics": dict(result.metrics),
         "identity": {key: config_to_dict(config).get(key) for key in RUN_IDENTITY},
     }
-    if trainer.accelerator.is_main_process:
+    main = trainer.accelerator.is_main_process
+    if main:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
+    if test:
+        # Every process scores its share of the held-out pairs and all get the report of the whole set.
+        scorer = RewardScorer(str(output_dir), chat_format=config.chat_format,
+                              batch_size=config.eval_batch_size, model=model.float(), tokenizer=tokenizer)
+        summary["eval"] = evaluate_reward_model(scorer, test, config.safety_threshold, progress=main,
+                                                distributed=trainer.accelerator.num_processes > 1)
+    if main:
         if test:
-            scorer = RewardScorer(str(output_dir), chat_format=config.chat_format,
-                                  batch_size=config.eval_batch_size, model=model.float(), tokenizer=tokenizer)
-            report = evaluate_reward_model(scorer, test, config.safety_threshold, progress=True)
-            summary["eval"] = report
+            report = summary["eval"]
             atomic_write_json(output_dir / "eval.json", report)
             title = f"{'Safety' if config.reward_model == 'safety' else 'Helpfulness'} RM on {len(test)} held-out pairs"
             atomic_write_text(output_dir / "eval.md", report_markdown(report, title))

@@ -67,6 +67,9 @@ WORLD_DEFAULTS = {
     "ppo_prompts": 512,
     "eval_prompts_per_family": 16,
     "annotator_noise": 0.2,
+    # Family weights of the SFT demonstrations (uniform when empty). Fewer refusal demonstrations than the
+    # other families leave the SFT model unsafe sometimes, as a real SFT model is, so RLHF has work to do.
+    "sft_family_weights": {},
 }
 
 
@@ -161,7 +164,8 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
         return rows
 
     files: dict[str, list[dict]] = {
-        "sft": sft_demonstrations(world["sft_demonstrations"], config.seed),
+        "sft": sft_demonstrations(world["sft_demonstrations"], config.seed,
+                                  family_weights=world["sft_family_weights"] or None),
         "eval": prompt_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
         "ppo": prompt_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
     }
