@@ -186,7 +186,8 @@ def reward_trainer_class():
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+            columns = getattr(dataset, "column_names", None) or ()
+            if self.args.train_sampling_strategy != "group_by_length" or "length" not in columns:
                 return super()._get_train_sampler(train_dataset)
             global_batch = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                             * self.accelerator.num_processes)

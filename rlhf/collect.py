@@ -14,6 +14,7 @@ comparison it wrote and resumes with the next prompt.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,9 +106,11 @@ def run_collect(config: CollectConfig) -> dict:
         rng = random.Random(batch_seed)
         rows, skipped = [], []
         for record, a, b in zip(batch, answers_a, answers_b):
-            if not a.text or not b.text:
-                # An annotator cannot compare against nothing; the prompt is logged so a resume skips it.
-                skipped.append({"prompt_id": record.id, "reason": "empty response"})
+            if not a.text or not b.text or a.text == b.text:
+                # Nothing to compare: an empty answer, or both variants said the same thing (a label on an
+                # identical pair would be pure annotator noise). Logged so a resume skips the prompt.
+                reason = "identical responses" if a.text and a.text == b.text else "empty response"
+                skipped.append({"prompt_id": record.id, "reason": reason})
                 continue
             row = annotate(world_prompt(record), a.text, b.text, rng, noise=config.noise)
             row["prompt"] = record.messages
@@ -120,7 +123,7 @@ def run_collect(config: CollectConfig) -> dict:
     rows = read_jsonl_tolerant(output / COMPARISONS_FILE)
     summary = {
         "comparisons": len(rows),
-        "skipped_empty_response": len(read_jsonl_tolerant(output / SKIPPED_FILE)),
+        "skipped": dict(Counter(row["reason"] for row in read_jsonl_tolerant(output / SKIPPED_FILE))),
         "by_kind": {k: sum(r["kind"] == k for r in rows) for k in ("helpfulness", "safety")},
         "by_rating": {r: sum(row["rating"] == r for row in rows) for r in sorted({row["rating"] for row in rows})},
         "flipped_by_noise": sum(bool(r.get("flipped")) for r in rows),

@@ -253,10 +253,21 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
     return stages
 
 
-def stage_hashes(stages: list[Stage]) -> dict[str, str]:
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def stage_hashes(stages: list[Stage], data: dict[str, str] | None = None) -> dict[str, str]:
+    """A stage's hash covers its config, the content of the input data files it names (world or user data:
+    a changed prompt set must re-run the stage even though its path is the same) and its inputs' hashes."""
+    data_paths = {str(p) for p in (data or {}).values()}
+    digests = {p: file_digest(p) for p in data_paths if Path(p).is_file()}
     hashes: dict[str, str] = {}
     for stage in stages:
+        named = [v for v in stage.config.values() if isinstance(v, str)]
+        named += [x for v in stage.config.values() if isinstance(v, list) for x in v if isinstance(x, str)]
         payload = json.dumps({"script": stage.script, "config": stage.config,
+                              "data": sorted(digests[p] for p in set(named) if p in digests),
                               "inputs": [hashes[d] for d in stage.depends_on if d in hashes]}, sort_keys=True)
         hashes[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
     return hashes
@@ -300,7 +311,7 @@ def run_pipeline(config_path: str, stop_after: str | None = None) -> dict:
     data = {**write_world_data(config, run_dir / "data"), **config.data_files}
     stages = plan_stages(config, run_dir, data)
     validate_stages(stages, config_path)
-    hashes = stage_hashes(stages)
+    hashes = stage_hashes(stages, data)
     manifest = read_manifest(run_dir)
     started = time.time()
     wall_before = manifest.get("wall_seconds", 0.0)

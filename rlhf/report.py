@@ -110,6 +110,45 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         fig.savefig(run_dir / "report_reward_accuracy.png", dpi=110)
         plt.close(fig)
         written.append("report_reward_accuracy.png")
+
+    rs_curves = [(s.name, _load_json(run_dir / s.name / "reward_vs_k.json")) for s in stages
+                 if s.script == "rejection_sampling.py"]
+    rs_curves = [(name, curve) for name, curve in rs_curves if curve]
+    if rs_curves:
+        fig, axis = plt.subplots(figsize=(7, 4))
+        for index, (name, curve) in enumerate(rs_curves):
+            color = plt.cm.viridis(index / max(len(rs_curves) - 1, 1))
+            axis.plot(curve["k"], curve["max"], "-o", color=color, label=f"{name.split('/')[0]} max")
+            axis.plot(curve["k"], curve["median"], "--", color=color, label=f"{name.split('/')[0]} median")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("K samples per prompt")
+        axis.set_ylabel("R_c")
+        axis.set_title("Rejection sampling: max vs median reward over K (fig. 7 analogue)")
+        axis.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(run_dir / "report_rejection_sampling.png", dpi=110)
+        plt.close(fig)
+        written.append("report_rejection_sampling.png")
+
+    from alignment.data import read_jsonl_tolerant
+
+    ppo_runs = [(s.name, read_jsonl_tolerant(run_dir / s.name / "metrics.jsonl")) for s in stages if s.script == "ppo.py"]
+    ppo_runs = [(name, rows) for name, rows in ppo_runs if rows]
+    if ppo_runs:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name, rows in ppo_runs:
+            iterations = [row["iteration"] for row in rows]
+            axes[0].plot(iterations, [row.get("reward/combined") for row in rows], "-o", label=name)
+            axes[1].plot(iterations, [row.get("kl") for row in rows], "-o", label=name)
+        axes[0].set_title("PPO: mean R_c per iteration")
+        axes[1].set_title("PPO: KL(pi_theta || pi_0) per iteration")
+        for axis in axes:
+            axis.set_xlabel("PPO iteration")
+            axis.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "report_ppo.png", dpi=110)
+        plt.close(fig)
+        written.append("report_ppo.png")
     return written
 
 

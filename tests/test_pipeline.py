@@ -193,3 +193,15 @@ def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(t
         assert 0.0 <= version["gold_violation_rate"] <= 1.0
         assert 0.0 <= version["rm_safety"] <= 1.0
     assert report["wall_seconds"] > 0
+
+
+def test_changed_world_data_reruns_the_stages_that_read_it(tmp_path):
+    path = write_recipe(tmp_path)
+    config, stages = planned(path)
+    data = write_world_data(config, Path(config.run_dir) / "data")
+    before = stage_hashes(stages, data)
+    world = {**SHORT["world"], "sft_demonstrations": 40}
+    config2, stages2 = planned(write_recipe(tmp_path, world=world))
+    after = stage_hashes(stages2, write_world_data(config2, Path(config2.run_dir) / "data"))
+    assert before["SFT/sft"] != after["SFT/sft"]          # same path, new content
+    assert before["RLHF-V1/ppo"] != after["RLHF-V1/ppo"]  # downstream of SFT

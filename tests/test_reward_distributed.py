@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def test_padding_pairs_weigh_nothing_in_loss_and_metrics(tiny_trainer):
 
     chosen, rejected = torch.tensor([2.0, 0.5, -1.0, -9.0]), torch.tensor([1.0, 0.5, 0.0, 9.0])
     logits = torch.cat([chosen, rejected]).unsqueeze(-1)
-    stub = lambda **inputs: type("Out", (), {"logits": logits})()  # noqa: E731
+    stub = lambda **inputs: SimpleNamespace(logits=logits)  # noqa: E731
     inputs = {"input_ids": torch.zeros(8, 3, dtype=torch.long), "attention_mask": torch.ones(8, 3, dtype=torch.long),
               "margin": torch.tensor([1.0, 0.0, 0.0, 0.0]), "weight": torch.tensor([1.0, 1.0, 1.0, 0.0])}
     tiny_trainer.model.train()
