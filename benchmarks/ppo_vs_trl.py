@@ -177,7 +177,7 @@ def main() -> None:
     )
     body = (
         f"Command: `python benchmarks/ppo_vs_trl.py --iterations {args.iterations} --write`\n\n"
-        f"Machine: {machine_description()} (2 cores shared with other users). Tiny Llama policy, batch {BATCH}, "
+        f"Machine: {machine_description()} (2 cores, otherwise idle). Tiny Llama policy, batch {BATCH}, "
         f"mini-batch {MINI_BATCH}, one PPO epoch, {RESPONSE_LENGTH}-token answers, mean of "
         f"{ours['iterations_timed']} / {trl['iterations_timed']} iterations after a warm-up one.\n\n{table}\n\n"
         f"Ratio (TRL seconds / ours): {trl['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f}x. "

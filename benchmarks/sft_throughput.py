@@ -1,6 +1,6 @@
 """SFT training throughput: packing (TRL best-fit + padding-free collator) vs padding, fp32 vs bf16 autocast.
 
-    OMP_NUM_THREADS=1 python benchmarks/sft_throughput.py [--demo_dir runs/smollm2/sft] [--write]
+    python benchmarks/sft_throughput.py [--demo_dir runs/smollm2/sft] [--write]
 
 One training step is what SFTTrainer runs: a batch from TRL's own data path (`pack_dataset(..., "bfd")` and
 `DataCollatorForLanguageModeling(padding_free=True)`, or the padding collator), forward, backward and an AdamW
@@ -169,10 +169,10 @@ def main() -> None:
     started = time.time()
     rows, peaks, threads = run_benchmark()
     demo = demo_answers(args.demo_dir) if args.demo_dir else []
-    command = "OMP_NUM_THREADS=1 python benchmarks/sft_throughput.py" + (
+    command = "python benchmarks/sft_throughput.py" + (
         f" --demo_dir {args.demo_dir}" if args.demo_dir else "") + (" --write" if args.write else "")
     body = [
-        f"Command: `{command}` ({time.time() - started:.0f} s; {machine_description()}, shared with other jobs).",
+        f"Command: `{command}` ({time.time() - started:.0f} s; {machine_description()}).",
         "",
         f"Matmul peak (1024^3 matmuls, best of 5): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 autocast {peaks['bf16'] / 1e9:.1f} GFLOP/s.",
