@@ -26,7 +26,7 @@ from alignment.config import parse_recipe  # noqa: E402
 from alignment.data import atomic_write_json  # noqa: E402
 from reward.config import Llama2RewardConfig  # noqa: E402
 
-HH_FILE = "/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+HH_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz")
 PRESET = Path(__file__).resolve().parents[1] / "recipes" / "smollm2" / "reward.yaml"
 
 

@@ -70,7 +70,7 @@ def test_llama2_system_prompt_is_merged_into_first_user_turn(tiny_tokenizer):
     ]
     check_encoding(tiny_tokenizer, encode_dialog(tiny_tokenizer, dialog), [
         ("<s>", P), ("[INST]", P), ("▁", P), ("<<SYS>>", P), ("\n", P), ("7", P), ("\n", P), ("<</SYS>>", P),
-        ("\n", P), ("\n", P), ("1", P), ("▁", P), ("[/INST]", P),
+        ("\n\n", P), ("1", P), ("▁", P), ("[/INST]", P),
         ("▁", A), ("2", A), ("</s>", A),
         # the system prompt is not repeated in later turns (Llama 2 reference code)
         ("<s>", P), ("[INST]", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
@@ -93,9 +93,9 @@ def test_llama2_generation_prompt_is_the_prefix_of_the_trained_dialog(tiny_token
     messages = user_prompt("3", system="7")
     prompt = encode_prompt(tiny_tokenizer, messages)
     assert tiny_tokenizer.convert_ids_to_tokens(prompt) == [
-        "<s>", "[INST]", "▁", "<<SYS>>", "\n", "7", "\n", "<</SYS>>", "\n", "\n", "3", "▁", "[/INST]"]
+        "<s>", "[INST]", "▁", "<<SYS>>", "\n", "7", "\n", "<</SYS>>", "\n\n", "3", "▁", "[/INST]"]
     ids, prompt_length = encode_prompt_response(tiny_tokenizer, messages, "45")
-    assert prompt_length == len(prompt) == 13
+    assert prompt_length == len(prompt) == 12
     assert ids[:prompt_length] == prompt
     assert tiny_tokenizer.convert_ids_to_tokens(ids[prompt_length:]) == ["▁", "4", "5", "</s>"]
     with pytest.raises(ValueError, match="end with a user message"):

@@ -34,7 +34,7 @@ def test_the_same_recipe_under_ddp_does_not_fit_and_says_why(capsys):
 def test_a_batch_that_does_not_divide_fails_with_the_numbers(capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(RECIPES / "tiny/sft.yaml"), "--accelerate_config", str(RECIPES / "accelerate/ddp-cpu.yaml")])
-    assert "global batch 16 is not a multiple of per-device batch 16 x 2 processes = 32" in capsys.readouterr().err
+    assert "global batch 4 is not a multiple of per-device batch 4 x 2 processes = 8" in capsys.readouterr().err
 
 
 def test_generation_under_fsdp_v1_is_refused(tmp_path, capsys):

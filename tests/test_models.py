@@ -24,12 +24,12 @@ def test_builtin_tiny_llama_resolves_to_the_cache(tiny_tokenizer, tiny_model):
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     config = tiny_model.config
     assert (config.model_type, config.vocab_size, config.num_key_value_heads, config.hidden_act) == (
-        "llama", 512, 2, "silu")
-    embeddings = 2 * 512 * 64  # input embedding and untied output head
+        "llama", 1024, 2, "silu")
+    embeddings = 2 * 1024 * 64  # input embedding and untied output head
     attention = 64 * 64 * 2 + 64 * 32 * 2  # q, o; k, v with 2 KV heads of 16 dims
     mlp = 3 * 64 * 176  # SwiGLU gate, up, down
     layer = attention + mlp + 2 * 64  # plus two RMSNorm weights
-    assert sum(p.numel() for p in tiny_model.parameters()) == embeddings + 2 * layer + 64 == 158_016
+    assert sum(p.numel() for p in tiny_model.parameters()) == embeddings + 2 * layer + 64 == 223_552
     assert stop_token_ids(tiny_tokenizer) == [3]
 
 

@@ -20,7 +20,10 @@ from reward.data import (
     split_comparisons,
 )
 
-HH_FILE = Path("/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
+SHARED_HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+# Real HH-RLHF rows: the full shared file where it exists, else the 400-row sample shipped in data/.
+HH_FILE = SHARED_HH_FILE if SHARED_HH_FILE.exists() else (
+    Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base-test.sample.jsonl.gz")
 PKU_FILE = Path(__file__).resolve().parents[1] / "data" / "reward" / "pku_saferlhf_sample.jsonl"
 
 
@@ -128,8 +131,9 @@ def test_hh_rlhf_real_rows_round_trip():
 def test_hh_rlhf_whole_file_counts_every_dropped_row():
     skipped = SkipCounter()
     comparisons = load_comparisons(HH_FILE, "hh-rlhf", rating="slightly better", skip_bad_rows=True, skipped=skipped)
-    assert len(comparisons) + skipped.total == 2312  # every row is either loaded or counted
-    assert skipped.reasons["empty final answer"] == 4
+    rows, empty_answers = (2312, 4) if HH_FILE == SHARED_HH_FILE else (400, 1)
+    assert len(comparisons) + skipped.total == rows  # every row is either loaded or counted
+    assert skipped.reasons["empty final answer"] == empty_answers
     assert {c.rating for c in comparisons} == {"slightly_better"}
 
 

@@ -30,12 +30,14 @@ def test_padded_batch_keeps_prompt_mask_and_masks_padding(tiny_tokenizer):
     rows = tokenize_dialogs(DIGIT_DIALOGS[:2], tiny_tokenizer, "llama2")
     batch = DataCollatorForLanguageModeling(pad_token_id=tiny_tokenizer.pad_token_id)(list(rows))
     # <s> [INST] ▁ 1 ▁ [/INST] | ▁ 2 </s>, padded to the 13 tokens of the second dialog
-    one = [2, 4, 439, 465, 439, 5, 439, 466, 3]
+    space, d1, d2 = tiny_tokenizer.convert_tokens_to_ids(["▁", "1", "2"])
+    one = [2, 4, space, d1, space, 5, space, d2, 3]
     x = IGNORE_INDEX
     assert batch["input_ids"].tolist() == [one + [0] * 4, rows[1]["input_ids"]]
-    assert batch["labels"].tolist() == [[x] * 6 + [439, 466, 3] + [x] * 4, rows[1]["labels"]]
+    assert batch["labels"].tolist() == [[x] * 6 + [space, d2, 3] + [x] * 4, rows[1]["labels"]]
     assert batch["attention_mask"].tolist() == [[1] * 9 + [0] * 4, [1] * 13]
-    assert rows[1]["labels"] == [x] * 9 + [439, 473, 469, 3]
+    assert tiny_tokenizer.convert_ids_to_tokens(rows[1]["labels"][9:]) == ["▁", "4", "5", "</s>"]
+    assert rows[1]["labels"][:9] == [x] * 9
 
 
 def packed_batch(tokenizer, dialogs, max_length):
