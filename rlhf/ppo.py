@@ -249,7 +249,7 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
     from reward.scoring import RewardScorer
 
     return RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
-                        batch_size=config.reward_batch_size, device=device)
+                        batch_size=config.reward_batch_size, device=config.reward_device or device)
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:

@@ -40,6 +40,11 @@ class PPOConfig:
     )
     reward_dtype: str = field(default="float32", metadata={"help": "Weights dtype of the two reward models."})
     reward_batch_size: int = field(default=16, metadata={"help": "Sequences per reward-model forward pass."})
+    reward_device: str | None = field(
+        default=None,
+        metadata={"help": "Where the frozen R_h and R_s run: the policy's device when unset; 'cpu' offloads them "
+                          "off the accelerator to free its memory for the policy and value model."},
+    )
     safety_threshold: float = field(default=0.15, metadata={"help": "Gate R_s < 0.15 of eq. (3) (sec. 3.2.3)."})
     use_lora: bool = field(
         default=False,

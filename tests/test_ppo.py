@@ -307,3 +307,20 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert iterations[-(5 - killed_at):] == list(range(killed_at + 1, 6))
     assert json.loads((out / COMPLETE_MARKER).read_text())["iterations"] == 5
+
+
+def test_reward_models_can_be_offloaded_to_another_device(monkeypatch):
+    import reward.scoring
+    from rlhf.ppo import build_scorer
+    from rlhf.ppo_config import PPOConfig
+
+    seen = {}
+
+    class FakeScorer:
+        def __init__(self, name, **kwargs):
+            seen[name] = kwargs["device"]
+
+    monkeypatch.setattr(reward.scoring, "RewardScorer", FakeScorer)
+    build_scorer("runs/rm_h", "helpfulness", PPOConfig(reward_device="cpu"), device="cuda:0")
+    build_scorer("runs/rm_s", "safety", PPOConfig(), device="cuda:0")
+    assert seen == {"runs/rm_h": "cpu", "runs/rm_s": "cuda:0"}
