@@ -17,3 +17,21 @@ class CpuBf16Mixin:
         if getattr(self, "bf16", None) is not False and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+
+
+def train_resumable(trainer, output_dir, global_batch_size: int, pad_token_id: int):
+    """Train on whole global batches, resuming from the last checkpoint in output_dir if there is one.
+
+    The training set is padded with zero-weight rows to a multiple of the global batch, so every process
+    count sees the same batches (accelerate would otherwise repeat rows to even out the last one).
+    Returns the trainer's result and the checkpoint it resumed from (or None).
+    """
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from alignment.distributed import pad_dataset_to_multiple
+
+    trainer.train_dataset = pad_dataset_to_multiple(trainer.train_dataset, global_batch_size, pad_token_id)
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    return trainer.train(resume_from_checkpoint=last_checkpoint), last_checkpoint

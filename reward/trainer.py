@@ -25,7 +25,7 @@ from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text
-from alignment.distributed import pad_dataset_to_multiple
+from alignment.training import train_resumable
 from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
 from reward.loss import MARGIN_TABLES, margin_for
@@ -287,7 +287,6 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     they are split and mixed like loaded ones.
     """
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from alignment.models import load_tokenizer
     from reward.evaluate import evaluate_reward_model, report_markdown
@@ -330,12 +329,8 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=lora_config(config) if config.use_lora else None,
     )
-    # The same global batches on any number of processes, none repeated to even out the last one.
-    trainer.train_dataset = pad_dataset_to_multiple(trainer.train_dataset, config.global_batch_size,
-                                                    tokenizer.pad_token_id)
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    result, last_checkpoint = train_resumable(trainer, output_dir, config.global_batch_size, tokenizer.pad_token_id)
     seconds = time.time() - started
 
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -18,8 +18,8 @@ from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, atomic_write_json, load_dialogs
-from alignment.distributed import pad_dataset_to_multiple
 from alignment.paths import DEMO_SFT_DATA
+from alignment.training import train_resumable
 
 BUILTIN_DATASETS = {"builtin:demo-sft": DEMO_SFT_DATA}
 COMPLETE_MARKER = "stage_complete.json"
@@ -85,7 +85,6 @@ def save_final_model(trainer, tokenizer, output_dir: Path, merge_lora: bool) -> 
 
 def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | None = None) -> dict:
     """Train and save; returns a summary. `dialogs` overrides the dataset (rejection sampling passes its pool)."""
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from alignment.models import load_causal_lm, load_tokenizer
@@ -120,12 +119,8 @@ def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | No
         processing_class=tokenizer,
         peft_config=lora_config(model_args) if model_args.use_lora else None,
     )
-    # The same global batches on any number of processes, none repeated to even out the last one.
-    trainer.train_dataset = pad_dataset_to_multiple(trainer.train_dataset, data_args.global_batch_size,
-                                                    tokenizer.pad_token_id)
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    result, last_checkpoint = train_resumable(trainer, output_dir, data_args.global_batch_size, tokenizer.pad_token_id)
     metrics = dict(result.metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
