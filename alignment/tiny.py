@@ -81,14 +81,11 @@ def train_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 
     return tokenizer
 
 
-def build_tiny_llama(output_dir: str | Path, texts: list[str], spec: TinyLlamaSpec | None = None):
-    """Train the tokenizer on `texts`, build a randomly initialised Llama and save both (safetensors)."""
+def init_llama(tokenizer, spec: TinyLlamaSpec):
+    """A randomly initialised (seeded) Llama of the given size for this tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    spec = spec or TinyLlamaSpec()
-    output_dir = Path(output_dir)
-    tokenizer = train_tokenizer(texts, output_dir, spec.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -109,6 +106,15 @@ def build_tiny_llama(output_dir: str | Path, texts: list[str], spec: TinyLlamaSp
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_tiny_llama(output_dir: str | Path, texts: list[str], spec: TinyLlamaSpec | None = None):
+    """Train the tokenizer on `texts`, build a randomly initialised Llama and save both (safetensors)."""
+    spec = spec or TinyLlamaSpec()
+    output_dir = Path(output_dir)
+    tokenizer = train_tokenizer(texts, output_dir, spec.vocab_size)
+    model = init_llama(tokenizer, spec)
     model.save_pretrained(output_dir, safe_serialization=True)
     (output_dir / "tiny_llama_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return model, tokenizer

@@ -72,6 +72,15 @@ def decode_response(tokenizer, response_ids: list[int], stop_ids: set[int]) -> s
     return tokenizer.decode([t for t in response_ids if t not in stop_ids], skip_special_tokens=True).strip()
 
 
+def make_sample(tokenizer, stop_ids: set[int], prompt_index: int, sample_index: int, prompt_ids,
+                generated: list[int]) -> Sample:
+    """A Sample from a backend's generated tokens: cut at the first stop token and decoded."""
+    response_ids, finished = cut_at_stop(generated, stop_ids)
+    return Sample(prompt_index=prompt_index, sample_index=sample_index, prompt_ids=list(prompt_ids),
+                  response_ids=response_ids, text=decode_response(tokenizer, response_ids, stop_ids),
+                  finished=finished)
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None):
     """Seed torch's global generator (which `generate` samples from) without disturbing the caller's stream."""
@@ -172,15 +181,8 @@ class HFSamplingEngine:
         samples = []
         for row, tokens in enumerate(generated):
             prompt_index, sample_index = divmod(row, k)
-            response_ids, finished = cut_at_stop(tokens, stop)
-            samples.append(Sample(
-                prompt_index=offset + prompt_index,
-                sample_index=sample_index,
-                prompt_ids=list(chunk[prompt_index]),
-                response_ids=response_ids,
-                text=decode_response(self.tokenizer, response_ids, stop),
-                finished=finished,
-            ))
+            samples.append(make_sample(self.tokenizer, stop, offset + prompt_index, sample_index,
+                                       chunk[prompt_index], tokens))
         return samples
 
     def _generate_shared_prefill(self, input_ids, attention_mask, k: int, kwargs: dict) -> torch.Tensor:
@@ -243,15 +245,8 @@ class VLLMSamplingEngine:
         samples = []
         for prompt_index, output in enumerate(outputs):
             for sample_index, completion in enumerate(output.outputs):
-                response_ids, finished = cut_at_stop(list(completion.token_ids), stop)
-                samples.append(Sample(
-                    prompt_index=prompt_index,
-                    sample_index=sample_index,
-                    prompt_ids=list(prompt_ids[prompt_index]),
-                    response_ids=response_ids,
-                    text=decode_response(self.tokenizer, response_ids, stop),
-                    finished=finished,
-                ))
+                samples.append(make_sample(self.tokenizer, stop, prompt_index, sample_index,
+                                           prompt_ids[prompt_index], list(completion.token_ids)))
         return samples
 
 

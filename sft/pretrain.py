@@ -86,20 +86,14 @@ def build_model(args: PretrainArguments, tokenizer):
 
     if not args.from_scratch:
         return load_causal_lm(args.model_name_or_path)
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from alignment.tiny import TinyLlamaSpec, init_llama
 
-    config = LlamaConfig(
+    spec = TinyLlamaSpec(
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-        num_key_value_heads=args.num_key_value_heads, max_position_embeddings=1024, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        num_key_value_heads=args.num_key_value_heads, max_position_embeddings=1024, seed=0,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return init_llama(tokenizer, spec)
 
 
 def run_pretrain(args: PretrainArguments, training_args: Llama2PretrainConfig) -> dict:
