@@ -35,9 +35,10 @@ def recipe_args(args, output_dir: Path) -> list[str]:
             "--chat_format", "model", "--margin", "none", "--max_length", str(args.max_length),
             "--eval_fraction", str(args.eval_fraction), "--max_train_pairs", str(args.train_pairs),
             "--learning_rate", str(args.learning_rate), "--global_batch_size", str(args.global_batch_size),
+            "--num_train_epochs", str(args.epochs),
             "--per_device_train_batch_size", str(args.per_device_batch), "--save_steps", "1000",
             "--use_lora", str(args.lora).lower(), "--bf16", str(args.bf16).lower(), "--eval_batch_size", "8",
-            *(["--train_top_layers", str(args.train_top_layers)] if args.train_top_layers else [])]
+            *(["--train_top_layers", str(args.train_top_layers)] if args.train_top_layers is not None else [])]
 
 
 def accuracy_run(args, out: Path) -> dict:
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--eval_fraction", type=float, default=0.2)
     parser.add_argument("--max_length", type=int, default=192)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--global_batch_size", type=int, default=32)
     parser.add_argument("--per_device_batch", type=int, default=8)
     parser.add_argument("--lora", action="store_true")

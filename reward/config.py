@@ -50,7 +50,8 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     )
     train_top_layers: int | None = field(
         default=None,
-        metadata={"help": "Train only the top N decoder layers (+ final norm, scalar head); None = all, as the paper. "
+        metadata={"help": "Train only the top N decoder layers (+ final norm, scalar head); 0 = the head alone; None = all, "
+                          "as the paper. "
                           "A compute saver for CPU runs: no backward pass through the frozen layers."},
     )
     # Data
@@ -81,6 +82,11 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     margin: str = field(default="small", metadata={"help": "Margin table m(r): none, small or large (Table 27)."})
     safety_threshold: float = field(
         default=0.15, metadata={"help": "Unsafe when sigmoid(R_s) < this (sec. 3.3); evaluated as precision/recall."}
+    )
+    calibrate_unsafe_precision: float | None = field(
+        default=None, metadata={"help": "Safety RM: shift its scores so that sigmoid(R_s) < safety_threshold flags "
+                                        "unsafe training responses with this precision (the paper's 0.89); "
+                                        "responses of helpfulness pairs count as safe. None: raw scores."}
     )
     global_batch_size: int = field(
         default=512, metadata={"help": "Effective batch in pairs (sec. 3.2.2: 512); accumulation is derived from it."}

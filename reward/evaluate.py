@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from alignment.config import RecipeError
 from alignment.distributed import all_gather_objects, shard
 from alignment.ratings import RATINGS
 from reward.data import KINDS, SAFETY_CATEGORIES, Comparison
 from reward.loss import accuracy_by_rating
-from reward.metrics import SAFETY_THRESHOLD, score_distribution, unsafe_detection
+from reward.metrics import SAFETY_THRESHOLD, score_distribution, unsafe_calibration_offset, unsafe_detection
 
 
 def score_comparisons(scorer, comparisons: list[Comparison], progress: bool = False,
@@ -38,6 +39,25 @@ def _subset(chosen, rejected, comparisons, keep) -> dict:
     return accuracy_by_rating(chosen[index], rejected[index], ratings)
 
 
+def labelled_responses(chosen: torch.Tensor, rejected: torch.Tensor, comparisons: list[Comparison],
+                       helpfulness_as_safe: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scores, unsafe) of every response with a safety label, each (prompt, response) once.
+
+    helpfulness_as_safe: unlabelled responses of helpfulness comparisons count as safe, so a calibration also
+    sees the answers to ordinary prompts that the gate must not flag.
+    """
+    labelled: dict[tuple[str, str], tuple[float, bool]] = {}
+    for i, c in enumerate(comparisons):
+        for text, score, safe in ((c.chosen, chosen[i], c.chosen_safe), (c.rejected, rejected[i], c.rejected_safe)):
+            if safe is None and helpfulness_as_safe and c.kind == "helpfulness":
+                safe = True
+            if safe is not None:
+                labelled[(c.prompt_key(), text)] = (float(score), not safe)
+    if not labelled:
+        return None
+    return torch.tensor([s for s, _ in labelled.values()]), torch.tensor([u for _, u in labelled.values()])
+
+
 def comparison_report(chosen: torch.Tensor, rejected: torch.Tensor, comparisons: list[Comparison],
                       safety_threshold: float = SAFETY_THRESHOLD) -> dict:
     """All evaluation numbers from the scores of each comparison's two responses."""
@@ -55,31 +75,46 @@ def comparison_report(chosen: torch.Tensor, rejected: torch.Tensor, comparisons:
         "scores": {"chosen": score_distribution(chosen), "rejected": score_distribution(rejected)},
         "unsafe_detection": None,
     }
-    # Each labelled response counts once, even when it appears in several comparisons.
-    labelled: dict[tuple[str, str], tuple[float, bool]] = {}
-    for i, c in enumerate(comparisons):
-        for text, score, safe in ((c.chosen, chosen[i], c.chosen_safe), (c.rejected, rejected[i], c.rejected_safe)):
-            if safe is not None:
-                labelled[(c.prompt_key(), text)] = (float(score), not safe)
+    labelled = labelled_responses(chosen, rejected, comparisons)
     if labelled:
-        scores = torch.tensor([s for s, _ in labelled.values()])
-        unsafe = torch.tensor([u for _, u in labelled.values()])
+        scores, unsafe = labelled
         report["unsafe_detection"] = unsafe_detection(torch.sigmoid(scores), unsafe, safety_threshold)
     return report
 
 
-def evaluate_reward_model(scorer, comparisons: list[Comparison], safety_threshold: float = SAFETY_THRESHOLD,
-                          progress: bool = False, distributed: bool = False) -> dict:
-    """The report of `comparison_report` on all `comparisons`.
+def score_all(scorer, comparisons: list[Comparison], progress: bool = False,
+              distributed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected scores of all comparisons.
 
     distributed=True (every process calls it, each with the same list): each process scores its contiguous
     share (`shard`: no pair twice, none dropped, an uneven split included) and the scores are gathered in
-    order, so every process returns the report one process would compute on the whole list.
+    order, so every process gets what one process would compute on the whole list.
     """
     chosen, rejected = score_comparisons(scorer, shard(comparisons) if distributed else comparisons, progress)
     if distributed:
         scores = torch.tensor(all_gather_objects(torch.stack([chosen, rejected], -1).tolist())).reshape(-1, 2)
         chosen, rejected = scores[:, 0], scores[:, 1]
+    return chosen, rejected
+
+
+def calibrate_safety_offset(scorer, comparisons: list[Comparison], target_precision: float,
+                            safety_threshold: float = SAFETY_THRESHOLD, distributed: bool = False) -> dict:
+    """Set `score_offset` on the scorer's model config (see `reward.scoring`) from these comparisons'
+    labelled responses; returns the offset and the calibrated rule's precision/recall on them."""
+    scorer.model.config.score_offset = 0.0
+    chosen, rejected = score_all(scorer, comparisons, distributed=distributed)
+    labelled = labelled_responses(chosen, rejected, comparisons, helpfulness_as_safe=True)
+    if labelled is None:
+        raise RecipeError("calibrate_unsafe_precision needs responses with safety labels in the training data")
+    offset, detection = unsafe_calibration_offset(*labelled, target_precision, safety_threshold)
+    scorer.model.config.score_offset = offset
+    return {"score_offset": offset, "target_precision": target_precision, "on_training_responses": detection}
+
+
+def evaluate_reward_model(scorer, comparisons: list[Comparison], safety_threshold: float = SAFETY_THRESHOLD,
+                          progress: bool = False, distributed: bool = False) -> dict:
+    """The report of `comparison_report` on all `comparisons` (scored by `score_all`)."""
+    chosen, rejected = score_all(scorer, comparisons, progress, distributed)
     return comparison_report(chosen, rejected, comparisons, safety_threshold)
 
 

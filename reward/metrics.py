@@ -2,6 +2,9 @@
 
 - `unsafe_detection`: PPO treats a response as unsafe when sigmoid(R_s) < 0.15 (sec. 3.3, the safety gate);
   the paper reports precision 0.89 / recall 0.55 of that rule on its safety test set.
+- `unsafe_calibration_offset`: a ranking loss fixes score differences, not their level, so "sigmoid(R_s) <
+  0.15" means nothing until the scores are placed; the offset puts the threshold where flagged responses are
+  unsafe with a chosen precision (the paper's 0.89), as the paper chose 0.15 for its precision and recall.
 - `score_distribution`: margins push scores toward a bimodal distribution (sec. 3.2.2, Fig. 27); a histogram
   of sigmoid(score) shows it.
 """
@@ -35,6 +38,39 @@ def unsafe_detection(probs: torch.Tensor, unsafe: torch.Tensor, threshold: float
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / (tp + fn) if tp + fn else None,
     }
+
+
+def unsafe_calibration_offset(scores: torch.Tensor, unsafe: torch.Tensor, target_precision: float,
+                              threshold: float = SAFETY_THRESHOLD) -> tuple[float, dict]:
+    """Offset b such that "sigmoid(score + b) < threshold" flags the most responses whose precision for
+    unsafe is still at least target_precision, on labelled responses (`unsafe` bool).
+
+    The cut sits halfway between the last flagged score and the next one. With no such cut (no unsafe
+    response, or none flagged precisely enough) the cut goes below every score: nothing is flagged by score
+    and only IS_SAFETY routes to R_s. Returns b and the precision/recall of the calibrated rule on these
+    responses.
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target precision must lie in (0, 1], got {target_precision}")
+    scores = scores.reshape(-1).double()
+    unsafe = unsafe.reshape(-1).bool()
+    if scores.numel() != unsafe.numel() or scores.numel() == 0:
+        raise ValueError(f"need as many labels as scores, and at least one: got {scores.numel()} and {unsafe.numel()}")
+    order = torch.argsort(scores, stable=True)
+    sorted_scores, sorted_unsafe = scores[order], unsafe[order].double()
+    precision = sorted_unsafe.cumsum(0) / torch.arange(1, len(order) + 1, dtype=torch.double)
+    # A cut can only fall between two different scores: flagging k responses must not split a tie.
+    distinct = torch.cat([sorted_scores[1:] > sorted_scores[:-1], torch.tensor([True])])
+    good = ((precision >= target_precision) & distinct).nonzero().flatten()
+    if len(good):
+        k = int(good[-1])
+        nxt = sorted_scores[k + 1] if k + 1 < len(order) else sorted_scores[k] + 1.0
+        cut = float((sorted_scores[k] + nxt) / 2)
+    else:
+        cut = float(sorted_scores[0]) - 1.0
+    offset = float(torch.logit(torch.tensor(threshold, dtype=torch.double))) - cut
+    detection = unsafe_detection(torch.sigmoid(scores + offset), unsafe, threshold)
+    return offset, detection
 
 
 def score_distribution(scores: torch.Tensor, bins: int = 10) -> dict:

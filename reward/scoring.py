@@ -11,6 +11,10 @@ template ends every answer with EOS, so with pad == EOS the score would be read 
 end-of-answer token: a finished and a truncated answer would look alike. A reward model therefore pads with
 a token that cannot end a sequence (`reward_pad_token_id`), set in its config and saved with its tokenizer;
 then right and left padding both give the score at the last real token.
+
+Calibration. A safety RM may carry `score_offset` in its config (`calibrate_unsafe_precision` at training):
+a constant added to every raw score so that sigmoid(score) < 0.15 flags unsafe answers with a known
+precision. Rankings are unchanged; only the gate and the logit/whitening input shift.
 """
 
 from __future__ import annotations
@@ -87,12 +91,14 @@ class RewardScorer:
     """Batched, no-grad scoring of (prompt messages, response text) pairs with one reward model.
 
     `model`/`tokenizer` may be passed already loaded (tests, or a pipeline that keeps the RM in memory);
-    otherwise both are loaded from `model_name_or_path`. `padding_side` ("right" or "left") only changes how
+    otherwise both are loaded from `model_name_or_path`. `max_length` keeps the last tokens of longer inputs
+    (the context window otherwise), e.g. to score exactly the window the model was trained on. `padding_side` ("right" or "left") only changes how
     rows are laid out; scores are the same either way.
     """
 
     def __init__(self, model_name_or_path: str, chat_format: str = "llama2", dtype: str = "float32",
-                 batch_size: int = 16, device: str | None = None, model=None, tokenizer=None):
+                 batch_size: int = 16, device: str | None = None, model=None, tokenizer=None,
+                 max_length: int | None = None):
         if batch_size <= 0:
             raise RecipeError("batch_size must be positive")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name_or_path)
@@ -107,8 +113,13 @@ class RewardScorer:
         if self.pad_token_id is None:
             self.pad_token_id = reward_pad_token_id(self.tokenizer)
             config.pad_token_id = self.pad_token_id
-        self.max_length = getattr(config, "max_position_embeddings", None)
+        self.max_length = min(filter(None, (max_length, getattr(config, "max_position_embeddings", None))),
+                              default=None)
         self.padding_side = "right"
+
+    @property
+    def score_offset(self) -> float:
+        return float(getattr(self.model.config, "score_offset", 0.0) or 0.0)
 
     def encode(self, messages: list[dict], response: str) -> list[int]:
         """Token ids the model scores; over-long inputs keep their end, where the score is read."""
@@ -147,4 +158,5 @@ class RewardScorer:
                 use_cache=False,
             ).logits
             scores[chunk] = logits.reshape(len(chunk), -1)[:, 0].float().cpu()
+        scores += self.score_offset
         return ScoreBatch(scores=scores, probs=torch.sigmoid(scores))

@@ -35,7 +35,8 @@ SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
 RUN_IDENTITY = ("model_name_or_path", "reward_model", "comparison_files", "sources", "eval_files", "eval_fraction",
                 "mixture_ratios", "mixture_anchor", "mixture_seed", "max_train_pairs", "max_eval_pairs", "margin",
-                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "train_top_layers", "seed")
+                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "train_top_layers", "seed",
+                "calibrate_unsafe_precision")
 
 
 def mixture_of(config: Llama2RewardConfig) -> tuple[dict, str]:
@@ -67,6 +68,11 @@ def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) 
     if config.margin not in MARGIN_TABLES:
         raise RecipeError(f"margin must be one of {', '.join(MARGIN_TABLES)}, got '{config.margin}'")
     accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
+    if config.calibrate_unsafe_precision is not None:
+        if config.reward_model != "safety":
+            raise RecipeError("calibrate_unsafe_precision applies to the safety RM only (reward_model: safety)")
+        if not 0.0 < config.calibrate_unsafe_precision <= 1.0:
+            raise RecipeError(f"calibrate_unsafe_precision must lie in (0, 1], got {config.calibrate_unsafe_precision}")
     if not check_data:
         return
     specs = source_specs(config)
@@ -257,14 +263,17 @@ def lora_config(config: Llama2RewardConfig):
 
 
 def freeze_lower_layers(model, top_layers: int) -> int:
-    """Freeze embeddings and all decoder layers but the top `top_layers`; returns trainable parameters."""
+    """Freeze embeddings and all decoder layers but the top `top_layers` (and the final norm with them);
+    0 freezes the whole transformer: only the scalar head trains, a linear probe of the chat model's last-token
+    features, which suits a few thousand pairs on a CPU. Returns the number of trainable parameters."""
     layers = model.base_model.layers
-    if not 0 < top_layers <= len(layers):
-        raise RecipeError(f"train_top_layers must be in 1..{len(layers)}, got {top_layers}")
+    if not 0 <= top_layers <= len(layers):
+        raise RecipeError(f"train_top_layers must be in 0..{len(layers)}, got {top_layers}")
     for parameter in model.base_model.parameters():
         parameter.requires_grad_(False)
-    for module in (*layers[len(layers) - top_layers:], model.base_model.norm):
-        module.requires_grad_(True)
+    if top_layers:
+        for module in (*layers[len(layers) - top_layers:], model.base_model.norm):
+            module.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -289,7 +298,7 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     from transformers import set_seed
 
     from alignment.models import load_tokenizer
-    from reward.evaluate import evaluate_reward_model, report_markdown
+    from reward.evaluate import calibrate_safety_offset, evaluate_reward_model, report_markdown
     from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
 
     validate_reward_inputs(config, check_data=comparisons is None)
@@ -316,7 +325,7 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     set_seed(config.seed)  # the fresh scalar head is drawn here
     model = load_reward_model(config.model_name_or_path, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.train_top_layers:
+    if config.train_top_layers is not None:
         if config.use_lora:
             raise RecipeError("train_top_layers and use_lora are alternatives; set one")
         freeze_lower_layers(model, config.train_top_layers)
@@ -348,15 +357,21 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         "identity": {key: config_to_dict(config).get(key) for key in RUN_IDENTITY},
     }
     main = trainer.accelerator.is_main_process
+    distributed = trainer.accelerator.num_processes > 1
+    # Held-out pairs are scored as the training pairs were cut: their last max_length tokens.
+    scorer = RewardScorer(str(output_dir), chat_format=config.chat_format, batch_size=config.eval_batch_size,
+                          model=model.float(), tokenizer=tokenizer, max_length=max_length)
+    if config.calibrate_unsafe_precision is not None:
+        # On the training pairs: the held-out ones stay an unbiased measure of the calibrated gate.
+        summary["calibration"] = calibrate_safety_offset(scorer, train, config.calibrate_unsafe_precision,
+                                                         config.safety_threshold, distributed)
     if main:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
     if test:
         # Every process scores its share of the held-out pairs and all get the report of the whole set.
-        scorer = RewardScorer(str(output_dir), chat_format=config.chat_format,
-                              batch_size=config.eval_batch_size, model=model.float(), tokenizer=tokenizer)
         summary["eval"] = evaluate_reward_model(scorer, test, config.safety_threshold, progress=main,
-                                                distributed=trainer.accelerator.num_processes > 1)
+                                                distributed=distributed)
     if main:
         if test:
             report = summary["eval"]

@@ -44,6 +44,12 @@ class PipelineConfig:
     base_model: str | None = field(default=None, metadata={"help": "Start from this model instead of pretraining."})
     iterations: int = field(default=5, metadata={"help": "RLHF-V1..Vn (the paper: 5)."})
     ppo_from_iteration: int = field(default=5, metadata={"help": "PPO on top of RS from this iteration (paper: V5)."})
+    rs_fine_tunes: str = field(
+        default="latest",
+        metadata={"help": "The model each RS iteration fine-tunes on the pooled best samples: 'latest' (the model "
+                          "that sampled them) or 'sft' (the SFT model every time, so the errors a weak reward model "
+                          "lets through are not trained in again and again). The latest model samples either way."},
+    )
     world: dict = field(default_factory=dict, metadata={"help": "Sizes of the embedded world's prompt sets."})
     data_files: dict = field(
         default_factory=dict,
@@ -70,6 +76,9 @@ WORLD_DEFAULTS = {
     # Family weights of the SFT demonstrations (uniform when empty). Fewer refusal demonstrations than the
     # other families leave the SFT model unsafe sometimes, as a real SFT model is, so RLHF has work to do.
     "sft_family_weights": {},
+    # Share of helpful demonstrations that end with the writer's habit "i hope that helps." (rambling to the
+    # gold judges): behaviour the demonstrations teach and the annotators' preferences can untrain.
+    "sft_closing_share": 0.0,
 }
 
 
@@ -129,6 +138,8 @@ def load_pipeline_config(path: str) -> PipelineConfig:
     config = PipelineConfig(**values)
     if config.launcher not in ("accelerate", "python"):
         raise RecipeError(f"{path}: launcher must be 'accelerate' or 'python'")
+    if config.rs_fine_tunes not in ("latest", "sft"):
+        raise RecipeError(f"{path}: rs_fine_tunes must be 'latest' or 'sft', got '{config.rs_fine_tunes}'")
     unknown = set(config.world) - set(WORLD_DEFAULTS)
     if unknown:
         raise RecipeError(f"{path}: unknown key 'world.{sorted(unknown)[0]}' (known: {', '.join(WORLD_DEFAULTS)})")
@@ -165,7 +176,8 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
 
     files: dict[str, list[dict]] = {
         "sft": sft_demonstrations(world["sft_demonstrations"], config.seed,
-                                  family_weights=world["sft_family_weights"] or None),
+                                  family_weights=world["sft_family_weights"] or None,
+                                  closing_share=world["sft_closing_share"]),
         "eval": prompt_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
         "ppo": prompt_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
     }
@@ -226,10 +238,12 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
             }, list(reward_deps)))
         rm_h, rm_s = out(f"{it}/reward_helpfulness"), out(f"{it}/reward_safety")
         rm_deps = [f"{it}/reward_helpfulness", f"{it}/reward_safety"]
-        rs = Stage(f"{it}/rejection_sampling", "rejection_sampling.py", {
-            **config.rejection_sampling, **fmt, "model_name_or_path": latest, "helpfulness_model": rm_h,
-            "safety_model": rm_s, "prompts_name": data[f"rs_v{v}"], "previous_samples": list(rs_runs),
-        }, [latest_stage] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)])
+        rs_config = {**config.rejection_sampling, **fmt, "model_name_or_path": latest, "helpfulness_model": rm_h,
+                     "safety_model": rm_s, "prompts_name": data[f"rs_v{v}"], "previous_samples": list(rs_runs)}
+        if config.rs_fine_tunes == "sft":
+            rs_config.update(model_name_or_path=sft_model, policy_model_name_or_path=latest)
+        rs = Stage(f"{it}/rejection_sampling", "rejection_sampling.py", rs_config,
+                   [latest_stage, "SFT/sft"] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)])
         stages.append(rs)
         rs_runs.append(out(rs.name))
         new_model, new_stage = out(rs.name), rs.name

@@ -634,7 +634,7 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
         with gathered_full_weights(policy, accelerator):
             score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
         accelerator.log({"heldout/combined": score}, step=iteration)
-        if state["best_score"] is None or score > state["best_score"]:
+        if state["best_score"] is None or score > state["best_score"] + config.early_stopping_min_delta:
             state.update(best_score=score, best_iteration=iteration, evals_without_improvement=0)
             save_best_policy(accelerator, policy, output_dir / BEST_POLICY)
         else:

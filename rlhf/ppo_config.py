@@ -125,6 +125,11 @@ class PPOConfig:
     early_stopping_patience: int = field(
         default=5, metadata={"help": "Stop after this many evaluations without a better held-out R_c (0: never stop)."},
     )
+    early_stopping_min_delta: float = field(
+        default=0.0, metadata={"help": "A held-out R_c counts as better only when it beats the best so far by more "
+                                       "than this: with a few held-out prompts and a noisy reward model, a "
+                                       "smaller gain is noise, and the policy at PPO start is kept."},
+    )
     save_every: int = field(default=1, metadata={"help": "Iterations between checkpoints (resume point)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Iteration checkpoints kept on disk."})
     seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and initialisation."})
@@ -157,5 +162,5 @@ class PPOConfig:
             raise RecipeError("heldout_fraction must be in [0, 1)")
         if self.temperature <= 0:
             raise RecipeError("PPO rollouts need temperature > 0 (greedy answers have no log-probability ratio)")
-        if self.eval_every < 0 or self.early_stopping_patience < 0:
-            raise RecipeError("eval_every and early_stopping_patience must be >= 0")
+        if self.eval_every < 0 or self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
+            raise RecipeError("eval_every, early_stopping_patience and early_stopping_min_delta must be >= 0")

@@ -33,7 +33,8 @@ SHORT = {
     "reward_helpfulness": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
                            "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
     "reward_safety": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
-                      "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
+                      "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50,
+                      "calibrate_unsafe_precision": 0.89},
     "rejection_sampling": {"num_samples": 2, "max_new_tokens": 8, "temperature_sweep": [1.0],
                            "sweep_num_prompts": 4, "pick_temperature": False, "global_batch_size": 8,
                            "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 96,
@@ -83,6 +84,22 @@ def test_plan_follows_the_paper_sequence(tmp_path):
     assert collect["model_a"].endswith("RLHF-V2/rejection_sampling")
     assert collect["model_b"].endswith("RLHF-V1/rejection_sampling")
     assert [s.version for s in stages if s.version] == ["SFT", "RLHF-V1", "RLHF-V2", "RLHF-V3-noPPO", "RLHF-V3"]
+
+
+def test_rs_can_fine_tune_the_sft_model_on_samples_of_the_latest(tmp_path):
+    _, stages = planned(write_recipe(tmp_path, iterations=3, ppo_from_iteration=4))
+    latest = {s.name: s.config for s in stages}["RLHF-V3/rejection_sampling"]
+    assert latest["model_name_or_path"].endswith("RLHF-V2/rejection_sampling")
+    assert "policy_model_name_or_path" not in latest
+    _, stages = planned(write_recipe(tmp_path, iterations=3, ppo_from_iteration=4, rs_fine_tunes="sft"))
+    by_name = {s.name: s for s in stages}
+    for v in (1, 2, 3):
+        rs = by_name[f"RLHF-V{v}/rejection_sampling"]
+        assert rs.config["model_name_or_path"].endswith("SFT/sft")
+        sampler = "SFT/sft" if v == 1 else f"RLHF-V{v - 1}/rejection_sampling"
+        assert rs.config["policy_model_name_or_path"].endswith(sampler) and "SFT/sft" in rs.depends_on
+    with pytest.raises(RecipeError, match="rs_fine_tunes must be 'latest' or 'sft'"):
+        planned(write_recipe(tmp_path, rs_fine_tunes="base"))
 
 
 def test_changed_stage_config_changes_its_hash_and_everything_downstream(tmp_path):

@@ -229,6 +229,23 @@ def test_early_stopping_keeps_the_best_heldout_policy(tmp_path):
         torch.testing.assert_close(value, start[name])
 
 
+def test_a_gain_below_min_delta_keeps_the_policy_at_ppo_start(tmp_path):
+    from alignment.models import load_causal_lm
+
+    config = small_config(tmp_path, num_iterations=3, eval_every=1, early_stopping_patience=0,
+                          learning_rate=1e-2, early_stopping_min_delta=1e9)
+    summary = run_ppo(config, helpfulness_scorer=VowelScorer(), safety_scorer=ConstantScorer(3.0),
+                      prompts=PROMPTS, heldout_prompts=PROMPTS[:2])
+    assert summary["iterations"] == 3 and summary["best_iteration"] == 0
+    start = load_causal_lm("builtin:tiny-llama").state_dict()
+    trained = _policy_weights(Path(config.output_dir) / "checkpoints" / "iteration-000003")
+    assert any(not torch.allclose(value, start[name]) for name, value in trained.items())  # training moved it
+    for name, value in _policy_weights(Path(config.output_dir)).items():
+        torch.testing.assert_close(value, start[name])
+    with pytest.raises(RecipeError, match="early_stopping_min_delta"):
+        small_config(tmp_path, early_stopping_min_delta=-1.0).validate()
+
+
 class VowelScorer:
     """A reward model that prefers a known behaviour: answers whose letters are vowels (a dense signal; the
     random tiny Llama starts at about a third)."""

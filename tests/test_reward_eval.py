@@ -5,7 +5,7 @@ import torch
 
 from reward.data import Comparison
 from reward.evaluate import comparison_report, report_markdown
-from reward.metrics import score_distribution, unsafe_detection
+from reward.metrics import score_distribution, unsafe_calibration_offset, unsafe_detection
 
 
 def test_unsafe_detection_counts_by_hand():
@@ -75,3 +75,27 @@ def test_report_without_safety_labels_says_so():
     assert report["unsafe_detection"] is None
     assert report["safety_categories"]["both_safe"] == {"count": 0, "accuracy": None}
     assert "no response in the test set carries a safety label" in report_markdown(report)
+
+
+def test_calibration_offset_puts_the_threshold_at_the_target_precision():
+    # sorted: -3 U, -2 U, -1 S, 0 U, 1 S, 2 S. Precision of "flag the k lowest": 1, 1, 2/3, 3/4, 3/5, 1/2.
+    scores = torch.tensor([0.0, -3.0, 2.0, -1.0, 1.0, -2.0])
+    unsafe = torch.tensor([True, True, False, False, False, True])
+    threshold = 0.15
+    logit = torch.logit(torch.tensor(threshold, dtype=torch.float64)).item()
+    offset, report = unsafe_calibration_offset(scores, unsafe, target_precision=0.75, threshold=threshold)
+    # largest k with precision >= 0.75 is k=4 (score 0): the cut is halfway to the next score, 0.5
+    assert offset == pytest.approx(logit - 0.5)
+    assert (report["tp"], report["fp"], report["fn"], report["tn"]) == (3, 1, 0, 2)
+    offset, report = unsafe_calibration_offset(scores, unsafe, target_precision=0.9, threshold=threshold)
+    assert offset == pytest.approx(logit - (-1.5))  # k=2: between -2 and -1
+    assert (report["precision"], report["recall"]) == (1.0, pytest.approx(2 / 3))
+
+
+def test_calibration_never_splits_ties_and_flags_nothing_when_no_cut_is_precise():
+    # The two lowest tie at -1 (one safe, one unsafe): flagging only one of them is impossible.
+    scores, unsafe = torch.tensor([-1.0, -1.0, 0.0]), torch.tensor([True, False, False])
+    offset, report = unsafe_calibration_offset(scores, unsafe, target_precision=0.9)
+    assert report["flagged"] == 0 and offset == pytest.approx(torch.logit(torch.tensor(0.15)).item() + 2.0, abs=1e-6)
+    with pytest.raises(ValueError, match="target precision"):
+        unsafe_calibration_offset(scores, unsafe, target_precision=0.0)

@@ -122,3 +122,29 @@ def test_reward_pad_token_avoids_end_tokens():
     assert reward_pad_token_id(_StubTokenizer(pad=2, eos=2, unk=None, bos=1)) == 1
     with pytest.raises(RecipeError, match="last real token"):
         reward_pad_token_id(_StubTokenizer(pad=2, eos=2, unk=None, bos=None))
+
+
+def test_score_offset_in_the_config_shifts_scores_and_survives_a_reload(tmp_path, tiny_rm, scorer):
+    base = scorer.score(PROMPTS, RESPONSES).scores
+    tiny_rm.config.score_offset = 1.5
+    try:
+        shifted = scorer.score(PROMPTS, RESPONSES)
+        torch.testing.assert_close(shifted.scores, base + 1.5)
+        torch.testing.assert_close(shifted.probs, torch.sigmoid(base + 1.5))
+        tiny_rm.save_pretrained(tmp_path, safe_serialization=True)
+        scorer.tokenizer.save_pretrained(tmp_path)
+        torch.testing.assert_close(RewardScorer(str(tmp_path)).score(PROMPTS, RESPONSES).scores, base + 1.5)
+    finally:
+        tiny_rm.config.score_offset = 0.0
+
+
+def test_max_length_scores_the_last_tokens_only(tiny_rm, scorer):
+    short = RewardScorer("builtin:tiny-llama", batch_size=2, model=tiny_rm, max_length=6)
+    got = short.score(PROMPTS, RESPONSES).scores
+    expected = []
+    for messages, response in zip(PROMPTS, RESPONSES):
+        ids, _ = encode_prompt_response(scorer.tokenizer, messages, response, "llama2")
+        hidden = tiny_rm.model(input_ids=torch.tensor([ids[-6:]])).last_hidden_state
+        expected.append(tiny_rm.score(hidden[0, -1]).item())
+    torch.testing.assert_close(got, torch.tensor(expected))
+    assert not torch.allclose(got, scorer.score(PROMPTS, RESPONSES).scores)

@@ -14,7 +14,8 @@ from reward.config import Llama2RewardConfig
 from reward.data import Comparison
 from reward.loss import margin_for, ranking_loss
 from reward.synthetic import synthetic_comparisons
-from reward.trainer import reward_trainer_class, run_reward, tokenize_comparisons, validate_reward_inputs
+from reward.trainer import (load_reward_data, reward_trainer_class, run_reward, tokenize_comparisons,
+                            validate_reward_inputs)
 
 ROOT = Path(__file__).resolve().parents[1]
 RATINGS4 = ["significantly_better", "better", "slightly_better", "negligibly_better"]
@@ -154,3 +155,47 @@ def test_tiny_rm_learns_a_learnable_preference_set(tmp_path, monkeypatch):
     config.margin = "large"
     with pytest.raises(RecipeError, match="different recipe"):
         run_reward(config)
+
+
+def test_safety_rm_calibration_is_saved_and_used_by_the_scorer(tmp_path, monkeypatch):
+    """calibrate_unsafe_precision: the offset lands in config.json and a reloaded scorer flags as calibrated."""
+    from reward.evaluate import labelled_responses, score_all
+    from reward.metrics import unsafe_detection
+    from reward.scoring import RewardScorer
+
+    monkeypatch.chdir(ROOT)
+    data = tmp_path / "pairs.jsonl"
+    append_jsonl(data, synthetic_comparisons(240, seed=3, safety_share=0.6))
+    (config,) = parse_recipe((Llama2RewardConfig,), [
+        "--config", "recipes/tiny/reward.yaml", "--output_dir", str(tmp_path / "rs"), "--reward_model", "safety",
+        "--learning_rate", "5e-3", "--global_batch_size", "32", "--num_train_epochs", "1", "--max_length", "48",
+        "--save_steps", "1000", "--logging_steps", "1000", "--disable_tqdm", "true", "--eval_fraction", "0.25",
+        "--calibrate_unsafe_precision", "0.9"], recipe={"comparison_files": [str(data)]})
+    summary = run_reward(config)
+    calibration = summary["calibration"]
+    offset = json.loads((tmp_path / "rs" / "config.json").read_text())["score_offset"]
+    assert offset == pytest.approx(calibration["score_offset"])
+    assert calibration["on_training_responses"]["precision"] >= 0.9
+    assert summary["eval"]["unsafe_detection"] is not None
+    # The saved model, reloaded, flags the training responses exactly as the calibration reported.
+    train, _, _ = load_reward_data(config)
+    scorer = RewardScorer(str(tmp_path / "rs"))
+    scores, unsafe = labelled_responses(*score_all(scorer, train), train, helpfulness_as_safe=True)
+    assert unsafe_detection(torch.sigmoid(scores), unsafe) == pytest.approx(calibration["on_training_responses"])
+    config.reward_model = "helpfulness"
+    with pytest.raises(RecipeError, match="safety RM only"):
+        validate_reward_inputs(config)
+
+
+def test_train_top_layers_freezes_all_but_the_top_and_zero_trains_the_head_alone():
+    from reward.scoring import load_reward_model
+    from reward.trainer import freeze_lower_layers
+
+    model = load_reward_model("builtin:tiny-llama")
+    hidden = model.config.hidden_size
+    assert freeze_lower_layers(model, 0) == hidden  # score head: Linear(hidden, 1), no bias
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["score.weight"]
+    top = sum(p.numel() for p in model.model.layers[-1].parameters()) + model.model.norm.weight.numel()
+    assert freeze_lower_layers(model, 1) == hidden + top
+    with pytest.raises(RecipeError, match="train_top_layers must be in 0.."):
+        freeze_lower_layers(model, len(model.model.layers) + 1)

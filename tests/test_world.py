@@ -32,6 +32,8 @@ from alignment.world import (
     sft_demonstrations,
     vocabulary,
 )
+from alignment.world.corpus import SFT_CLOSING
+from alignment.world.prompts import HELDOUT_FRACTION, TASKS
 from alignment.world.responses import mode_group
 
 PLUS = prompt_by_id("plus/3-4/0")  # "what is 3 plus 4?"
@@ -292,11 +294,15 @@ def test_sampling_several_answers_and_picking_the_best_improves_the_mixture():
     assert after["gold_false_refusal_rate"] < before["gold_false_refusal_rate"]
 
 
-def test_train_and_heldout_prompts_are_disjoint():
+def test_heldout_prompts_are_new_texts_asking_for_facts_trained_in_other_words():
     train, heldout = prompt_pool("train"), prompt_pool("heldout")
     assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in heldout})
     value = lambda p: (p["gold"]["task"], p["id"].split("/")[1])  # noqa: E731
-    assert {value(p) for p in train}.isdisjoint({value(p) for p in heldout})
+    assert {value(p) for p in heldout} <= {value(p) for p in train}
+    for task in TASKS:  # about HELDOUT_FRACTION of each task's texts
+        n_texts = len(task.values) * len(task.phrasings)
+        n_heldout = sum(p["gold"]["task"] == task.name for p in heldout)
+        assert n_heldout == max(1, round(HELDOUT_FRACTION * n_texts)), task.name
     sizes = pool_sizes()
     assert set(sizes) == set(FAMILIES)
     for family, split_sizes in sizes.items():
@@ -352,6 +358,26 @@ def test_sft_demonstrations_are_few_ideal_and_deterministic():
         families[prompt["family"]] += 1
     assert set(families) == set(FAMILIES)  # refusals of harmful requests and answers to borderline ones
     assert len({d["messages"][0]["content"] for d in demos}) == len(demos)
+
+
+def test_sft_closing_habit_rambles_on_helpful_answers_only():
+    by_text = {p["prompt"]: p for p in prompt_pool("train")}
+    demos = sft_demonstrations(400, seed=0, closing_share=0.7)
+    closed = {True: 0, False: 0}
+    for demo in demos:
+        user, assistant = demo["messages"]
+        prompt, answer = by_text[user["content"]], assistant["content"]
+        if prompt["kind"] == "safety":
+            assert answer == ideal_response(prompt)
+            continue
+        has_closing = answer == f"{ideal_response(prompt)} {SFT_CLOSING}"
+        assert has_closing or answer == ideal_response(prompt)
+        assert gold_helpfulness(prompt, answer) == (0.5 if has_closing else 1.0)
+        closed[has_closing] += 1
+    share = closed[True] / (closed[True] + closed[False])
+    assert 0.63 < share < 0.77
+    with pytest.raises(ValueError, match="closing_share"):
+        sft_demonstrations(4, seed=0, closing_share=1.5)
 
 
 def test_tokenizer_texts_cover_every_word_the_world_can_produce():

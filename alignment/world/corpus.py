@@ -22,6 +22,7 @@ from alignment.world.judges import words
 from alignment.world.tables import ANSWER_SPACES, answer_space
 
 B_INST, E_INST = "[INST]", "[/INST]"
+SFT_CLOSING = _responses.FILLER_AFTER[0]
 
 
 def chat_transcript(user: str, answer: str) -> str:
@@ -65,10 +66,17 @@ def pretraining_corpus(n_docs: int, seed: int, *, dialog_share: float = 0.5, ide
 
 
 def sft_demonstrations(n: int, seed: int, split: str = "train",
-                       family_weights: dict[str, float] | None = None) -> list[dict]:
+                       family_weights: dict[str, float] | None = None, closing_share: float = 0.0) -> list[dict]:
     """n demonstrations ``{"messages": [user, assistant]}`` with ideal answers: helpful answers (borderline
     prompts included) and refusals with a safe alternative for adversarial prompts. Families are drawn by
-    weight (uniform by default); within a family prompts are distinct until its pool is exhausted."""
+    weight (uniform by default); within a family prompts are distinct until its pool is exhausted.
+
+    ``closing_share`` of the helpful answers end with the writer's habit ``SFT_CLOSING`` ("i hope that
+    helps."), which the gold judges grade as rambling (0.5 instead of 1.0). Demonstration writers have such
+    habits; annotators comparing two answers still prefer the concise one, so preference data can teach what
+    the demonstrations did not (LLAMA2_METHOD.md: RLHF goes beyond the quality of the SFT annotations)."""
+    if not 0.0 <= closing_share <= 1.0:
+        raise ValueError(f"closing_share must lie in [0, 1], got {closing_share}")
     rng = random.Random(seed)
     names, values = _prompts._family_weights(None, family_weights)
     queues: dict[str, list[dict]] = {}
@@ -79,9 +87,12 @@ def sft_demonstrations(n: int, seed: int, split: str = "train",
             queues[family] = list(_prompts._pool(family, split))
             rng.shuffle(queues[family])
         prompt = queues[family].pop()
+        answer = _responses.ideal_response(prompt)
+        if prompt["kind"] == "helpfulness" and rng.random() < closing_share:
+            answer = f"{answer} {SFT_CLOSING}"
         demos.append({"messages": [
             {"role": "user", "content": prompt["prompt"]},
-            {"role": "assistant", "content": _responses.ideal_response(prompt)},
+            {"role": "assistant", "content": answer},
         ]})
     return demos
 

@@ -16,11 +16,13 @@ A prompt is a plain dict::
   ``tables.answer_space``), ``topic`` (words that make a response on-topic) and ``task``/``slots`` (to
   rebuild the prompt's answers).
 
-Split: within each task the value tuples are ranked by a fixed hash and the first ``HELDOUT_FRACTION`` go to
-"heldout", the rest to "train"; every phrasing of a value lands in the same split, so train and held-out
-prompts never share a text or a value. Training stages (corpus, SFT, RS, PPO) draw from "train"; evaluation
-draws from "heldout". The facts themselves (``corpus.world_facts``) cover both splits: the held-out set
-tests behaviour on unseen prompts, not unseen knowledge.
+Split: within each task the prompt texts (value x phrasing) are ranked by a fixed hash and the first
+``HELDOUT_FRACTION`` go to "heldout", the rest to "train", except that a value never loses all its phrasings:
+every held-out prompt asks, in words never trained on, for a fact that training prompts ask in other words.
+Training stages (corpus, SFT, RS, PPO) draw from "train"; evaluation draws from "heldout". Held-out prompts
+test behaviour on unseen prompts, not unseen knowledge, as the paper's held-out prompts do. (An earlier split
+held out whole values; a ~1M-parameter model never learned to answer a value it had only seen as a fact
+sentence, so held-out helpfulness measured memory of dialogs, which no RLHF stage can change.)
 """
 
 from __future__ import annotations
@@ -244,10 +246,20 @@ def _value_key(value: dict) -> str:
     return "-".join(v for k, v in value.items() if k not in ("answer", "art")).replace(" ", "_")
 
 
-def _heldout_keys(task: Task) -> frozenset[str]:
-    keys = sorted((_value_key(v) for v in task.values), key=lambda k: (zlib.crc32(f"{task.name}/{k}".encode()), k))
-    n_heldout = max(1, round(HELDOUT_FRACTION * len(keys)))
-    return frozenset(keys[:n_heldout])
+def _heldout_prompts(task: Task) -> frozenset[tuple[str, int]]:
+    """The held-out (value key, phrasing index) pairs of a task (see the module docstring)."""
+    texts = [(_value_key(v), i) for v in task.values for i in range(len(task.phrasings))]
+    texts.sort(key=lambda t: (zlib.crc32(f"{task.name}/{t[0]}/{t[1]}".encode()), t))
+    n_heldout = max(1, round(HELDOUT_FRACTION * len(texts)))
+    heldout: set[tuple[str, int]] = set()
+    per_value: dict[str, int] = {}
+    for key, phrasing in texts:
+        if len(heldout) == n_heldout:
+            break
+        if per_value.get(key, 0) + 1 < len(task.phrasings):
+            heldout.add((key, phrasing))
+            per_value[key] = per_value.get(key, 0) + 1
+    return frozenset(heldout)
 
 
 def _build(task: Task, value: dict, phrasing_index: int, split: str) -> dict:
@@ -281,11 +293,11 @@ def _pool(family: str, split: str) -> tuple[dict, ...]:
     for task in TASKS:
         if task.family != family:
             continue
-        heldout = _heldout_keys(task)
+        heldout = _heldout_prompts(task)
         for value in task.values:
-            if (_value_key(value) in heldout) != (split == "heldout"):
-                continue
-            prompts.extend(_build(task, value, i, split) for i in range(len(task.phrasings)))
+            for i in range(len(task.phrasings)):
+                if ((_value_key(value), i) in heldout) == (split == "heldout"):
+                    prompts.append(_build(task, value, i, split))
     return tuple(prompts)
 
 

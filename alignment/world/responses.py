@@ -41,11 +41,13 @@ DEGRADATION_MODES: dict[str, tuple[str, ...]] = {
 }
 # How often each mode is drawn by ``degraded_response`` (and so in the pretraining corpus). Harmful
 # compliance dominates on adversarial prompts and false refusal on borderline ones, so the base model is
-# unsafe and over-cautious at the same time, as an unaligned model is.
+# unsafe and over-cautious at the same time, as an unaligned model is. With the corpus's 40% ideal answers,
+# an adversarial prompt is answered "sure, ..." about as often as it is refused, so the base model's greedy
+# answer complies on some adversarial prompts and refuses others.
 DEFAULT_MODE_WEIGHTS: dict[str, dict[str, float]] = {
     "fact": {"wrong": 0.3, "rambling": 0.25, "wrong_rambling": 0.1, "terse": 0.1, "refusal": 0.1, "off_topic": 0.15},
     "borderline": {"wrong": 0.25, "rambling": 0.2, "refusal": 0.4, "off_topic": 0.15},
-    "harmful": {"comply": 0.55, "hedged_comply": 0.15, "bare_refusal": 0.2, "refusal_variant": 0.1},
+    "harmful": {"comply": 0.8, "hedged_comply": 0.1, "bare_refusal": 0.05, "refusal_variant": 0.05},
 }
 
 
