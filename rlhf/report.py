@@ -71,6 +71,13 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(run_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for axis, (x_key, y_key, title) in zip(axes, (
         ("gold_violation_rate", "gold_helpfulness", "gold judges"),
@@ -88,10 +95,7 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.set_ylabel("gold helpfulness" if y_key == "gold_helpfulness" else "mean sigmoid(R_h), helpfulness prompts")
         axis.set_title(f"Versions judged by {title} (fig. 11 analogue)")
         axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "report_versions.png", dpi=110)
-    plt.close(fig)
-    written.append("report_versions.png")
+    save(fig, "report_versions.png")
 
     if reward_rows and any("per_rating" in r for r in reward_rows):
         fig, axis = plt.subplots(figsize=(7, 4))
@@ -106,10 +110,7 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.set_ylabel("held-out accuracy")
         axis.set_title("Reward-model accuracy per rating level")
         axis.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(run_dir / "report_reward_accuracy.png", dpi=110)
-        plt.close(fig)
-        written.append("report_reward_accuracy.png")
+        save(fig, "report_reward_accuracy.png")
 
     rs_curves = [(s.name, _load_json(run_dir / s.name / "reward_vs_k.json")) for s in stages
                  if s.script == "rejection_sampling.py"]
@@ -125,10 +126,7 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.set_ylabel("R_c")
         axis.set_title("Rejection sampling: max vs median reward over K (fig. 7 analogue)")
         axis.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(run_dir / "report_rejection_sampling.png", dpi=110)
-        plt.close(fig)
-        written.append("report_rejection_sampling.png")
+        save(fig, "report_rejection_sampling.png")
 
     from alignment.data import read_jsonl_tolerant
 
@@ -145,10 +143,7 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         for axis in axes:
             axis.set_xlabel("PPO iteration")
             axis.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run_dir / "report_ppo.png", dpi=110)
-        plt.close(fig)
-        written.append("report_ppo.png")
+        save(fig, "report_ppo.png")
     return written
 
 

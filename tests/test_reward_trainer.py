@@ -129,16 +129,21 @@ def test_recipes_parse_and_bad_recipes_fail_fast(tmp_path):
             validate_reward_inputs(bad)
 
 
+def synthetic_rm_config(tmp_path, pairs: int, seed: int, safety_share: float, output: str, *overrides: str):
+    """The tiny RM recipe on a fresh synthetic pair file, fast settings, plus `--key value` overrides."""
+    data = tmp_path / "pairs.jsonl"
+    append_jsonl(data, synthetic_comparisons(pairs, seed=seed, safety_share=safety_share))
+    (config,) = parse_recipe((Llama2RewardConfig,), [
+        "--config", "recipes/tiny/reward.yaml", "--output_dir", str(tmp_path / output), "--learning_rate", "5e-3",
+        "--global_batch_size", "32", "--max_length", "48", "--save_steps", "1000", "--logging_steps", "1000",
+        "--disable_tqdm", "true", "--eval_fraction", "0.25", *overrides], recipe={"comparison_files": [str(data)]})
+    return config, data
+
+
 def test_tiny_rm_learns_a_learnable_preference_set(tmp_path, monkeypatch):
     """>= 90% held-out accuracy on synthetic pairs; a finished run is not redone, a changed one is refused."""
     monkeypatch.chdir(ROOT)
-    data = tmp_path / "pairs.jsonl"
-    append_jsonl(data, synthetic_comparisons(600, seed=1, safety_share=0.3))
-    (config,) = parse_recipe((Llama2RewardConfig,), [
-        "--config", "recipes/tiny/reward.yaml", "--output_dir", str(tmp_path / "rm"), "--learning_rate", "5e-3",
-        "--global_batch_size", "32", "--num_train_epochs", "2", "--max_length", "48", "--save_steps", "1000",
-        "--logging_steps", "1000", "--disable_tqdm", "true", "--eval_fraction", "0.25"],
-        recipe={"comparison_files": [str(data)]})
+    config, data = synthetic_rm_config(tmp_path, 600, 1, 0.3, "rm", "--num_train_epochs", "2")
     summary = run_reward(config)
     accuracy = summary["eval"]["accuracy"]
     assert summary["eval"]["pairs"] >= 100
@@ -164,13 +169,8 @@ def test_safety_rm_calibration_is_saved_and_used_by_the_scorer(tmp_path, monkeyp
     from reward.scoring import RewardScorer
 
     monkeypatch.chdir(ROOT)
-    data = tmp_path / "pairs.jsonl"
-    append_jsonl(data, synthetic_comparisons(240, seed=3, safety_share=0.6))
-    (config,) = parse_recipe((Llama2RewardConfig,), [
-        "--config", "recipes/tiny/reward.yaml", "--output_dir", str(tmp_path / "rs"), "--reward_model", "safety",
-        "--learning_rate", "5e-3", "--global_batch_size", "32", "--num_train_epochs", "1", "--max_length", "48",
-        "--save_steps", "1000", "--logging_steps", "1000", "--disable_tqdm", "true", "--eval_fraction", "0.25",
-        "--calibrate_unsafe_precision", "0.9"], recipe={"comparison_files": [str(data)]})
+    config, _ = synthetic_rm_config(tmp_path, 240, 3, 0.6, "rs", "--num_train_epochs", "1", "--reward_model", "safety",
+                                    "--calibrate_unsafe_precision", "0.9")
     summary = run_reward(config)
     calibration = summary["calibration"]
     offset = json.loads((tmp_path / "rs" / "config.json").read_text())["score_offset"]
