@@ -7,6 +7,7 @@ Every error names the file, the line (1-based, for JSONL) and the field, because
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tempfile
@@ -182,6 +183,23 @@ def load_dialogs(
             if skipped is not None:
                 skipped.add(str(error).split(": ", 1)[-1])
     return dialogs
+
+
+def held_out_share(key: str, seed: int) -> float:
+    """A fixed point in [0, 1) for (seed, key): the key is held out when it falls below the held-out fraction.
+
+    Deciding per key (not by shuffling the rows at hand) is what keeps a held-out set leak-free and fixed when
+    several files or iterations repeat the same prompts: a prompt is held out everywhere or nowhere, and a set
+    that grows keeps every key it held out before.
+    """
+    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def split_by_key(items: list, key, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out) with every item whose key(item) falls below `fraction` held out (see held_out_share)."""
+    held = {k for k in {key(item) for item in items} if held_out_share(k, seed) < fraction}
+    return [x for x in items if key(x) not in held], [x for x in items if key(x) in held]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignment.config import DataError, RecipeError
-from alignment.data import SkipCounter, read_records, row_to_prompt
+from alignment.data import SkipCounter, read_records, row_to_prompt, split_by_key
 from alignment.ratings import normalize_rating
 
 KINDS = ("helpfulness", "safety")
@@ -275,15 +275,14 @@ def load_comparisons(path: str | Path, format: str = "llama2-align", *, kind: st
 
 def split_comparisons(comparisons: list[Comparison], eval_fraction: float, seed: int
                       ) -> tuple[list[Comparison], list[Comparison]]:
-    """Seeded train/held-out split by prompt, so no prompt is both trained on and tested on."""
+    """Seeded train/held-out split by prompt key (alignment.data.split_by_key).
+
+    The decision depends on (seed, prompt) alone, so splitting each comparison file on its own gives the same
+    held-out prompts as splitting their union, and later iterations keep every prompt held out before.
+    """
     if not 0.0 <= eval_fraction < 1.0:
         raise RecipeError("eval_fraction must be in [0, 1)")
-    keys = sorted({c.prompt_key() for c in comparisons})
-    random.Random(seed).shuffle(keys)
-    held_out = set(keys[: int(round(len(keys) * eval_fraction))])
-    train = [c for c in comparisons if c.prompt_key() not in held_out]
-    test = [c for c in comparisons if c.prompt_key() in held_out]
-    return train, test
+    return split_by_key(comparisons, Comparison.prompt_key, eval_fraction, seed)
 
 
 @dataclass

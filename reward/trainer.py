@@ -17,14 +17,13 @@ duplicates, scored, and gathered in order, so eval.json is that of one process.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError, config_to_dict, require_file
-from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text
+from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text, held_out_share
 from alignment.training import train_resumable
 from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
@@ -113,7 +112,8 @@ def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = N
     if config.max_train_pairs is not None:
         train = train[: config.max_train_pairs]
     if config.max_eval_pairs is not None and len(test) > config.max_eval_pairs:
-        test = random.Random(config.mixture_seed).sample(test, config.max_eval_pairs)
+        # By prompt rank, not a fresh sample: the capped set stays the same prompts as later files add more.
+        test = sorted(test, key=lambda c: held_out_share(c.prompt_key(), config.mixture_seed))[: config.max_eval_pairs]
     report = {"sources": per_source, "mixture": {"ratios": ratios, "anchor": anchor, **vars(mix)},
               "train_pairs": len(train), "eval_pairs": len(test)}
     return train, test, report

@@ -10,14 +10,13 @@ attends across examples) and trains.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
-from alignment.data import SkipCounter, atomic_write_json, load_dialogs
+from alignment.data import SkipCounter, atomic_write_json, load_dialogs, split_by_key
 from alignment.paths import DEMO_SFT_DATA
 from alignment.training import train_resumable
 
@@ -49,14 +48,15 @@ def tokenize_dialogs(dialogs: list[list[dict]], tokenizer, chat_format: str):
     return Dataset.from_list(rows)
 
 
+def dialog_prompt_key(dialog) -> str:
+    """A dialogue's prompt (every message before its last answer): rows that share it are held out together."""
+    prompt = dialog[:-1] if isinstance(dialog, list) and dialog and dialog[-1].get("role") == "assistant" else dialog
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
 def split_dialogs(dialogs: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    order = list(range(len(dialogs)))
-    random.Random(seed).shuffle(order)
-    n_eval = int(round(len(dialogs) * eval_fraction))
-    eval_ids = set(order[:n_eval])
-    train = [d for i, d in enumerate(dialogs) if i not in eval_ids]
-    held_out = [d for i, d in enumerate(dialogs) if i in eval_ids]
-    return train, held_out
+    """Seeded split by prompt (alignment.data.split_by_key): a repeated prompt is never both trained and held out."""
+    return split_by_key(dialogs, dialog_prompt_key, eval_fraction, seed)
 
 
 def lora_config(model_args):

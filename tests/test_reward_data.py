@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import random
 from itertools import islice
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from alignment.config import DataError, RecipeError
 from alignment.data import SkipCounter
+from reward.config import Llama2RewardConfig
 from reward.data import (
     BOTH_SAFE,
     BOTH_UNSAFE,
@@ -19,6 +21,7 @@ from reward.data import (
     mix_comparisons,
     split_comparisons,
 )
+from reward.trainer import load_reward_data
 
 SHARED_HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 # Real HH-RLHF rows: the full shared file where it exists, else the 400-row sample shipped in data/.
@@ -182,7 +185,8 @@ def test_split_is_seeded_and_by_prompt():
     comparisons = _comparisons(100, "helpfulness")
     comparisons += [Comparison(c.prompt, "c", "d", "better", "helpfulness", pool="helpfulness") for c in comparisons]
     train, test = split_comparisons(comparisons, 0.1, seed=3)
-    assert len(test) == 20 and len(train) == 180
+    # Each prompt is held out when hash(seed, prompt) < 0.1: 11 of these 100 prompts, both of their pairs.
+    assert len(test) == 22 and len(train) == 178
     assert not {c.prompt_key() for c in train} & {c.prompt_key() for c in test}
     assert split_comparisons(comparisons, 0.1, seed=3)[1] == test
     assert split_comparisons(comparisons, 0.1, seed=4)[1] != test
@@ -209,3 +213,27 @@ def test_mix_safety_rm_is_90_10_and_reports_shortfalls_and_unused_pools():
         mix_comparisons(data, {"safety": 0.9}, "helpful", seed=0)
     with pytest.raises(RecipeError, match="pool 'safety' appears in mixture entries"):
         mix_comparisons(data, {"safety": 0.5, "safety+helpfulness": 0.5}, "safety", seed=0)
+
+
+def test_held_out_prompts_are_never_trained_on_across_files_and_stay_held_out(tmp_path):
+    """Iterations draw prompts from one pool with replacement, one comparison file each (the pipeline's shape)."""
+    rng = random.Random(0)
+    files = []
+    for index in range(3):
+        path = tmp_path / f"iteration{index}.jsonl"
+        rows = [Comparison([{"role": "user", "content": f"q{rng.randrange(300)}"}], f"a{index}", "b", "better",
+                           "helpfulness").to_row() for _ in range(256)]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        files.append(str(path))
+
+    def split(paths):
+        config = Llama2RewardConfig(output_dir=str(tmp_path / "rm"), comparison_files=paths, eval_fraction=0.1,
+                                    report_to="none", mixture_ratios={"helpfulness": 1.0},
+                                    mixture_anchor="helpfulness")
+        train, test, _ = load_reward_data(config)
+        return {c.prompt_key() for c in train}, {c.prompt_key() for c in test}
+
+    train, test = split(files)
+    assert test and not train & test
+    _, test_before = split(files[:2])
+    assert test_before <= test  # a prompt held out at an earlier iteration is still held out

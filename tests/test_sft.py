@@ -127,9 +127,20 @@ def test_dataset_names_and_split():
         resolve_dataset("builtin:nope")
     items = list(range(20))
     train, held_out = split_dialogs(items, 0.1, seed=0)
-    assert len(held_out) == 2 and sorted(train + held_out) == items
+    # Held out when hash(seed, prompt) < 0.1: 4 of these 20 (the share is 0.1 in expectation, not exactly).
+    assert len(held_out) == 4 and sorted(train + held_out) == items
     assert split_dialogs(items, 0.1, seed=0) == (train, held_out)  # seeded: the same rows every run
     assert split_dialogs(items, 0.0, seed=0) == (items, [])
+
+
+def test_split_keeps_every_copy_of_a_prompt_on_one_side():
+    """Repeated prompts (with other answers) must not be held out in one copy and trained on in another."""
+    dialogs = [[{"role": "user", "content": f"q{i % 15}"}, {"role": "assistant", "content": f"a{i}"}]
+               for i in range(60)]
+    train, held_out = split_dialogs(dialogs, 0.25, seed=1)
+    assert held_out and train
+    assert not {d[0]["content"] for d in train} & {d[0]["content"] for d in held_out}
+    assert len(held_out) % 4 == 0  # each of the 15 prompts appears 4 times: all copies move together
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,7 +179,7 @@ def test_sft_lowers_answer_loss(tiny_run, tiny_tokenizer, tiny_model):
     from transformers import AutoModelForCausalLM
 
     output_dir, summary, _ = tiny_run
-    assert summary["train_dialogs"] == TRAIN_ROWS and summary["eval_dialogs"] == 13
+    assert summary["train_dialogs"] == TRAIN_ROWS and summary["eval_dialogs"] == 12
     dialogs = training_dialogs()
     before = answer_loss(tiny_model, tiny_tokenizer, dialogs)
     tuned = AutoModelForCausalLM.from_pretrained(output_dir).eval()
@@ -205,7 +216,7 @@ def test_run_writes_markers_and_resumes_without_redoing_steps(tiny_run):
     # every save_steps (20) of 40 steps, kept by save_total_limit 2
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-40"]
     held_out = [json.loads(line) for line in (output_dir / "held_out.jsonl").read_text().splitlines()]
-    assert len(held_out) == 13 and held_out[0]["messages"][-1]["role"] == "assistant"
+    assert len(held_out) == 12 and held_out[0]["messages"][-1]["role"] == "assistant"
     marker = json.loads((output_dir / COMPLETE_MARKER).read_text())
     assert marker["train_dialogs"] == TRAIN_ROWS and marker["metrics"]["train_loss"] > 0
     again = run_sft(model_args, data_args, training_args)
