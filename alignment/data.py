@@ -16,9 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from alignment.config import DataError
+from alignment.config import DataError, RecipeError
+from alignment.paths import DEMO_SFT_DATA
 
 ROLES = ("system", "user", "assistant")
+
+
+BUILTIN_DATASETS = {"builtin:demo-sft": DEMO_SFT_DATA}
+
+
+def resolve_dataset(name: str) -> str:
+    """A data file path or hub name; `builtin:<name>` names a file the project ships."""
+    if name.startswith("builtin:"):
+        if name not in BUILTIN_DATASETS:
+            raise RecipeError(f"unknown builtin dataset '{name}' (known: {', '.join(BUILTIN_DATASETS)})")
+        return str(BUILTIN_DATASETS[name])
+    return name
 
 
 def is_local_path(name: str) -> bool:

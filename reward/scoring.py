@@ -92,8 +92,9 @@ class RewardScorer:
 
     `model`/`tokenizer` may be passed already loaded (tests, or a pipeline that keeps the RM in memory);
     otherwise both are loaded from `model_name_or_path`. `max_length` keeps the last tokens of longer inputs
-    (the context window otherwise), e.g. to score exactly the window the model was trained on. `padding_side` ("right" or "left") only changes how
-    rows are laid out; scores are the same either way.
+    (default: the window the model was trained on, `training_max_length` in its config, else the context
+    window): a reward model never scores more tokens than it learnt from. `padding_side` ("right" or "left")
+    only changes how rows are laid out; scores are the same either way.
     """
 
     def __init__(self, model_name_or_path: str, chat_format: str = "llama2", dtype: str = "float32",
@@ -113,8 +114,8 @@ class RewardScorer:
         if self.pad_token_id is None:
             self.pad_token_id = reward_pad_token_id(self.tokenizer)
             config.pad_token_id = self.pad_token_id
-        self.max_length = min(filter(None, (max_length, getattr(config, "max_position_embeddings", None))),
-                              default=None)
+        window = max_length or getattr(self.model.config, "training_max_length", None)
+        self.max_length = min(filter(None, (window, getattr(config, "max_position_embeddings", None))), default=None)
         self.padding_side = "right"
 
     @property

@@ -365,6 +365,8 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         # On the training pairs: the held-out ones stay an unbiased measure of the calibrated gate.
         summary["calibration"] = calibrate_safety_offset(scorer, train, config.calibrate_unsafe_precision,
                                                          config.safety_threshold, distributed)
+    # Every scorer that loads this model reads the window it was trained on (reward.scoring.RewardScorer).
+    model.config.training_max_length = max_length
     if main:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)

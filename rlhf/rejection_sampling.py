@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
 from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import DataError, RecipeError, config_to_dict, require_file
 from alignment.data import (
@@ -36,13 +40,27 @@ from alignment.data import (
     load_prompts,
     read_jsonl_tolerant,
     read_records,
+    resolve_dataset,
     row_to_prompt,
 )
+from alignment.models import load_causal_lm, load_tokenizer
+from reward.scoring import RewardScorer
 from rlhf.rewards import SAFETY_THRESHOLD
 from rlhf.rs_reports import write_reward_vs_k, write_reward_vs_temperature
-from rlhf.rs_select import best_of_k, default_ks, pick_temperature, pool_best, reward_vs_k, reward_vs_temperature
+from rlhf.rs_select import (
+    best_of_k,
+    default_ks,
+    is_finished,
+    pick_temperature,
+    pool_best,
+    prompt_key,
+    reward_vs_k,
+    reward_vs_temperature,
+    top_of_k,
+)
 from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams, make_sampling_engine
 from rlhf.scoring import Scorer, score_samples
+from sft.trainer import run_sft, validate_sft_inputs
 
 COMPLETE_MARKER = "stage_complete.json"  # the name sft.trainer writes; ours replaces it when the stage ends
 SAMPLES_FILE = "samples.jsonl"
@@ -91,7 +109,18 @@ class RejectionSamplingArguments:
     )
     previous_samples: list[str] = field(
         default_factory=list,
-        metadata={"help": "samples.jsonl files (or run dirs) of earlier iterations, oldest first; their best are pooled."},
+        metadata={"help": "samples.jsonl files (or run dirs) of earlier iterations, oldest first; their top samples "
+                          "are re-scored by the current RMs and pooled."},
+    )
+    previous_top_k: int = field(
+        default=3,
+        metadata={"help": "Samples per prompt taken from each earlier iteration (by its own scores) for re-scoring: "
+                          "the current RMs may rank them otherwise (sec. 3.2.3: top samples of all prior iterations)."},
+    )
+    drop_unfinished: bool = field(
+        default=True,
+        metadata={"help": "Leave answers cut at max_new_tokens out of best-of-K and the pool (the RMs would score a "
+                          "cut answer as finished, and fine-tuning would teach it to stop there)."},
     )
     temperature_sweep: list[float] = field(
         default_factory=list, metadata={"help": "Temperatures to compare (fig. 8); empty: no sweep."}
@@ -110,12 +139,6 @@ class RejectionSamplingArguments:
     eval_temperature: float = field(default=0.6, metadata={"help": "Evaluation sampling T (Llama 2 default 0.6)."})
     eval_top_p: float = field(default=0.9, metadata={"help": "Evaluation top-p (Llama 2 default 0.9)."})
     fine_tune: bool = field(default=True, metadata={"help": "Fine-tune on the pool; false: only sample and pool."})
-
-
-def resolve_prompts(name: str) -> str:
-    from sft.trainer import resolve_dataset
-
-    return resolve_dataset(name)
 
 
 def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_scorers: bool = False) -> None:
@@ -139,7 +162,7 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
         raise RecipeError("prompt_chunk_size, generation_batch_size and reward_batch_size must be positive")
     if not have_scorers and not (rs_args.helpfulness_model and rs_args.safety_model):
         raise RecipeError("rejection sampling needs both reward models: set helpfulness_model and safety_model")
-    require_file(resolve_prompts(rs_args.prompts_name), "prompts_name")
+    require_file(resolve_dataset(rs_args.prompts_name), "prompts_name")
     models = {"model_name_or_path": model_args.model_name_or_path,
               "policy_model_name_or_path": rs_args.policy_model_name_or_path}
     if not have_scorers:
@@ -147,12 +170,10 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
     for key, name in models.items():
         check_model_path(name, key)
     if rs_args.eval_prompts_name:
-        require_file(resolve_prompts(rs_args.eval_prompts_name), "eval_prompts_name")
+        require_file(resolve_dataset(rs_args.eval_prompts_name), "eval_prompts_name")
     for path in rs_args.previous_samples:
         samples_file(path)
     if rs_args.fine_tune:
-        from sft.trainer import validate_sft_inputs
-
         validate_sft_inputs(model_args, data_args, training_args)
 
 
@@ -174,8 +195,8 @@ def samples_file(path: str | Path) -> Path:
     return path
 
 
-def load_previous_best(path: str | Path) -> list[dict]:
-    """The best sample per prompt of an earlier iteration, by that iteration's scores; each row checked."""
+def load_previous_top(path: str | Path, top: int = 1, drop_unfinished: bool = True) -> list[dict]:
+    """Each prompt's `top` samples of an earlier iteration, by that iteration's scores; each row checked."""
     path = samples_file(path)
     rows = []
     for number, row in read_records(path):
@@ -193,7 +214,12 @@ def load_previous_best(path: str | Path) -> list[dict]:
         )
         rows.append({**row, "prompt_id": prompt.id, "messages": prompt.messages,
                      "is_safety_prompt": prompt.is_safety_prompt})
-    return best_of_k(rows)
+    return top_of_k(rows, top, drop_unfinished)
+
+
+def load_previous_best(path: str | Path) -> list[dict]:
+    """The best finished sample per prompt of an earlier iteration, by that iteration's scores."""
+    return load_previous_top(path, 1)
 
 
 def rescore(rows: list[dict], scorers: tuple[Scorer, Scorer], threshold: float, source: str) -> list[dict]:
@@ -219,81 +245,8 @@ class Lazy:
     def release(self) -> None:
         self._value = None
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-
-def sample_and_score(
-    prompts: list[PromptRecord],
-    path: Path,
-    params: SamplingParams,
-    engine: Callable[[], tuple[SamplingEngine, object]],
-    scorers: Callable[[], tuple[Scorer, Scorer]],
-    chat_format: str,
-    chunk_size: int,
-    threshold: float,
-    policy: str,
-    desc: str = "rejection sampling",
-) -> list[dict]:
-    """K scored samples per prompt, appended to `path` per chunk; chunks already complete there are reused.
-
-    Chunk c (prompts c*chunk_size ...) is sampled with seed params.seed + c, so which chunks a killed run had
-    finished does not change the result.
-    """
-    from tqdm.auto import tqdm
-
-    k = params.num_samples
-    saved: dict[tuple[int, int], dict] = {}
-    for row in read_jsonl_tolerant(path):
-        if row.get("temperature") == params.temperature:
-            saved[(row["prompt_index"], row["sample_index"])] = row  # a re-run chunk's rows replace a torn one's
-    out: list[dict] = []
-    starts = range(0, len(prompts), chunk_size)
-    for chunk, start in enumerate(tqdm(starts, desc=desc, unit="chunk")):
-        indices = range(start, min(start + chunk_size, len(prompts)))
-        keys = [(i, s) for i in indices for s in range(k)]
-        if all(key in saved for key in keys):
-            for i, s in keys:
-                if saved[(i, s)].get("prompt_id") != prompts[i].id:
-                    raise RecipeError(f"{path}: prompt {i} differs from the prompt file; use a new output_dir")
-            out += [saved[key] for key in keys]
-            continue
-        sampler, tokenizer = engine()
-        chunk_prompts = [prompts[i] for i in indices]
-        seed = None if params.seed is None else params.seed + chunk
-        samples = sampler.generate(
-            [encode_prompt(tokenizer, p.messages, chat_format) for p in chunk_prompts],
-            SamplingParams(k, params.temperature, params.top_p, params.max_new_tokens, seed),
-        )
-        samples.sort(key=lambda s: (s.prompt_index, s.sample_index))
-        owners = [chunk_prompts[s.prompt_index] for s in samples]
-        h, r = scorers()
-        scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
-                               [p.is_safety_prompt for p in owners], threshold)
-        rows = [
-            {
-                "prompt_id": owner.id,
-                "prompt_index": start + sample.prompt_index,
-                "sample_index": sample.sample_index,
-                "messages": owner.messages,
-                "is_safety_prompt": owner.is_safety_prompt,
-                "response": sample.text,
-                "num_tokens": len(sample.response_ids),
-                "finished": sample.finished,
-                "temperature": params.temperature,
-                "policy": policy,
-                **score,
-            }
-            for owner, sample, score in zip(owners, samples, scores.rows())
-        ]
-        append_jsonl(path, rows)
-        out += rows
-    return out
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def sampling_manifest(rs_args, model_args, seed: int) -> dict:
@@ -323,30 +276,8 @@ def check_sampling_manifest(output_dir: Path, manifest: dict) -> None:
         atomic_write_json(path, manifest)
 
 
-def evaluate_policy(prompts, engine, scorers, params: SamplingParams, chat_format: str, threshold: float) -> dict:
-    """Mean reward of a policy's samples on held-out prompts (how the paper judged progress, sec. 3.4)."""
-    sampler, tokenizer = engine()
-    samples = sampler.generate([encode_prompt(tokenizer, p.messages, chat_format) for p in prompts], params)
-    owners = [prompts[s.prompt_index] for s in samples]
-    h, r = scorers()
-    scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
-                           [p.is_safety_prompt for p in owners], threshold)
-    count = max(1, len(scores))
-    return {
-        "mean_r_c": float(scores.combined.mean()) if len(scores) else 0.0,
-        "mean_r_h": float(scores.helpfulness.mean()) if len(scores) else 0.0,
-        "mean_r_s": float(scores.safety.mean()) if len(scores) else 0.0,
-        "finished_rate": sum(s.finished for s in samples) / count,
-        "num_samples": len(samples),
-    }
-
-
 def hf_engine_factory(rs_args, model_args) -> Callable[[str], tuple[SamplingEngine, object]]:
     def build(name: str):
-        from accelerate import PartialState
-
-        from alignment.models import load_causal_lm, load_tokenizer
-
         tokenizer = load_tokenizer(name)
         check_chat_format(model_args.chat_format, tokenizer)
         if rs_args.sampling_backend == "vllm":
@@ -359,8 +290,6 @@ def hf_engine_factory(rs_args, model_args) -> Callable[[str], tuple[SamplingEngi
 
 
 def load_reward_scorers(rs_args, model_args) -> tuple[Scorer, Scorer]:
-    from reward.scoring import RewardScorer
-
     chat_format = rs_args.reward_chat_format or model_args.chat_format
     return tuple(
         RewardScorer(name, chat_format=chat_format, dtype=rs_args.reward_dtype, batch_size=rs_args.reward_batch_size)
@@ -374,133 +303,242 @@ def pool_to_dialogs(pool: list[dict]) -> tuple[list[list[dict]], int]:
     return dialogs, len(pool) - len(dialogs)
 
 
-def run_rejection_sampling(
-    rs_args,
-    model_args,
-    data_args,
-    training_args,
-    *,
-    scorers: tuple[Scorer, Scorer] | None = None,
-    engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None,
-) -> dict:
-    """Sample, score, select, pool, fine-tune; returns the summary also written to stage_complete.json.
+class RejectionSampler:
+    """One rejection-sampling stage: sample, score, select, pool, fine-tune (`run`).
 
     `scorers` (R_h, R_s) and `engine_factory` (model name -> (engine, tokenizer)) replace the reward models
-    and the HF policy, for tests and for callers that hold them already.
+    and the HF policy, for tests and for callers that hold them already. Models load lazily, only for work
+    that is left, so a resumed run that finds every chunk on disk loads no policy.
     """
-    from accelerate import PartialState
 
-    validate_rs_inputs(rs_args, model_args, data_args, training_args, have_scorers=scorers is not None)
-    output_dir = Path(training_args.output_dir)
-    check_sampling_manifest(output_dir, sampling_manifest(rs_args, model_args, training_args.seed))
-    marker = output_dir / COMPLETE_MARKER
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done.get("stage") == STAGE:
-            print(f"rejection sampling already complete in {output_dir}")
-            return done
+    def __init__(self, rs_args, model_args, data_args, training_args, *,
+                 scorers: tuple[Scorer, Scorer] | None = None,
+                 engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None):
+        validate_rs_inputs(rs_args, model_args, data_args, training_args, have_scorers=scorers is not None)
+        self.rs_args, self.model_args = rs_args, model_args
+        self.data_args, self.training_args = data_args, training_args
+        self.output_dir = Path(training_args.output_dir)
+        self.seed = training_args.seed
+        self.chat_format = model_args.chat_format
+        self.threshold = rs_args.safety_threshold
+        self.policy_name = rs_args.policy_model_name_or_path or model_args.model_name_or_path
+        self.factory = engine_factory or hf_engine_factory(rs_args, model_args)
+        self.engines = {name: Lazy(lambda name=name: self.factory(name))
+                        for name in {self.policy_name, model_args.model_name_or_path}}
+        self.reward_models = Lazy(lambda: scorers if scorers is not None else load_reward_scorers(rs_args, model_args))
+        self.summary: dict = {"stage": STAGE, "policy": self.policy_name, "student": model_args.model_name_or_path}
 
-    prompts = load_prompts(resolve_prompts(rs_args.prompts_name), rs_args.prompts_split)[: rs_args.max_prompts]
-    eval_prompts = (load_prompts(resolve_prompts(rs_args.eval_prompts_name), rs_args.prompts_split)
-                    if rs_args.eval_prompts_name else [])
-    previous = [(str(samples_file(p)), load_previous_best(p)) for p in rs_args.previous_samples]
-    policy_name = rs_args.policy_model_name_or_path or model_args.model_name_or_path
-    threshold = rs_args.safety_threshold
-    factory = engine_factory or hf_engine_factory(rs_args, model_args)
-    engines = {name: Lazy(lambda name=name: factory(name)) for name in {policy_name, model_args.model_name_or_path}}
-    reward_models = Lazy(lambda: scorers if scorers is not None else load_reward_scorers(rs_args, model_args))
-    seed = training_args.seed
-    state = PartialState()
-    summary: dict = {"stage": STAGE, "policy": policy_name, "student": model_args.model_name_or_path}
+    # ----------------------------------------------------------------------------------------------- sampling
 
-    # Other processes wait, then find every chunk on disk and re-generate nothing.
-    with state.main_process_first():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        pool_path = output_dir / POOL_FILE
-        if pool_path.exists():
-            pool = read_jsonl_tolerant(pool_path)
-            report = json.loads((output_dir / "reward_vs_k.json").read_text()) if (output_dir / "reward_vs_k.json").exists() else {}
-            temperature = json.loads((output_dir / SAMPLING_MANIFEST).read_text()).get("temperature_used", rs_args.temperature)
-        else:
-            pool, report, temperature = _sample_and_pool(
-                rs_args, model_args, prompts, previous, policy_name, engines, reward_models, seed, threshold,
-                output_dir, summary,
-            )
-        summary.update(temperature=temperature, reward_vs_k=report, pool_size=len(pool),
-                       pool_sources=dict(Counter(r.get("source", "current") for r in pool)),
-                       pool_mean_r_c=sum(r["r_c"] for r in pool) / max(1, len(pool)))
+    def sample_and_score(self, prompts: list[PromptRecord], path: Path, params: SamplingParams,
+                         desc: str = "rejection sampling") -> list[dict]:
+        """K scored samples per prompt, appended to `path` per chunk; chunks already complete there are reused.
 
+        Chunk c (prompts c*chunk_size ...) is sampled with seed params.seed + c, so which chunks a killed run had
+        finished does not change the result.
+        """
+        k = params.num_samples
+        chunk_size = self.rs_args.prompt_chunk_size
+        saved: dict[tuple[int, int], dict] = {}
+        for row in read_jsonl_tolerant(path):
+            if row.get("temperature") == params.temperature:
+                saved[(row["prompt_index"], row["sample_index"])] = row  # a re-run chunk's rows replace a torn one's
+        out: list[dict] = []
+        starts = range(0, len(prompts), chunk_size)
+        for chunk, start in enumerate(tqdm(starts, desc=desc, unit="chunk")):
+            indices = range(start, min(start + chunk_size, len(prompts)))
+            keys = [(i, s) for i in indices for s in range(k)]
+            if all(key in saved for key in keys):
+                for i, s in keys:
+                    if saved[(i, s)].get("prompt_id") != prompts[i].id:
+                        raise RecipeError(f"{path}: prompt {i} differs from the prompt file; use a new output_dir")
+                out += [saved[key] for key in keys]
+                continue
+            seed = None if params.seed is None else params.seed + chunk
+            rows = self._sample_chunk([prompts[i] for i in indices], start,
+                                      SamplingParams(k, params.temperature, params.top_p, params.max_new_tokens, seed))
+            append_jsonl(path, rows)
+            out += rows
+        return out
+
+    def _sample_chunk(self, chunk_prompts: list[PromptRecord], start: int, params: SamplingParams) -> list[dict]:
+        sampler, tokenizer = self.engines[self.policy_name]()
+        samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in chunk_prompts],
+                                   params)
+        samples.sort(key=lambda s: (s.prompt_index, s.sample_index))
+        owners = [chunk_prompts[s.prompt_index] for s in samples]
+        h, r = self.reward_models()
+        scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
+                               [p.is_safety_prompt for p in owners], self.threshold)
+        return [
+            {
+                "prompt_id": owner.id,
+                "prompt_index": start + sample.prompt_index,
+                "sample_index": sample.sample_index,
+                "messages": owner.messages,
+                "is_safety_prompt": owner.is_safety_prompt,
+                "response": sample.text,
+                "num_tokens": len(sample.response_ids),
+                "finished": sample.finished,
+                "temperature": params.temperature,
+                "policy": self.policy_name,
+                **score,
+            }
+            for owner, sample, score in zip(owners, samples, scores.rows())
+        ]
+
+    def sweep_temperature(self, prompts: list[PromptRecord]) -> float:
+        """Figure 8's sweep on the first prompts; returns the temperature to sample with."""
+        rs_args = self.rs_args
+        by_temperature = {}
+        for j, temperature in enumerate(rs_args.temperature_sweep):
+            params = SamplingParams(rs_args.num_samples, temperature, rs_args.top_p, rs_args.max_new_tokens,
+                                    self.seed + 100_003 * (j + 1))
+            by_temperature[temperature] = self.sample_and_score(
+                prompts[: rs_args.sweep_num_prompts], self.output_dir / SWEEP_FILE, params,
+                desc=f"temperature sweep T={temperature}")
+        sweep = reward_vs_temperature(by_temperature)
+        write_reward_vs_temperature(self.output_dir, sweep)
+        self.summary["reward_vs_temperature"] = sweep
+        if not rs_args.pick_temperature:
+            return rs_args.temperature
+        temperature = pick_temperature(sweep)
+        print(f"temperature sweep: sampling at T={temperature}")
+        return temperature
+
+    def sample_and_pool(self, prompts: list[PromptRecord]) -> tuple[list[dict], dict, float]:
+        """(pool, reward-vs-K report, temperature used): best-of-K pooled with earlier iterations' top samples."""
+        rs_args = self.rs_args
+        k = rs_args.num_samples
+        temperature = self.sweep_temperature(prompts) if rs_args.temperature_sweep and k > 0 else rs_args.temperature
+        current: list[dict] = []
+        report: dict = {}
+        if k > 0:
+            params = SamplingParams(k, temperature, rs_args.top_p, rs_args.max_new_tokens, self.seed)
+            rows = self.sample_and_score(prompts, self.output_dir / SAMPLES_FILE, params)
+            report = reward_vs_k(rows, rs_args.reward_curve_ks or default_ks(k))
+            write_reward_vs_k(self.output_dir, report)
+            current = [{**row, "source": "current"} for row in best_of_k(rows, rs_args.drop_unfinished)]
+            self.summary.update(self.selection_statistics(rows, current))
+        # Newest first, so a tie keeps the newer policy's answer.
+        earlier = [
+            rescore(load_previous_top(path, rs_args.previous_top_k, rs_args.drop_unfinished), self.reward_models(),
+                    self.threshold, str(samples_file(path)))
+            for path in reversed(rs_args.previous_samples)
+        ]
+        pool = pool_best([current, *earlier], rs_args.drop_unfinished)
+        atomic_write_text(self.output_dir / POOL_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool))
+        atomic_write_json(self.output_dir / SAMPLING_MANIFEST,
+                          {**sampling_manifest(rs_args, self.model_args, self.seed), "temperature_used": temperature})
+        return pool, report, temperature
+
+    @staticmethod
+    def selection_statistics(rows: list[dict], winners: list[dict]) -> dict:
+        """What best-of-K saw and chose: cut answers, and winners scored by R_s on a prompt that is not a safety
+        prompt (the gate fired), whose R_c is on R_s's scale while their rivals' are on R_h's."""
+        prompts = {prompt_key(r["messages"]) for r in rows}
+        gated = [w for w in winners if w.get("use_safety") and not w.get("is_safety_prompt")]
+        return {
+            "mean_r_c_all_samples": sum(r["r_c"] for r in rows) / max(1, len(rows)),
+            "unfinished_share": sum(not is_finished(r) for r in rows) / max(1, len(rows)),
+            "prompts_without_finished_sample": len(prompts) - len(winners),
+            "gated_winner_share": len(gated) / max(1, len(winners)),
+            "gated_sample_share": sum(bool(r.get("use_safety")) and not r.get("is_safety_prompt") for r in rows)
+            / max(1, len(rows)),
+        }
+
+    # --------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, prompts: list[PromptRecord], engine: Lazy) -> dict:
+        """Mean reward of a policy's samples on held-out prompts (how the paper judged progress, sec. 3.4)."""
+        rs_args = self.rs_args
+        params = SamplingParams(max(1, rs_args.eval_num_samples), rs_args.eval_temperature, rs_args.eval_top_p,
+                                rs_args.max_new_tokens, self.seed)
+        sampler, tokenizer = engine()
+        samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in prompts], params)
+        owners = [prompts[s.prompt_index] for s in samples]
+        h, r = self.reward_models()
+        scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
+                               [p.is_safety_prompt for p in owners], self.threshold)
+        count = max(1, len(scores))
+        return {
+            "mean_r_c": float(scores.combined.mean()) if len(scores) else 0.0,
+            "mean_r_h": float(scores.helpfulness.mean()) if len(scores) else 0.0,
+            "mean_r_s": float(scores.safety.mean()) if len(scores) else 0.0,
+            "finished_rate": sum(s.finished for s in samples) / count,
+            "num_samples": len(samples),
+        }
+
+    # -------------------------------------------------------------------------------------------------- run
+
+    def run(self) -> dict:
+        """Sample, score, select, pool, fine-tune; returns the summary also written to stage_complete.json."""
+        rs_args, output_dir = self.rs_args, self.output_dir
+        check_sampling_manifest(output_dir, sampling_manifest(rs_args, self.model_args, self.seed))
+        marker = output_dir / COMPLETE_MARKER
+        if marker.exists():
+            done = json.loads(marker.read_text())
+            if done.get("stage") == STAGE:
+                print(f"rejection sampling already complete in {output_dir}")
+                return done
+        prompts = load_prompts(resolve_dataset(rs_args.prompts_name), rs_args.prompts_split)[: rs_args.max_prompts]
+        eval_prompts = (load_prompts(resolve_dataset(rs_args.eval_prompts_name), rs_args.prompts_split)
+                        if rs_args.eval_prompts_name else [])
+        state = PartialState()
         eval_path = output_dir / "eval.json"
-        evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else {}
-        eval_params = SamplingParams(max(1, rs_args.eval_num_samples), rs_args.eval_temperature, rs_args.eval_top_p,
-                                     rs_args.max_new_tokens, seed)
-        chat_format = model_args.chat_format
-        if eval_prompts and "start" not in evaluation:
-            evaluation["start"] = evaluate_policy(eval_prompts, engines[model_args.model_name_or_path], reward_models,
-                                                  eval_params, chat_format, threshold)
-            atomic_write_json(eval_path, evaluation)
-    for engine in engines.values():
-        engine.release()
+        # Other processes wait, then find every chunk on disk and re-generate nothing.
+        with state.main_process_first():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            pool, report, temperature = self._pool(prompts)
+            self.summary.update(temperature=temperature, reward_vs_k=report, pool_size=len(pool),
+                                pool_sources=dict(Counter(r.get("source", "current") for r in pool)),
+                                pool_mean_r_c=sum(r["r_c"] for r in pool) / max(1, len(pool)))
+            evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+            if eval_prompts and "start" not in evaluation:
+                evaluation["start"] = self.evaluate(eval_prompts, self.engines[self.model_args.model_name_or_path])
+                atomic_write_json(eval_path, evaluation)
+        for engine in self.engines.values():
+            engine.release()
 
-    if rs_args.fine_tune:
+        if rs_args.fine_tune:
+            self.fine_tune(pool, marker)
+            with state.main_process_first():
+                if eval_prompts and "tuned" not in evaluation:
+                    tuned = Lazy(lambda: self.factory(str(output_dir)))
+                    evaluation["tuned"] = self.evaluate(eval_prompts, tuned)
+                    atomic_write_json(eval_path, evaluation)
+                    tuned.release()
+        self.summary["eval"] = evaluation
+        self.summary["config"] = config_to_dict(rs_args)
+        if state.is_main_process:
+            atomic_write_json(marker, self.summary)
+        state.wait_for_everyone()
+        return self.summary
+
+    def _pool(self, prompts: list[PromptRecord]) -> tuple[list[dict], dict, float]:
+        """The pool of an earlier (killed) run of this stage, or a new one."""
+        pool_path = self.output_dir / POOL_FILE
+        if not pool_path.exists():
+            return self.sample_and_pool(prompts)
+        report_path = self.output_dir / "reward_vs_k.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        manifest = json.loads((self.output_dir / SAMPLING_MANIFEST).read_text())
+        return read_jsonl_tolerant(pool_path), report, manifest.get("temperature_used", self.rs_args.temperature)
+
+    def fine_tune(self, pool: list[dict], marker: Path) -> None:
         dialogs, empty = pool_to_dialogs(pool)
         if not dialogs:
-            raise RecipeError("the pool holds no non-empty answer to fine-tune on")
+            raise RecipeError("the pool holds no non-empty, finished answer to fine-tune on "
+                              "(raise max_new_tokens, or set drop_unfinished: false)")
         sft_done = json.loads(marker.read_text()) if marker.exists() else None
         if sft_done is None:
-            from sft.trainer import run_sft
-
-            sft_done = run_sft(model_args, data_args, training_args, dialogs=dialogs)
-        summary.update(sft=sft_done, empty_answers_dropped=empty)
-        with state.main_process_first():
-            if eval_prompts and "tuned" not in evaluation:
-                tuned = Lazy(lambda: factory(str(output_dir)))
-                evaluation["tuned"] = evaluate_policy(eval_prompts, tuned, reward_models, eval_params, chat_format,
-                                                      threshold)
-                atomic_write_json(eval_path, evaluation)
-                tuned.release()
-    summary["eval"] = evaluation
-    summary["config"] = config_to_dict(rs_args)
-    if state.is_main_process:
-        atomic_write_json(marker, summary)
-    state.wait_for_everyone()
-    return summary
+            sft_done = run_sft(self.model_args, self.data_args, self.training_args, dialogs=dialogs)
+        self.summary.update(sft=sft_done, empty_answers_dropped=empty)
 
 
-def _sample_and_pool(rs_args, model_args, prompts, previous, policy_name, engines, reward_models, seed, threshold,
-                     output_dir: Path, summary: dict):
-    chat_format = model_args.chat_format
-    manifest = sampling_manifest(rs_args, model_args, seed)
-    common = dict(engine=engines[policy_name], scorers=reward_models, chat_format=chat_format,
-                  chunk_size=rs_args.prompt_chunk_size, threshold=threshold, policy=policy_name)
-    temperature = rs_args.temperature
-    k = rs_args.num_samples
-    if rs_args.temperature_sweep and k > 0:
-        sweep_prompts = prompts[: rs_args.sweep_num_prompts]
-        by_temperature = {}
-        for j, t in enumerate(rs_args.temperature_sweep):
-            params = SamplingParams(k, t, rs_args.top_p, rs_args.max_new_tokens, seed + 100_003 * (j + 1))
-            by_temperature[t] = sample_and_score(sweep_prompts, output_dir / SWEEP_FILE, params,
-                                                 desc=f"temperature sweep T={t}", **common)
-        sweep = reward_vs_temperature(by_temperature)
-        write_reward_vs_temperature(output_dir, sweep)
-        summary["reward_vs_temperature"] = sweep
-        if rs_args.pick_temperature:
-            temperature = pick_temperature(sweep)
-            print(f"temperature sweep: sampling at T={temperature}")
-
-    current: list[dict] = []
-    report: dict = {}
-    if k > 0:
-        params = SamplingParams(k, temperature, rs_args.top_p, rs_args.max_new_tokens, seed)
-        rows = sample_and_score(prompts, output_dir / SAMPLES_FILE, params, **common)
-        report = reward_vs_k(rows, rs_args.reward_curve_ks or default_ks(k))
-        write_reward_vs_k(output_dir, report)
-        current = [{**row, "source": "current"} for row in best_of_k(rows)]
-        summary["mean_r_c_all_samples"] = sum(r["r_c"] for r in rows) / max(1, len(rows))
-    # Newest first, so a tie keeps the newer policy's answer.
-    earlier = [rescore(rows, reward_models(), threshold, source) for source, rows in reversed(previous)]
-    pool = pool_best([current, *earlier])
-    atomic_write_text(output_dir / POOL_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool))
-    atomic_write_json(output_dir / SAMPLING_MANIFEST, {**manifest, "temperature_used": temperature})
-    return pool, report, temperature
+def run_rejection_sampling(rs_args, model_args, data_args, training_args, *,
+                           scorers: tuple[Scorer, Scorer] | None = None,
+                           engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None) -> dict:
+    """Sample, score, select, pool, fine-tune; returns the summary also written to stage_complete.json."""
+    return RejectionSampler(rs_args, model_args, data_args, training_args, scorers=scorers,
+                            engine_factory=engine_factory).run()

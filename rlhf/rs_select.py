@@ -16,31 +16,40 @@ def prompt_key(messages: list[dict]) -> str:
     return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
 
 
-def best_of_k(rows: Iterable[dict]) -> list[dict]:
-    """Per prompt, the sample with the highest R_c (LLAMA2_METHOD.md, "Stage 3").
+def is_finished(row: dict) -> bool:
+    """Whether the answer ended with a stop token; rows written before the flag existed count as finished."""
+    return row.get("finished", True) is not False
 
-    Ties go to the lowest `sample_index` (then the earlier row), so the choice never depends on dict or
-    file order. Prompts come out in order of first appearance.
+
+def top_of_k(rows: Iterable[dict], top: int = 1, drop_unfinished: bool = True) -> list[dict]:
+    """Per prompt, its `top` samples by R_c, best first; prompts come out in order of first appearance.
+
+    Ties go to the lowest `sample_index` (then the earlier row), so the choice never depends on dict or file
+    order. Unfinished samples (cut at max_new_tokens) are left out unless `drop_unfinished` is false: the
+    reward models score the text as if it had ended, and fine-tuning on one would teach "half an answer, then
+    EOS". A prompt whose samples were all cut gets no winner.
     """
-    best: dict[str, dict] = {}
-    for row in rows:
-        key = prompt_key(row["messages"])
-        held = best.get(key)
-        if held is None or _beats(row, held):
-            best[key] = row
-    return list(best.values())
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for order, row in enumerate(rows):
+        group = groups.setdefault(prompt_key(row["messages"]), [])
+        if is_finished(row) or not drop_unfinished:
+            group.append((order, row))
+    ranked = []
+    for group in groups.values():
+        group.sort(key=lambda item: (-item[1]["r_c"], item[1].get("sample_index", 0), item[0]))
+        ranked += [row for _, row in group[:top]]
+    return ranked
 
 
-def _beats(row: dict, held: dict) -> bool:
-    if row["r_c"] != held["r_c"]:
-        return row["r_c"] > held["r_c"]
-    return row.get("sample_index", 0) < held.get("sample_index", 0)
+def best_of_k(rows: Iterable[dict], drop_unfinished: bool = True) -> list[dict]:
+    """Per prompt, the finished sample with the highest R_c (arXiv 2307.09288, sec. 3.2.3); see `top_of_k`."""
+    return top_of_k(rows, 1, drop_unfinished)
 
 
-def pool_best(candidates_by_iteration: Sequence[Sequence[dict]]) -> list[dict]:
+def pool_best(candidates_by_iteration: Sequence[Sequence[dict]], drop_unfinished: bool = True) -> list[dict]:
     """Per prompt, the best candidate across iterations, every candidate scored by the *current* reward models.
 
-    `candidates_by_iteration[0]` is this iteration's best-of-K, then earlier iterations' best samples, newest
+    `candidates_by_iteration[0]` is this iteration's best-of-K, then earlier iterations' top samples, newest
     first. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts seen only in earlier
     iterations stay in the pool: after RLHF-V3 the top samples of all prior iterations were pooled, because
     using only the previous iteration's samples caused regressions (sec. 3.2.3).
@@ -48,6 +57,8 @@ def pool_best(candidates_by_iteration: Sequence[Sequence[dict]]) -> list[dict]:
     pool: dict[str, dict] = {}
     for candidates in candidates_by_iteration:
         for row in candidates:
+            if drop_unfinished and not is_finished(row):
+                continue
             key = prompt_key(row["messages"])
             if key not in pool or row["r_c"] > pool[key]["r_c"]:
                 pool[key] = row

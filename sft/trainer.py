@@ -16,20 +16,10 @@ from pathlib import Path
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
-from alignment.data import SkipCounter, atomic_write_json, load_dialogs, split_by_key
-from alignment.paths import DEMO_SFT_DATA
+from alignment.data import SkipCounter, atomic_write_json, load_dialogs, resolve_dataset, split_by_key
 from alignment.training import train_resumable
 
-BUILTIN_DATASETS = {"builtin:demo-sft": DEMO_SFT_DATA}
 COMPLETE_MARKER = "stage_complete.json"
-
-
-def resolve_dataset(name: str) -> str:
-    if name.startswith("builtin:"):
-        if name not in BUILTIN_DATASETS:
-            raise RecipeError(f"unknown builtin dataset '{name}' (known: {', '.join(BUILTIN_DATASETS)})")
-        return str(BUILTIN_DATASETS[name])
-    return name
 
 
 def validate_sft_inputs(model_args, data_args, training_args) -> None:

@@ -12,6 +12,7 @@ from alignment.config import DataError, RecipeError, parse_recipe
 from rlhf.rejection_sampling import (
     RejectionSamplingArguments,
     load_previous_best,
+    load_previous_top,
     rescore,
     run_rejection_sampling,
 )
@@ -103,6 +104,33 @@ def test_previous_best_is_rescored_by_the_current_reward_models(tmp_path):
     assert rescored[0]["r_c"] == -1.0 and rescored[0]["source"] == str(path)
     pool = pool_best([[{**row("p", 0, 0.5, "mine"), "source": "current"}], rescored])
     assert pool[0]["response"] == "mine"  # old score 5.0 no longer counts
+
+
+def test_unfinished_samples_never_win_best_of_k_or_the_pool():
+    """A cut answer would be scored as if it had ended: it must not be selected, here or from earlier iterations."""
+    cut = {**row("p", 0, 9.0, "half an"), "finished": False}
+    rows = [cut, row("p", 1, 0.1, "whole"), {**row("q", 0, 5.0, "cut too"), "finished": False}]
+    assert [b["response"] for b in best_of_k(rows)] == ["whole"]  # q had no finished sample: no winner
+    assert [b["response"] for b in best_of_k(rows, drop_unfinished=False)] == ["half an", "cut too"]
+    older = [{**row("p", 0, 50.0, "old cut"), "finished": False}]
+    assert [b["response"] for b in pool_best([best_of_k(rows), older])] == ["whole"]
+
+
+def test_earlier_iterations_offer_their_top_samples_to_the_current_reward_models(tmp_path):
+    """The current RMs may prefer an earlier iteration's runner-up to the answer its own RMs picked."""
+    path = tmp_path / "samples.jsonl"
+    lines = [row("p", 0, 5.0, "old-first"), row("p", 1, 3.0, "old-second"), row("p", 2, 1.0, "old-third"),
+             {**row("p", 3, 9.0, "old-cut"), "finished": False}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    top = load_previous_top(path, 2)
+    assert [r["response"] for r in top] == ["old-first", "old-second"]
+    current_rms = (TableScorer({"old-first": -1.0, "old-second": 2.0, "mine": 0.5}),
+                   TableScorer({"old-first": 4.0, "old-second": 4.0, "mine": 4.0}))
+    pool = pool_best([[{**row("p", 0, 0.5, "mine"), "source": "current"}], rescore(top, current_rms, 0.15, "it1")])
+    assert [(r["response"], r["r_c"]) for r in pool] == [("old-second", 2.0)]
+    # With only each iteration's winner re-scored (the old rule), the better runner-up was lost.
+    winner_only = pool_best([[{**row("p", 0, 0.5, "mine")}], rescore(load_previous_top(path, 1), current_rms, 0.15, "")])
+    assert [r["response"] for r in winner_only] == ["mine"]
 
 
 def test_bad_previous_samples_name_file_line_and_field(tmp_path):

@@ -1,5 +1,7 @@
 """The scoring API later stages call: right/left padding, batching, last-token read-out, checkpoint round trip."""
 
+import json
+
 import pytest
 import torch
 
@@ -148,3 +150,18 @@ def test_max_length_scores_the_last_tokens_only(tiny_rm, scorer):
         expected.append(tiny_rm.score(hidden[0, -1]).item())
     torch.testing.assert_close(got, torch.tensor(expected))
     assert not torch.allclose(got, scorer.score(PROMPTS, RESPONSES).scores)
+
+
+
+def test_a_saved_training_window_applies_to_every_scorer_that_loads_the_model(tiny_rm, tmp_path):
+    """PPO, rejection sampling and evaluation build scorers without max_length: the RM's own window applies."""
+    windowed = RewardScorer("builtin:tiny-llama", batch_size=2, model=tiny_rm, max_length=6)
+    expected = windowed.score(PROMPTS, RESPONSES).scores
+    tiny_rm.save_pretrained(tmp_path)
+    windowed.tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "training_max_length": 6}))
+    reloaded = RewardScorer(str(tmp_path), batch_size=2)
+    assert reloaded.max_length == 6
+    torch.testing.assert_close(reloaded.score(PROMPTS, RESPONSES).scores, expected)
+    assert RewardScorer(str(tmp_path), batch_size=2, max_length=9).max_length == 9  # an explicit window wins

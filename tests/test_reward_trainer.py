@@ -173,7 +173,9 @@ def test_safety_rm_calibration_is_saved_and_used_by_the_scorer(tmp_path, monkeyp
                                     "--calibrate_unsafe_precision", "0.9")
     summary = run_reward(config)
     calibration = summary["calibration"]
-    offset = json.loads((tmp_path / "rs" / "config.json").read_text())["score_offset"]
+    saved_config = json.loads((tmp_path / "rs" / "config.json").read_text())
+    offset = saved_config["score_offset"]
+    assert saved_config["training_max_length"] == 48  # the recipe's window, read back by every scorer
     assert offset == pytest.approx(calibration["score_offset"])
     assert calibration["on_training_responses"]["precision"] >= 0.9
     assert summary["eval"]["unsafe_detection"] is not None
