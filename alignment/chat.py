@@ -7,8 +7,9 @@ prompts and reward-model inputs are built from the same segments, so the model s
 the token sequence it was trained on.
 
 Formats:
-- "llama2": the released Llama 2 code's template (LLAMA2_METHOD.md, "Chat format"):
-  `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...`.
+- "llama2": the released Llama 2 code's template (arXiv 2307.09288, sec. 3.1 and 3.3, and the released `llama` code):
+  `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...`, token for token as
+  Meta's `chat_completion` encodes it (the space after the answer is a token before EOS).
   Each answer segment ends with EOS, which is trained so the model learns to stop.
 - "model": the tokenizer's own chat template (e.g. SmolLM2's ChatML); the answer segment is the text the
   template adds for the assistant turn, end-of-turn marker included.
@@ -64,7 +65,10 @@ def _llama2_segments(tokenizer, messages: list[dict], add_generation_prompt: boo
         if message["role"] == "user":
             segments.append((bos + _encode(tokenizer, f"{B_INST} {message['content'].strip()} {E_INST}"), False))
         else:
-            segments.append((_encode(tokenizer, message["content"].strip()) + [tokenizer.eos_token_id], True))
+            # Meta's release encodes f"{B_INST} {user} {E_INST} {answer} " and then EOS: the answer's trailing
+            # space is a token of its own before EOS ("▁" in SentencePiece), and the model learns to emit it.
+            answer = _encode(tokenizer, f"{message['content'].strip()} ")
+            segments.append((answer + [tokenizer.eos_token_id], True))
     return segments
 
 

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import trl.models.utils as trl_model_utils
 
 from alignment.config import RecipeError
 
@@ -350,13 +351,8 @@ def _zero3_gathered(model):
 
 
 def _zero3_hook_handles(model):
-    """(remove, add) for ZeRO-3's parameter-fetching forward hooks; TRL's helpers when present, else no-ops."""
-    try:
-        from trl.models.utils import add_hooks, remove_hooks
-
-        return remove_hooks, add_hooks
-    except ImportError:  # pragma: no cover - TRL is a dependency
-        return (lambda m: None), (lambda m: None)
+    """(remove, add) for ZeRO-3's parameter-fetching forward hooks: TRL's helpers (TRL's approach)."""
+    return trl_model_utils.remove_hooks, trl_model_utils.add_hooks
 
 
 def check_generation_backend(backend: str, kind: str, device_type: str = "cpu", use_lora: bool = False) -> None:

@@ -43,7 +43,7 @@ def test_llama2_single_turn(tiny_tokenizer):
     encoded = encode_dialog(tiny_tokenizer, dialog, "llama2")
     check_encoding(tiny_tokenizer, encoded, [
         ("<s>", P), ("[INST]", P), ("▁", P), ("1", P), ("2", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("4", A), ("5", A), ("</s>", A),
+        ("▁", A), ("4", A), ("5", A), ("▁", A), ("</s>", A),
     ])
     assert encoded["input_ids"][:2] == [2, 4] and encoded["input_ids"][-1] == 3
     assert encoded["labels"][:9] == [IGNORE_INDEX] * 9
@@ -56,9 +56,9 @@ def test_llama2_multi_turn_masks_every_user_turn(tiny_tokenizer):
     ]
     check_encoding(tiny_tokenizer, encode_dialog(tiny_tokenizer, dialog), [
         ("<s>", P), ("[INST]", P), ("▁", P), ("1", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("2", A), ("</s>", A),
+        ("▁", A), ("2", A), ("▁", A), ("</s>", A),
         ("<s>", P), ("[INST]", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("4", A), ("▁", A), ("5", A), ("</s>", A),
+        ("▁", A), ("4", A), ("▁", A), ("5", A), ("▁", A), ("</s>", A),
     ])
 
 
@@ -71,22 +71,37 @@ def test_llama2_system_prompt_is_merged_into_first_user_turn(tiny_tokenizer):
     check_encoding(tiny_tokenizer, encode_dialog(tiny_tokenizer, dialog), [
         ("<s>", P), ("[INST]", P), ("▁", P), ("<<SYS>>", P), ("\n", P), ("7", P), ("\n", P), ("<</SYS>>", P),
         ("\n\n", P), ("1", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("2", A), ("</s>", A),
+        ("▁", A), ("2", A), ("▁", A), ("</s>", A),
         # the system prompt is not repeated in later turns (Llama 2 reference code)
         ("<s>", P), ("[INST]", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("4", A), ("</s>", A),
+        ("▁", A), ("4", A), ("▁", A), ("</s>", A),
     ])
 
 
 def test_llama2_segments_tokenize_like_the_whole_text(tiny_tokenizer):
-    # Cutting the dialog into segments must not change the tokens: the ids equal those of the rendered text
-    # (whose " </s>" spelling only adds the space piece before EOS).
+    # Cutting the dialog into segments must not change the tokens: the ids equal those of the rendered text.
     dialog = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 18 minus 14?"},
               {"role": "assistant", "content": "18 minus 14 is 4."}]
     ids = encode_dialog(tiny_tokenizer, dialog)["input_ids"]
-    text_ids = tiny_tokenizer(llama2_dialog_text(dialog), add_special_tokens=False)["input_ids"]
-    space = tiny_tokenizer.convert_tokens_to_ids("▁")
-    assert text_ids == ids[:-1] + [space, ids[-1]]
+    assert tiny_tokenizer(llama2_dialog_text(dialog), add_special_tokens=False)["input_ids"] == ids
+
+
+def test_llama2_matches_metas_chat_completion_encoding(tiny_tokenizer):
+    """Meta's `chat_completion`: per turn, encode(f"{B_INST} {user} {E_INST} {answer} ", bos=True, eos=True),
+    then the open turn encode(f"{B_INST} {user} {E_INST}", bos=True); the space after an answer is a token."""
+    dialog = [{"role": "user", "content": "What is 7 plus 5?"}, {"role": "assistant", "content": "7 plus 5 is 12."},
+              {"role": "user", "content": "And 2 plus 2?"}, {"role": "assistant", "content": " 4. "}]
+
+    def meta(text, eos):
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [tiny_tokenizer.bos_token_id] + ids + ([tiny_tokenizer.eos_token_id] if eos else [])
+
+    expected = meta("[INST] What is 7 plus 5? [/INST] 7 plus 5 is 12. ", True) + meta("[INST] And 2 plus 2? [/INST] 4. ", True)
+    ids = encode_dialog(tiny_tokenizer, dialog)["input_ids"]
+    assert ids == expected
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[-3:]) == [".", "▁", "</s>"]
+    assert encode_prompt(tiny_tokenizer, dialog[:3]) == meta("[INST] What is 7 plus 5? [/INST] 7 plus 5 is 12. ", True) \
+        + meta("[INST] And 2 plus 2? [/INST]", False)
 
 
 def test_llama2_generation_prompt_is_the_prefix_of_the_trained_dialog(tiny_tokenizer):
@@ -97,7 +112,7 @@ def test_llama2_generation_prompt_is_the_prefix_of_the_trained_dialog(tiny_token
     ids, prompt_length = encode_prompt_response(tiny_tokenizer, messages, "45")
     assert prompt_length == len(prompt) == 12
     assert ids[:prompt_length] == prompt
-    assert tiny_tokenizer.convert_ids_to_tokens(ids[prompt_length:]) == ["▁", "4", "5", "</s>"]
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[prompt_length:]) == ["▁", "4", "5", "▁", "</s>"]
     with pytest.raises(ValueError, match="end with a user message"):
         encode_prompt(tiny_tokenizer, messages + [{"role": "assistant", "content": "4"}])
 

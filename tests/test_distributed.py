@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl.models.utils as trl_utils
 
+import alignment.distributed as distributed
 from alignment.config import RecipeError
 from alignment.distributed import (
     PAD_INDEX,
@@ -104,9 +106,10 @@ def test_zero3_gathers_all_parameters_and_removes_hooks(monkeypatch):
     fake = types.ModuleType("deepspeed")
     fake.zero = types.SimpleNamespace(GatheredParameters=gathered)
     monkeypatch.setitem(sys.modules, "deepspeed", fake)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "deepspeed" else None)
-    import trl.models.utils as trl_utils
-
+    # Only alignment.distributed sees the fake finder: a module imported meanwhile elsewhere (transformers reads
+    # find_spec once per package and caches it) must not learn that nothing is installed.
+    monkeypatch.setattr(distributed, "importlib", types.SimpleNamespace(util=types.SimpleNamespace(
+        find_spec=lambda name: object() if name == "deepspeed" else None)))
     monkeypatch.setattr(trl_utils, "remove_hooks", lambda m: calls.append(("remove_hooks",)))
     monkeypatch.setattr(trl_utils, "add_hooks", lambda m: calls.append(("add_hooks",)))
 
@@ -130,7 +133,8 @@ def test_zero3_stage_is_read_from_the_accelerator_plugin():
 
 
 def test_zero3_without_deepspeed_installed_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr(distributed, "importlib", types.SimpleNamespace(util=types.SimpleNamespace(
+        find_spec=lambda name: None)))
     model = torch.nn.Linear(2, 2)
     model.weight.ds_id = 0
     with pytest.raises(RecipeError, match="deepspeed package is not installed"):
