@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from transformers import DynamicCache
 
 from alignment.config import RecipeError
 from alignment.models import stop_token_ids
@@ -191,20 +192,18 @@ class HFSamplingEngine:
         `generate` feeds only the tokens the cache has not seen (here the last prompt token), so the K
         continuations share one prompt computation; positions follow the attention mask as in `generate`.
         """
-        from transformers import DynamicCache
-
         cache = DynamicCache(config=self.model.config)
         prefix_mask = attention_mask[:, :-1]
         position_ids = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
         self.model(
             input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
+            cache=cache, use_cache=True, logits_to_keep=1,
         )
         cache.batch_repeat_interleave(k)
         return self.model.generate(
             input_ids=input_ids.repeat_interleave(k, dim=0),
             attention_mask=attention_mask.repeat_interleave(k, dim=0),
-            past_key_values=cache,
+            cache=cache,  # past_key_values is deprecated in forward and generate (transformers 5.x)
             **kwargs,
         )
 
