@@ -164,6 +164,40 @@ def test_rerun_skips_finished_stages_and_redoes_only_the_interrupted_one(tmp_pat
     assert log.read_text().split()[len(first) + len(second):] == []
 
 
+STAGE_PROBE = """
+import json, os, sys, torch
+out = dict(argv=sys.argv[1:], threads=torch.get_num_threads(), omp=os.environ["OMP_NUM_THREADS"], cwd=os.getcwd(),
+           pid=os.getpid(), torch_preloaded="transformers" in sys.modules)
+print(json.dumps(out))
+sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
+"""
+
+
+def test_single_process_stages_are_forked_with_every_core_and_report_their_exit_code(tmp_path, monkeypatch):
+    """launcher auto: no accelerate launch, libraries already imported, threads = cores, output in stage.log."""
+    (tmp_path / "probe.py").write_text(STAGE_PROBE)
+    monkeypatch.setattr(pipeline, "RECIPES_DIR", tmp_path)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    config = load_pipeline_config(str(write_recipe(tmp_path, launcher="auto")))
+    stage = pipeline.Stage("X/probe", "probe.py", {}, [])
+    out = tmp_path / "X"
+    out.mkdir()
+    assert pipeline.run_stage(config, stage, out / "recipe.yaml", out) == 0
+    seen = json.loads((out / "stage.log").read_text().splitlines()[-1])
+    assert seen["argv"] == ["--config", str(out / "recipe.yaml"), "--output_dir", str(out)]
+    assert (seen["threads"], seen["omp"]) == (2, "2") and seen["torch_preloaded"]
+    assert seen["cwd"] == str(pipeline.REPO_ROOT) and seen["pid"] != os.getpid()
+    monkeypatch.setenv("PROBE_EXIT", "3")
+    assert pipeline.run_stage(config, stage, out / "recipe.yaml", out) == 3
+    assert os.getcwd() != str(tmp_path / "X") and pipeline.torch.get_num_threads() == 1  # the parent is untouched
+    # With an accelerate config, the stage is launched; its processes share the cores.
+    accelerate_config = tmp_path / "ddp.yaml"
+    accelerate_config.write_text("num_processes: 2\n")
+    config = load_pipeline_config(str(write_recipe(tmp_path, launcher="auto", accelerate_config=str(accelerate_config))))
+    command = pipeline.launch_command(config, "sft.py", out / "recipe.yaml", out)
+    assert command[3:5] == ["--num_cpu_threads_per_process", "1"] and not pipeline.forks_stages(config)
+
+
 def _wait_for_running(manifest_path: Path, stage: str, process, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
