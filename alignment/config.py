@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import math
 import re
 import sys
 import types
@@ -38,6 +39,8 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):  # nan passes every comparison test; inf is no rate or size either
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)

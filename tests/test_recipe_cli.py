@@ -209,6 +209,7 @@ def test_pipeline_script_reports_a_bad_override_in_one_line(tmp_path, monkeypatc
 def test_range_bounds():
     assert 0 not in Range(0, low_open=True) and 1e-9 in Range(0, low_open=True)
     assert 1 in Range(0, 1) and 1 not in Range(0, 1, high_open=True) and 0 in Range(0, 1, high_open=True)
+    assert float("nan") not in Range(0, low_open=True) and float("inf") not in Range(1)
     assert str(Range(0, low_open=True)) == "> 0" and str(Range(1)) == ">= 1"
     assert str(Range(0, 1, low_open=True)) == "in (0, 1]" and str(Range(0, 0.5, high_open=True)) == "in [0, 0.5)"
 
@@ -216,6 +217,7 @@ def test_range_bounds():
 BAD_VALUES = [
     # (stage, YAML key: value, expected message after "<recipe file>: ")
     ("ppo", "learning_rate: -1", "learning_rate must be > 0, got -1.0"),
+    ("ppo", "learning_rate: .nan", "learning_rate must be > 0, got nan"),
     ("ppo", "value_learning_rate: 0", "value_learning_rate must be > 0, got 0.0"),
     ("ppo", "kl_coef: -0.01", "kl_coef must be >= 0, got -0.01"),
     ("ppo", "clip_range: 0", "clip_range must be > 0, got 0.0"),
