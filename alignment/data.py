@@ -38,30 +38,67 @@ def is_local_path(name: str) -> bool:
     return Path(name).exists() or name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet"))
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, row) from a .jsonl[.gz], .json (list of rows) or .parquet file."""
+def decode_utf8(raw: bytes, path: str | Path, first_line: int = 1) -> str:
+    """Text of a data file (or of one of its lines); bytes that are not UTF-8 fail naming the file and line."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + raw[: error.start].count(b"\n")
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.name.endswith(".gz"):
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable gzip file ({error})") from None
+
+
+def _binary_lines(path: Path) -> Iterator[bytes]:
+    """A JSONL file's lines as bytes, streamed, so each line is decoded (and its errors located) on its own."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            yield from handle
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise DataError(f"{path}: not a readable gzip file ({error})") from None
+
+
+def read_records(path: str | Path, allow_empty: bool = True) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, row) from a .jsonl[.gz], .json (list of rows) or .parquet file.
+
+    `allow_empty=False` makes a file without rows an error (naming the file) instead of an empty dataset.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     name = path.name
+    count = 0
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: malformed JSON ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-                yield number, row
-    elif name.endswith((".json", ".json.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
+        for number, raw in enumerate(_binary_lines(path), start=1):
+            line = decode_utf8(raw.rstrip(b"\r\n"), path, number)
+            if not line.strip():
+                continue
             try:
-                rows = json.load(handle)
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: malformed JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+            count += 1
+            yield number, row
+    elif name.endswith((".json", ".json.gz")):
+        text = decode_utf8(_read_bytes(path), path)
+        if not text.strip():
+            rows = []
+        else:
+            try:
+                rows = json.loads(text)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
         if isinstance(rows, dict) and "data" in rows:
@@ -71,25 +108,31 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {number}: a row must be a JSON object")
+            count += 1
             yield number, row
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            count += 1
             yield number, row
     else:
         raise DataError(f"{path}: unknown data format (use .jsonl, .jsonl.gz, .json or .parquet)")
+    if not count and not allow_empty:
+        raise DataError(f"{path}: no rows (the file is empty)")
 
 
 def load_rows(name: str, split: str = "train") -> Iterator[tuple[str, int, dict]]:
-    """Rows from a local file or a hub dataset, as (source, row_number, row)."""
+    """Rows from a local file or a hub dataset, as (source, row_number, row); no rows at all is an error."""
     if is_local_path(name):
-        for number, row in read_records(name):
+        for number, row in read_records(name, allow_empty=False):
             yield str(name), number, row
         return
     from datasets import load_dataset
 
     dataset = load_dataset(name, split=split)
+    if not len(dataset):
+        raise DataError(f"{name}[{split}]: no rows (the split is empty)")
     for number, row in enumerate(dataset, start=1):
         yield f"{name}[{split}]", number, dict(row)
 
@@ -248,15 +291,17 @@ def read_jsonl_tolerant(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    lines = path.read_bytes().splitlines()
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
+            rows.append(json.loads(decode_utf8(raw, path, number)))
+        except (json.JSONDecodeError, DataError) as error:
+            if number == len(lines):  # a kill can cut the last line anywhere, even inside a UTF-8 character
                 break
+            if isinstance(error, DataError):
+                raise
             raise DataError(f"{path}:{number}: malformed JSON in the middle of an append-only log") from None
     return rows
 

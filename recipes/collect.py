@@ -14,7 +14,7 @@ from rlhf.collect import CollectConfig, run_collect  # noqa: E402
 
 
 def main() -> None:
-    (config,) = parse_recipe((CollectConfig,))
+    (config,) = parse_recipe((CollectConfig,), description=__doc__)
     summary = run_collect(config)
     print(f"collected {summary['comparisons']} comparisons in {config.output_dir}")
 

@@ -14,7 +14,7 @@ from rlhf.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 
 
 def main() -> None:
-    (config,) = parse_recipe((EvaluateConfig,))
+    (config,) = parse_recipe((EvaluateConfig,), description=__doc__)
     result = run_evaluate(config)
     print({k: v for k, v in result.items() if k != "per_family"})
 

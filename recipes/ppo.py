@@ -19,7 +19,7 @@ from rlhf.ppo_config import PPOConfig  # noqa: E402
 
 
 def main() -> None:
-    (config,) = parse_recipe((PPOConfig,))
+    (config,) = parse_recipe((PPOConfig,), description=__doc__)
     try:
         summary = run_ppo(config)
     except NonFiniteError as error:

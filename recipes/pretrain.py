@@ -14,7 +14,7 @@ from sft.pretrain import Llama2PretrainConfig, PretrainArguments, run_pretrain  
 
 
 def main() -> None:
-    args, training_args = parse_recipe((PretrainArguments, Llama2PretrainConfig))
+    args, training_args = parse_recipe((PretrainArguments, Llama2PretrainConfig), description=__doc__)
     summary = run_pretrain(args, training_args)
     if summary:
         print(f"pretraining done: {summary['parameters']:,} parameters, train loss "

@@ -17,7 +17,7 @@ from sft.config import DataArguments, Llama2SFTConfig, ModelArguments  # noqa: E
 
 def main() -> None:
     rs_args, model_args, data_args, training_args = parse_recipe(
-        (RejectionSamplingArguments, ModelArguments, DataArguments, Llama2SFTConfig)
+        (RejectionSamplingArguments, ModelArguments, DataArguments, Llama2SFTConfig), description=__doc__
     )
     summary = run_rejection_sampling(rs_args, model_args, data_args, training_args)
     evaluation = summary.get("eval", {})

@@ -16,7 +16,7 @@ from reward.trainer import run_reward  # noqa: E402
 
 
 def main() -> None:
-    (config,) = parse_recipe((Llama2RewardConfig,))
+    (config,) = parse_recipe((Llama2RewardConfig,), description=__doc__)
     summary = run_reward(config)
     overall = summary.get("eval", {}).get("accuracy", {}).get("overall", {})
     accuracy = "n/a" if overall.get("accuracy") is None else f"{100 * overall['accuracy']:.1f}%"

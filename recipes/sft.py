@@ -16,7 +16,9 @@ from sft.trainer import run_sft  # noqa: E402
 
 
 def main() -> None:
-    model_args, data_args, training_args = parse_recipe((ModelArguments, DataArguments, Llama2SFTConfig))
+    model_args, data_args, training_args = parse_recipe(
+        (ModelArguments, DataArguments, Llama2SFTConfig), description=__doc__
+    )
     summary = run_sft(model_args, data_args, training_args)
     print(f"SFT done: {summary['train_dialogs']} dialogs, train loss {summary['metrics'].get('train_loss'):.4f}, "
           f"model in {training_args.output_dir}")

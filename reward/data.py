@@ -246,7 +246,7 @@ def load_comparisons(path: str | Path, format: str = "llama2-align", *, kind: st
     if format == "hh-rlhf":
         kind = kind or _hh_kind_from_name(path)
     comparisons: list[Comparison] = []
-    for number, row in read_records(path):
+    for number, row in read_records(path, allow_empty=False):
         where = f"{path}:{number}"
         try:
             if format == "llama2-align":

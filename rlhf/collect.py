@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alignment.config import RecipeError, require_file
+from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, RecipeError, require_file
 from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_prompts, read_jsonl_tolerant
 
 ANNOTATORS = ("world", "file")
@@ -33,16 +33,22 @@ COMPLETE_MARKER = "stage_complete.json"
 class CollectConfig:
     model_a: str = field(default="", metadata={"help": "Latest model (variant A)."})
     model_b: str | None = field(default=None, metadata={"help": "Second variant (e.g. the previous model); A if unset."})
-    temperature_a: float = field(default=0.7, metadata={"help": "Sampling temperature of variant A (varied, sec. 3.2.1)."})
-    temperature_b: float = field(default=1.0, metadata={"help": "Sampling temperature of variant B."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Answer length cap."})
+    temperature_a: float = field(
+        default=0.7, metadata={"range": POSITIVE, "help": "Sampling temperature of variant A (varied, sec. 3.2.1)."}
+    )
+    temperature_b: float = field(
+        default=1.0, metadata={"range": POSITIVE, "help": "Sampling temperature of variant B."}
+    )
+    top_p: float = field(default=0.9, metadata={"range": TOP_P, "help": "Nucleus sampling."})
+    max_new_tokens: int = field(default=48, metadata={"range": AT_LEAST_ONE, "help": "Answer length cap."})
     chat_format: str = field(default="llama2", metadata={"help": "Chat template of the models."})
     prompts: str = field(default="", metadata={"help": "JSONL of prompts ({id, prompt, is_safety_prompt, ...})."})
     annotator: str = field(default="world", metadata={"help": "world (programmatic) or file (human labels)."})
     labels_file: str | None = field(default=None, metadata={"help": "Human labels to import (annotator: file)."})
-    noise: float = field(default=0.2, metadata={"help": "Annotator noise (world): disagreement as among humans."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
+    noise: float = field(
+        default=0.2, metadata={"range": NON_NEGATIVE, "help": "Annotator noise (world): disagreement as among humans."}
+    )
+    batch_size: int = field(default=32, metadata={"range": AT_LEAST_ONE, "help": "Prompts per generation batch."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and annotation noise."})
     output_dir: str = field(default="runs/collect", metadata={"help": "Where comparisons.jsonl goes."})
 

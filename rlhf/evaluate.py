@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignment.config import require_file
+from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, require_file
 from alignment.data import atomic_write_json, load_prompts, read_jsonl_tolerant
 
 RESPONSES_FILE = "responses.jsonl"
@@ -25,9 +25,11 @@ class EvaluateConfig:
     responses: str | None = field(default=None, metadata={"help": "Or: a responses.jsonl to (re-)score."})
     prompts: str = field(default="", metadata={"help": "Held-out prompts JSONL (world prompts carry gold)."})
     chat_format: str = field(default="llama2", metadata={"help": "Chat template."})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy, so versions are compared without noise."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Answer length cap."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
+    temperature: float = field(
+        default=0.0, metadata={"range": NON_NEGATIVE, "help": "0 = greedy, so versions are compared without noise."}
+    )
+    max_new_tokens: int = field(default=48, metadata={"range": AT_LEAST_ONE, "help": "Answer length cap."})
+    batch_size: int = field(default=64, metadata={"range": AT_LEAST_ONE, "help": "Prompts per generation batch."})
     reward_helpfulness: str | None = field(default=None, metadata={"help": "R_h checkpoint for rm_helpfulness."})
     reward_safety: str | None = field(default=None, metadata={"help": "R_s checkpoint for rm_safety."})
     seed: int = field(default=0, metadata={"help": "Sampling seed when temperature > 0."})

@@ -31,7 +31,19 @@ from pathlib import Path
 
 import torch
 
-from alignment.config import RecipeError, check_recipe_keys, load_yaml
+from alignment.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    PROBABILITY,
+    RecipeError,
+    check_range,
+    check_recipe_keys,
+    coerce_value,
+    load_yaml,
+    merge_overrides,
+    parse_overrides,
+    section_fields,
+)
 from alignment.data import atomic_write_json
 
 MANIFEST = "manifest.json"
@@ -51,14 +63,17 @@ class PipelineConfig:
                           "python for every stage."},
     )
     threads_per_process: int | None = field(
-        default=None, metadata={"help": "CPU threads of each stage process; default: the cores / the processes."}
+        default=None,
+        metadata={"range": AT_LEAST_ONE, "help": "CPU threads of each stage process; default: the cores / the processes."},
     )
     accelerate_config: str | None = field(default=None, metadata={"help": "accelerate config file for every stage."})
     chat_format: str = field(default="llama2", metadata={"help": "Chat template used by every stage."})
     seed: int = field(default=0, metadata={"help": "Seed of the world's prompt draws."})
     base_model: str | None = field(default=None, metadata={"help": "Start from this model instead of pretraining."})
-    iterations: int = field(default=5, metadata={"help": "RLHF-V1..Vn (the paper: 5)."})
-    ppo_from_iteration: int = field(default=5, metadata={"help": "PPO on top of RS from this iteration (paper: V5)."})
+    iterations: int = field(default=5, metadata={"range": AT_LEAST_ONE, "help": "RLHF-V1..Vn (the paper: 5)."})
+    ppo_from_iteration: int = field(
+        default=5, metadata={"range": AT_LEAST_ONE, "help": "PPO on top of RS from this iteration (paper: V5)."}
+    )
     rs_fine_tunes: str = field(
         default="latest",
         metadata={"help": "The model each RS iteration fine-tunes on the pooled best samples: 'latest' (the model "
@@ -95,6 +110,14 @@ WORLD_DEFAULTS = {
     # gold judges): behaviour the demonstrations teach and the annotators' preferences can untrain.
     "sft_closing_share": 0.0,
 }
+WORLD_RANGES = {"annotator_noise": NON_NEGATIVE, "sft_closing_share": PROBABILITY,
+                **{key: AT_LEAST_ONE for key in WORLD_DEFAULTS if key.endswith(("_demonstrations", "_prompts",
+                                                                                "_per_iteration", "_per_family"))}}
+# The recipe's stage sections and the stage script each one configures.
+SECTION_SCRIPTS = {"pretrain": "pretrain.py", "sft": "sft.py", "collect": "collect.py",
+                   "reward_helpfulness": "reward.py", "reward_safety": "reward.py",
+                   "rejection_sampling": "rejection_sampling.py", "ppo": "ppo.py", "evaluate": "evaluate.py"}
+MAX_ITERATIONS = 20
 
 
 @dataclass
@@ -147,19 +170,33 @@ def stage_config_types(script: str):
     raise RecipeError(f"unknown stage script {script}")
 
 
-def load_pipeline_config(path: str) -> PipelineConfig:
+def pipeline_sections() -> dict[str, dict]:
+    """The keys of each mapping section of a pipeline recipe, with their types and ranges (for `--section.key`)."""
+    sections = {name: section_fields(stage_config_types(script)) for name, script in SECTION_SCRIPTS.items()}
+    sections["world"] = {key: (dict if isinstance(default, dict) else type(default), WORLD_RANGES.get(key))
+                         for key, default in WORLD_DEFAULTS.items()}
+    sections["data_files"] = {key: (str, None) for key in ("sft", "eval", "ppo", *(
+        f"{kind}_v{v}" for kind in ("collect", "rs", "labels") for v in range(1, MAX_ITERATIONS + 1)))}
+    return sections
+
+
+def load_pipeline_config(path: str, overrides: list[str] | None = None) -> PipelineConfig:
+    """The pipeline recipe at `path`, with command-line `--key value` / `--section.key value` overrides on top."""
     data = load_yaml(path)
+    if overrides:
+        data = merge_overrides(data, *parse_overrides(overrides, (PipelineConfig,), pipeline_sections()))
     values = check_recipe_keys(data, (PipelineConfig,), path)
     config = PipelineConfig(**values)
     if config.launcher not in LAUNCHERS:
         raise RecipeError(f"{path}: launcher must be one of {', '.join(LAUNCHERS)}, got '{config.launcher}'")
-    if config.threads_per_process is not None and config.threads_per_process < 1:
-        raise RecipeError(f"{path}: threads_per_process must be >= 1, got {config.threads_per_process}")
     if config.rs_fine_tunes not in ("latest", "sft"):
         raise RecipeError(f"{path}: rs_fine_tunes must be 'latest' or 'sft', got '{config.rs_fine_tunes}'")
     unknown = set(config.world) - set(WORLD_DEFAULTS)
     if unknown:
         raise RecipeError(f"{path}: unknown key 'world.{sorted(unknown)[0]}' (known: {', '.join(WORLD_DEFAULTS)})")
+    for key, value in config.world.items():
+        kind = dict if isinstance(WORLD_DEFAULTS[key], dict) else type(WORLD_DEFAULTS[key])
+        check_range(coerce_value(value, kind, f"world.{key}", path), WORLD_RANGES.get(key), f"world.{key}", path)
     if config.accelerate_config and not Path(config.accelerate_config).is_file():
         raise RecipeError(f"{path}: 'accelerate_config' points to a missing file: {config.accelerate_config}")
     known_files = {"sft", "eval", "ppo"} | {f"{k}_v{v}" for k in ("collect", "rs", "labels")
@@ -169,8 +206,8 @@ def load_pipeline_config(path: str) -> PipelineConfig:
             raise RecipeError(f"{path}: unknown key 'data_files.{key}' (use sft, eval, ppo, collect_v<n>, rs_v<n>, labels_v<n>)")
         if not Path(value).exists():
             raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
-    if not 1 <= config.iterations <= 20:
-        raise RecipeError(f"{path}: iterations must be between 1 and 20")
+    if not 1 <= config.iterations <= MAX_ITERATIONS:
+        raise RecipeError(f"{path}: iterations must be between 1 and {MAX_ITERATIONS}")
     return config
 
 
@@ -397,10 +434,10 @@ def read_manifest(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_pipeline(config_path: str, stop_after: str | None = None) -> dict:
+def run_pipeline(config_path: str, stop_after: str | None = None, overrides: list[str] | None = None) -> dict:
     import yaml
 
-    config = load_pipeline_config(config_path)
+    config = load_pipeline_config(config_path, overrides)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {**write_world_data(config, run_dir / "data"), **config.data_files}

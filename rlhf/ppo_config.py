@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alignment.config import RecipeError
+from alignment.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, PROBABILITY, TOP_P, RecipeError
 
 KL_ESTIMATORS = ("k1", "k3")
 BUILTIN_PROMPTS = "builtin:world"
@@ -39,20 +39,26 @@ class PPOConfig:
                   "the policy checkpoint when R_h is a builtin judge. Paper: not stated."},
     )
     reward_dtype: str = field(default="float32", metadata={"help": "Weights dtype of the two reward models."})
-    reward_batch_size: int = field(default=16, metadata={"help": "Sequences per reward-model forward pass."})
+    reward_batch_size: int = field(
+        default=16, metadata={"range": AT_LEAST_ONE, "help": "Sequences per reward-model forward pass."}
+    )
     reward_device: str | None = field(
         default=None,
         metadata={"help": "Where the frozen R_h and R_s run: the policy's device when unset; 'cpu' offloads them "
                           "off the accelerator to free its memory for the policy and value model."},
     )
-    safety_threshold: float = field(default=0.15, metadata={"help": "Gate R_s < 0.15 of eq. (3) (sec. 3.2.3)."})
+    safety_threshold: float = field(
+        default=0.15, metadata={"range": OPEN_UNIT, "help": "Gate R_s < 0.15 of eq. (3) (sec. 3.2.3)."}
+    )
     use_lora: bool = field(
         default=False,
         metadata={"help": "Train a LoRA adapter; pi_0 is then the base with the adapter disabled (no second copy)."},
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0: dropout would make pi_old != pi_theta)."})
+    lora_r: int = field(default=16, metadata={"range": AT_LEAST_ONE, "help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"range": POSITIVE, "help": "LoRA scaling alpha."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"range": FRACTION, "help": "LoRA dropout (0: dropout would make pi_old != pi_theta)."}
+    )
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Modules that get LoRA adapters (Llama names)."},
@@ -71,67 +77,120 @@ class PPOConfig:
         metadata={"help": "Held-out prompts for early stopping; default: builtin:world's held-out split, or "
                   "heldout_fraction of prompts_name."},
     )
-    heldout_fraction: float = field(default=0.05, metadata={"help": "Share of prompts held out when no held-out set is named."})
-    max_heldout_prompts: int = field(default=64, metadata={"help": "Cap on held-out prompts scored per evaluation."})
+    heldout_fraction: float = field(
+        default=0.05, metadata={"range": FRACTION, "help": "Share of prompts held out when no held-out set is named."}
+    )
+    max_heldout_prompts: int = field(
+        default=64, metadata={"range": AT_LEAST_ONE, "help": "Cap on held-out prompts scored per evaluation."}
+    )
 
     # Rollouts
-    rollout_batch_size: int = field(default=512, metadata={"help": "Rollouts per PPO iteration, all processes (sec. 3.2.3: 512)."})
-    mini_batch_size: int = field(default=64, metadata={"help": "Rollouts per gradient step, all processes (sec. 3.2.3: 64)."})
-    per_device_train_batch_size: int = field(
-        default=8, metadata={"help": "Rollouts per forward pass; a mini-batch is accumulated from these (memory only)."},
+    rollout_batch_size: int = field(
+        default=512,
+        metadata={"range": AT_LEAST_ONE, "help": "Rollouts per PPO iteration, all processes (sec. 3.2.3: 512)."},
     )
-    generation_batch_size: int = field(default=32, metadata={"help": "Sequences decoded together by the sampling engine."})
+    mini_batch_size: int = field(
+        default=64,
+        metadata={"range": AT_LEAST_ONE, "help": "Rollouts per gradient step, all processes (sec. 3.2.3: 64)."},
+    )
+    per_device_train_batch_size: int = field(
+        default=8,
+        metadata={"range": AT_LEAST_ONE,
+                  "help": "Rollouts per forward pass; a mini-batch is accumulated from these (memory only)."},
+    )
+    generation_batch_size: int = field(
+        default=32, metadata={"range": AT_LEAST_ONE, "help": "Sequences decoded together by the sampling engine."}
+    )
     sampling_backend: str = field(default="hf", metadata={"help": "Sampling engine: hf or vllm (rlhf/sampling.py)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Response budget per rollout (paper: not stated)."})
+    max_new_tokens: int = field(
+        default=128, metadata={"range": AT_LEAST_ONE, "help": "Response budget per rollout (paper: not stated)."}
+    )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "Rollout temperature. 1.0 samples pi_theta itself, as PPO's ratio and KL assume; the "
+        metadata={"range": POSITIVE,
+                  "help": "Rollout temperature. 1.0 samples pi_theta itself, as PPO's ratio and KL assume; the "
                   "chat defaults (0.6, top-p 0.9) are for inference. Log-probs use logits / temperature."},
     )
-    top_p: float = field(default=1.0, metadata={"help": "Rollout nucleus; below 1 the samples leave pi_theta's support."})
+    top_p: float = field(
+        default=1.0,
+        metadata={"range": TOP_P, "help": "Rollout nucleus; below 1 the samples leave pi_theta's support."},
+    )
 
     # PPO
-    kl_coef: float = field(default=0.01, metadata={"help": "beta of eq. (4): 0.01 for 7B/13B, 0.005 for 34B/70B."})
+    kl_coef: float = field(
+        default=0.01, metadata={"range": NON_NEGATIVE, "help": "beta of eq. (4): 0.01 for 7B/13B, 0.005 for 34B/70B."}
+    )
     kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL: k1 = log pi - log pi_0 (eq. 4), or k3."})
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount (paper: not stated; 1.0 as TRL, one reward per answer)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda (paper: not stated; 0.95 as TRL)."})
-    clip_range: float = field(default=0.2, metadata={"help": "PPO clip epsilon (sec. 3.2.3: 0.2)."})
-    value_clip_range: float = field(default=0.2, metadata={"help": "Value clip (paper: not stated; 0.2 as TRL/baselines)."})
+    gamma: float = field(
+        default=1.0,
+        metadata={"range": PROBABILITY,
+                  "help": "GAE discount (paper: not stated; 1.0 as TRL, one reward per answer)."},
+    )
+    lam: float = field(
+        default=0.95, metadata={"range": PROBABILITY, "help": "GAE lambda (paper: not stated; 0.95 as TRL)."}
+    )
+    clip_range: float = field(default=0.2, metadata={"range": POSITIVE, "help": "PPO clip epsilon (sec. 3.2.3: 0.2)."})
+    value_clip_range: float = field(
+        default=0.2, metadata={"range": POSITIVE, "help": "Value clip (paper: not stated; 0.2 as TRL/baselines)."}
+    )
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the global batch (masked)."})
     truncated_penalty: float | None = field(
         default=None,
         metadata={"help": "Answers cut at max_new_tokens (no EOS): null scores them as the RM reads them; a number "
                   "replaces their whitened R~_c (e.g. -1.0). Paper: not stated."},
     )
-    ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch (sec. 3.2.3: one step per mini-batch)."})
+    ppo_epochs: int = field(
+        default=1,
+        metadata={"range": AT_LEAST_ONE,
+                  "help": "Passes over each rollout batch (sec. 3.2.3: one step per mini-batch)."},
+    )
 
     # Optimiser (sec. 3.2.3 / pretraining AdamW)
-    learning_rate: float = field(default=1e-6, metadata={"help": "Policy LR, constant (sec. 3.2.3: 1e-6)."})
+    learning_rate: float = field(
+        default=1e-6, metadata={"range": POSITIVE, "help": "Policy LR, constant (sec. 3.2.3: 1e-6)."}
+    )
     value_learning_rate: float = field(
         default=1e-5,
-        metadata={"help": "Value-model LR, constant (paper: not stated; the critic must track returns faster than "
+        metadata={"range": POSITIVE,
+                  "help": "Value-model LR, constant (paper: not stated; the critic must track returns faster than "
                   "the policy moves, as OpenRLHF's 9e-6 critic vs 5e-7 actor)."},
     )
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (0.9)."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (0.95)."})
-    adam_epsilon: float = field(default=1e-5, metadata={"help": "AdamW eps (1e-5)."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (0.1), matrices only."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (1.0), per model."})
+    adam_beta1: float = field(default=0.9, metadata={"range": FRACTION, "help": "AdamW beta1 (0.9)."})
+    adam_beta2: float = field(default=0.95, metadata={"range": FRACTION, "help": "AdamW beta2 (0.95)."})
+    adam_epsilon: float = field(default=1e-5, metadata={"range": POSITIVE, "help": "AdamW eps (1e-5)."})
+    weight_decay: float = field(
+        default=0.1, metadata={"range": NON_NEGATIVE, "help": "AdamW weight decay (0.1), matrices only."}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"range": POSITIVE, "help": "Gradient clipping (1.0), per model."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (accelerate mixed precision)."})
 
     # Loop
-    num_iterations: int = field(default=200, metadata={"help": "PPO iterations (sec. 3.2.3: 200-400)."})
-    eval_every: int = field(default=10, metadata={"help": "Iterations between held-out evaluations (0: never)."})
+    num_iterations: int = field(
+        default=200, metadata={"range": AT_LEAST_ONE, "help": "PPO iterations (sec. 3.2.3: 200-400)."}
+    )
+    eval_every: int = field(
+        default=10, metadata={"range": NON_NEGATIVE, "help": "Iterations between held-out evaluations (0: never)."}
+    )
     early_stopping_patience: int = field(
-        default=5, metadata={"help": "Stop after this many evaluations without a better held-out R_c (0: never stop)."},
+        default=5,
+        metadata={"range": NON_NEGATIVE,
+                  "help": "Stop after this many evaluations without a better held-out R_c (0: never stop)."},
     )
     early_stopping_min_delta: float = field(
-        default=0.0, metadata={"help": "A held-out R_c counts as better only when it beats the best so far by more "
+        default=0.0,
+        metadata={"range": NON_NEGATIVE,
+                  "help": "A held-out R_c counts as better only when it beats the best so far by more "
                                        "than this: with a few held-out prompts and a noisy reward model, a "
                                        "smaller gain is noise, and the policy at PPO start is kept."},
     )
-    save_every: int = field(default=1, metadata={"help": "Iterations between checkpoints (resume point)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "Iteration checkpoints kept on disk."})
+    save_every: int = field(
+        default=1, metadata={"range": AT_LEAST_ONE, "help": "Iterations between checkpoints (resume point)."}
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"range": AT_LEAST_ONE, "help": "Iteration checkpoints kept on disk."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and initialisation."})
     output_dir: str = field(default="runs/ppo", metadata={"help": "Checkpoints, logs and the final policy."})
     report_to: list[str] = field(

@@ -31,7 +31,17 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from alignment.chat import check_chat_format, encode_prompt
-from alignment.config import DataError, RecipeError, config_to_dict, require_file
+from alignment.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    TOP_P,
+    DataError,
+    RecipeError,
+    config_to_dict,
+    require_file,
+)
 from alignment.data import (
     PromptRecord,
     append_jsonl,
@@ -77,7 +87,9 @@ class RejectionSamplingArguments:
         metadata={"help": "Prompt file (rows: prompt, is_safety_prompt, id) or builtin:demo-sft's prompts."},
     )
     prompts_split: str = field(default="train", metadata={"help": "Split of a hub prompt dataset."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Cap on prompts (demos, smoke tests)."})
+    max_prompts: int | None = field(
+        default=None, metadata={"range": AT_LEAST_ONE, "help": "Cap on prompts (demos, smoke tests)."}
+    )
     policy_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Model that samples; default model_name_or_path. A larger one distils into it (sec. 3.2.3)."},
@@ -88,24 +100,38 @@ class RejectionSamplingArguments:
         default=None, metadata={"help": "Chat format the RMs were trained with; default chat_format."}
     )
     reward_dtype: str = field(default="float32", metadata={"help": "Reward models' dtype."})
-    reward_batch_size: int = field(default=16, metadata={"help": "Pairs per reward-model forward."})
+    reward_batch_size: int = field(
+        default=16, metadata={"range": AT_LEAST_ONE, "help": "Pairs per reward-model forward."}
+    )
     safety_threshold: float = field(
-        default=SAFETY_THRESHOLD, metadata={"help": "R_c uses R_s where sigmoid(r_s) < this (sec. 3.2.3: 0.15)."}
+        default=SAFETY_THRESHOLD,
+        metadata={"range": OPEN_UNIT,
+                  "help": "R_c uses R_s where sigmoid(r_s) < this (sec. 3.2.3: 0.15)."}
     )
     num_samples: int = field(
         default=10,
-        metadata={"help": "K samples per prompt; the paper samples 10-100 (fig. 7). 0: no sampling, distil the pool."},
+        metadata={"range": NON_NEGATIVE,
+                  "help": "K samples per prompt; the paper samples 10-100 (fig. 7). 0: no sampling, distil the pool."},
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "Sampling T; re-tuned each iteration, [1.2, 1.3] best for the RLHF models (fig. 8)."},
+        metadata={"range": POSITIVE,
+                  "help": "Sampling T; re-tuned each iteration, [1.2, 1.3] best for the RLHF models (fig. 8)."},
     )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus; 1.0 = temperature only, as in the paper's RS."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Answer length budget (the paper is silent)."})
+    top_p: float = field(
+        default=1.0, metadata={"range": TOP_P, "help": "Nucleus; 1.0 = temperature only, as in the paper's RS."}
+    )
+    max_new_tokens: int = field(
+        default=512, metadata={"range": AT_LEAST_ONE, "help": "Answer length budget (the paper is silent)."}
+    )
     sampling_backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm."})
-    generation_batch_size: int = field(default=32, metadata={"help": "Sequences (prompts x K) decoded together."})
+    generation_batch_size: int = field(
+        default=32, metadata={"range": AT_LEAST_ONE, "help": "Sequences (prompts x K) decoded together."}
+    )
     prompt_chunk_size: int = field(
-        default=64, metadata={"help": "Prompts per chunk; samples are saved per chunk, a killed run resumes there."}
+        default=64,
+        metadata={"range": AT_LEAST_ONE,
+                  "help": "Prompts per chunk; samples are saved per chunk, a killed run resumes there."}
     )
     previous_samples: list[str] = field(
         default_factory=list,
@@ -123,21 +149,31 @@ class RejectionSamplingArguments:
                           "cut answer as finished, and fine-tuning would teach it to stop there)."},
     )
     temperature_sweep: list[float] = field(
-        default_factory=list, metadata={"help": "Temperatures to compare (fig. 8); empty: no sweep."}
+        default_factory=list,
+        metadata={"range": POSITIVE,
+                  "help": "Temperatures to compare (fig. 8); empty: no sweep."}
     )
-    sweep_num_prompts: int = field(default=32, metadata={"help": "Prompts (the first ones) used by the sweep."})
+    sweep_num_prompts: int = field(
+        default=32, metadata={"range": AT_LEAST_ONE, "help": "Prompts (the first ones) used by the sweep."}
+    )
     pick_temperature: bool = field(
         default=False, metadata={"help": "Sample with the sweep's best T (highest mean max-of-K reward)."}
     )
     reward_curve_ks: list[int] = field(
-        default_factory=list, metadata={"help": "K values of the max/median curve (fig. 7); default 1, 2, 4, ..., K."}
+        default_factory=list,
+        metadata={"range": AT_LEAST_ONE,
+                  "help": "K values of the max/median curve (fig. 7); default 1, 2, 4, ..., K."}
     )
     eval_prompts_name: str | None = field(
         default=None, metadata={"help": "Held-out prompts: mean R_c of the start and the fine-tuned model."}
     )
-    eval_num_samples: int = field(default=4, metadata={"help": "Samples per held-out prompt."})
-    eval_temperature: float = field(default=0.6, metadata={"help": "Evaluation sampling T (Llama 2 default 0.6)."})
-    eval_top_p: float = field(default=0.9, metadata={"help": "Evaluation top-p (Llama 2 default 0.9)."})
+    eval_num_samples: int = field(default=4, metadata={"range": AT_LEAST_ONE, "help": "Samples per held-out prompt."})
+    eval_temperature: float = field(
+        default=0.6, metadata={"range": POSITIVE, "help": "Evaluation sampling T (Llama 2 default 0.6)."}
+    )
+    eval_top_p: float = field(
+        default=0.9, metadata={"range": TOP_P, "help": "Evaluation top-p (Llama 2 default 0.9)."}
+    )
     fine_tune: bool = field(default=True, metadata={"help": "Fine-tune on the pool; false: only sample and pool."})
 
 

@@ -7,9 +7,11 @@ Written as `<run_dir>/report.json`, `report.md` and PNG plots beside them.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from alignment.data import atomic_write_json, atomic_write_text
+from alignment.ratings import RATINGS
 
 VERSION_KEYS = ("gold_helpfulness", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined",
                 "rm_helpfulness", "rm_safety")
@@ -60,8 +62,41 @@ def reward_accuracy(run_dir: Path, stages) -> list[dict]:
             continue
         result = _load_json(run_dir / stage.name / "eval.json")
         if result:
-            rows.append({"stage": stage.name, **{k: result[k] for k in ("accuracy", "per_rating") if k in result}})
+            rows.append({"stage": stage.name,
+                         **{k: result[k] for k in ("accuracy", "per_rating", "test_sets") if k in result}})
     return rows
+
+
+RATING_HEADERS = ("significantly better", "better", "slightly better", "negligibly better / unsure")
+MODEL_NAMES = {"reward_helpfulness": "Helpfulness RM", "reward_safety": "Safety RM"}
+
+
+def accuracy_cell(cell: dict | None) -> str:
+    """Accuracy in %, its binomial standard error, and the number of held-out pairs behind it."""
+    count = (cell or {}).get("count") or 0
+    accuracy = (cell or {}).get("accuracy")
+    if not count or accuracy is None:
+        return f"- (n={count})"
+    stderr = math.sqrt(accuracy * (1 - accuracy) / count)
+    return f"{100 * accuracy:.1f} ± {100 * stderr:.1f} (n={count})"
+
+
+def reward_accuracy_table(reward_rows: list[dict]) -> list[str]:
+    """Markdown lines: held-out accuracy per rating level in the layout of the paper's Table 8 (arXiv 2307.09288),
+    one row per iteration, model and test set; avg is the accuracy over all of the row's pairs."""
+    lines = ["| iteration | model | test set | " + " | ".join(RATING_HEADERS) + " | avg |",
+             "|---|---|---|" + "---|" * (len(RATINGS) + 1)]
+    for row in reward_rows:
+        if "accuracy" not in row:
+            continue
+        iteration, _, stage = row["stage"].rpartition("/")
+        model = MODEL_NAMES.get(stage, stage)
+        test_sets = {"all": row["accuracy"], **(row.get("test_sets") or {})}
+        for test_set, accuracy in test_sets.items():
+            cells = [accuracy_cell(accuracy.get(rating)) for rating in RATINGS]
+            lines.append(f"| {iteration} | {model} | {test_set} | " + " | ".join(cells)
+                         + f" | {accuracy_cell(accuracy.get('overall'))} |")
+    return lines
 
 
 def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) -> list[str]:
@@ -178,7 +213,12 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
     lines += ["", "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
               "safety prompts; gold figures: the world's judges (see alignment/world).", ""]
     if reward_rows:
-        lines += ["## Reward models: held-out accuracy", "", "```json", json.dumps(reward_rows, indent=1), "```", ""]
+        lines += ["## Reward models: held-out accuracy per rating level (Table 8 layout)", "",
+                  "Accuracy in % ± standard error (n = held-out pairs) of the reward models trained in each "
+                  "iteration, on their held-out comparisons (the reward stage's eval.json); test set 'all' is every "
+                  "held-out pair, the others split them by kind. Columns: the annotators' rating of the pair "
+                  "(arXiv 2307.09288, sec. 3.2.1); avg: all of the row's pairs.", "",
+                  *reward_accuracy_table(reward_rows), ""]
     lines += [f"![versions]({p})" for p in plots]
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return report

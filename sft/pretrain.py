@@ -17,7 +17,7 @@ from trl import SFTConfig
 from alignment.training import CpuBf16Mixin
 
 from alignment.batching import accumulation_steps, world_size
-from alignment.config import RecipeError, config_to_dict, require_file
+from alignment.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError, config_to_dict, require_file
 from alignment.data import atomic_write_json, load_rows
 from sft.trainer import COMPLETE_MARKER
 
@@ -29,38 +29,52 @@ class PretrainArguments:
         metadata={"help": "Model (or, with from_scratch, the tokenizer) to start from."},
     )
     from_scratch: bool = field(default=True, metadata={"help": "Fresh random weights of the size below."})
-    hidden_size: int = field(default=128, metadata={"help": "Width of a from-scratch model."})
-    intermediate_size: int = field(default=352, metadata={"help": "SwiGLU width of a from-scratch model."})
-    num_hidden_layers: int = field(default=4, metadata={"help": "Layers of a from-scratch model."})
-    num_attention_heads: int = field(default=4, metadata={"help": "Query heads."})
-    num_key_value_heads: int = field(default=2, metadata={"help": "KV heads (grouped-query attention)."})
+    hidden_size: int = field(default=128, metadata={"range": AT_LEAST_ONE, "help": "Width of a from-scratch model."})
+    intermediate_size: int = field(
+        default=352, metadata={"range": AT_LEAST_ONE, "help": "SwiGLU width of a from-scratch model."}
+    )
+    num_hidden_layers: int = field(
+        default=4, metadata={"range": AT_LEAST_ONE, "help": "Layers of a from-scratch model."}
+    )
+    num_attention_heads: int = field(default=4, metadata={"range": AT_LEAST_ONE, "help": "Query heads."})
+    num_key_value_heads: int = field(
+        default=2, metadata={"range": AT_LEAST_ONE, "help": "KV heads (grouped-query attention)."}
+    )
     corpus: str = field(default="builtin:world", metadata={"help": "JSONL with a 'text' field, or builtin:world."})
-    corpus_docs: int = field(default=20000, metadata={"help": "Documents drawn from builtin:world."})
+    corpus_docs: int = field(
+        default=20000, metadata={"range": AT_LEAST_ONE, "help": "Documents drawn from builtin:world."}
+    )
     corpus_seed: int = field(default=0, metadata={"help": "Seed of the builtin:world corpus."})
-    global_batch_size: int = field(default=32, metadata={"help": "Effective batch in packed sequences."})
+    global_batch_size: int = field(
+        default=32, metadata={"range": AT_LEAST_ONE, "help": "Effective batch in packed sequences."}
+    )
 
 
 @dataclass
 class Llama2PretrainConfig(CpuBf16Mixin, SFTConfig):
-    learning_rate: float = field(default=3e-3, metadata={"help": "Peak LR (tiny models need a large one)."})
+    learning_rate: float = field(
+        default=3e-3, metadata={"range": POSITIVE, "help": "Peak LR (tiny models need a large one)."}
+    )
     lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Cosine to 10% of peak."})
     lr_scheduler_kwargs: dict | str | None = field(
         default_factory=lambda: {"min_lr_rate": 0.1}, metadata={"help": "Final LR = 10% of peak (pretraining)."}
     )
-    warmup_steps: float = field(default=20, metadata={"help": "Linear warmup steps (2000 at 7B scale)."})
-    weight_decay: float = field(default=0.1, metadata={"help": "Weight decay 0.1."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 0.95."})
-    adam_epsilon: float = field(default=1e-5, metadata={"help": "AdamW eps 1e-5."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping 1.0."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the corpus."})
-    max_length: int | None = field(default=256, metadata={"help": "Packed sequence length."})
+    warmup_steps: float = field(
+        default=20, metadata={"range": NON_NEGATIVE, "help": "Linear warmup steps (2000 at 7B scale)."}
+    )
+    weight_decay: float = field(default=0.1, metadata={"range": NON_NEGATIVE, "help": "Weight decay 0.1."})
+    adam_beta2: float = field(default=0.95, metadata={"range": FRACTION, "help": "AdamW beta2 0.95."})
+    adam_epsilon: float = field(default=1e-5, metadata={"range": POSITIVE, "help": "AdamW eps 1e-5."})
+    max_grad_norm: float = field(default=1.0, metadata={"range": NON_NEGATIVE, "help": "Gradient clipping 1.0."})
+    num_train_epochs: float = field(default=1.0, metadata={"range": POSITIVE, "help": "Passes over the corpus."})
+    max_length: int | None = field(default=256, metadata={"range": AT_LEAST_ONE, "help": "Packed sequence length."})
     packing: bool = field(default=True, metadata={"help": "Pack documents into full sequences."})
     packing_strategy: str = field(default="wrapped", metadata={"help": "Pretraining packs across documents."})
     completion_only_loss: bool | None = field(default=False, metadata={"help": "Loss on every token."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
-    save_steps: float = field(default=100, metadata={"help": "Steps between checkpoints."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    logging_steps: float = field(default=20, metadata={"help": "Steps between log lines."})
+    save_steps: float = field(default=100, metadata={"range": POSITIVE, "help": "Steps between checkpoints."})
+    save_total_limit: int | None = field(default=2, metadata={"range": AT_LEAST_ONE, "help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"range": POSITIVE, "help": "Steps between log lines."})
     report_to: list[str] | str | None = field(default="none", metadata={"help": "Trackers."})
     output_dir: str | None = field(default="runs/pretrain", metadata={"help": "Where the base model goes."})
 

@@ -85,6 +85,7 @@ def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | No
         data_args.global_batch_size, training_args.per_device_train_batch_size, world_size()
     )
     skipped = SkipCounter()
+    source = data_args.dataset_name if dialogs is None else "the given dialogs"
     if dialogs is None:
         dialogs = load_dialogs(
             resolve_dataset(data_args.dataset_name), data_args.dataset_split, data_args.skip_bad_rows, skipped
@@ -93,7 +94,9 @@ def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | No
     if data_args.max_train_rows:
         train_dialogs = train_dialogs[: data_args.max_train_rows]
     if not train_dialogs:
-        raise RecipeError("no training rows left after loading and splitting")
+        raise RecipeError(f"{source}: no training rows left after loading and splitting ({len(dialogs)} loaded, "
+                          f"{skipped.total} skipped as bad, eval_fraction {data_args.eval_fraction}, "
+                          f"max_train_rows {data_args.max_train_rows})")
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     check_chat_format(model_args.chat_format, tokenizer)
