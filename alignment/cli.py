@@ -15,36 +15,20 @@ from __future__ import annotations
 import argparse
 import runpy
 import sys
-from pathlib import Path
 
 from alignment.config import RecipeError, run_cli
-
-STAGES = {
-    "pipeline": "pipeline.py",
-    "pretrain": "pretrain.py",
-    "sft": "sft.py",
-    "reward": "reward.py",
-    "rejection-sampling": "rejection_sampling.py",
-    "ppo": "ppo.py",
-    "collect": "collect.py",
-    "evaluate": "evaluate.py",
-}
-
-
-def recipes_dir() -> Path:
-    path = Path(__file__).resolve().parents[1] / "recipes"
-    if not path.is_dir():
-        raise RecipeError("the recipes/ folder is not next to the package: install from a checkout (pip install -e .)")
-    return path
-
+from alignment.stages import BY_NAME
 
 def run_stage(name: str, argv: list[str]) -> None:
-    script = recipes_dir() / STAGES[name]
+    script = BY_NAME[name].script_path
+    if not script.is_file():
+        raise RecipeError("the recipes/ folder is not next to the package: install from a checkout (pip install -e .)")
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")
 
 
 def build_tiny_model(argv: list[str]) -> None:
+    # Deferred here and below: a command's imports (torch, transformers) would make every --help slow.
     from alignment.tiny import build_tiny_llama, default_tokenizer_texts
 
     parser = argparse.ArgumentParser(prog="llama2-align tiny-model")
@@ -73,13 +57,13 @@ def dry_run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {**{name: None for name in STAGES}, "tiny-model": build_tiny_model, "convert-gguf": convert,
+    commands = {**{name: None for name in BY_NAME}, "tiny-model": build_tiny_model, "convert-gguf": convert,
                 "dry-run": dry_run}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    if command in STAGES:
+    if command in BY_NAME:
         run_stage(command, rest)
     else:
         run_cli(lambda: commands[command](rest))

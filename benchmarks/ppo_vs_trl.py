@@ -44,7 +44,7 @@ def build_reward_checkpoint(path: Path) -> str:
 
 
 def world_prompts():
-    from rlhf.ppo_judges import world_prompt_records
+    from alignment.world.scorers import world_prompt_records
 
     return world_prompt_records("train")[:N_PROMPTS]
 

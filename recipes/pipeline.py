@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 
 from alignment.config import HELP_FLAGS, RecipeError, recipe_help, run_cli, split_config_arg  # noqa: E402
-from rlhf.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from alignment.pipeline.runner import PipelineConfig, run_pipeline  # noqa: E402
 
 
 @dataclass

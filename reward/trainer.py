@@ -25,11 +25,11 @@ from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text, held_out_share
 from alignment.training import train_resumable
+from alignment.stages import COMPLETE_MARKER
 from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
 from reward.loss import MARGIN_TABLES, margin_for
 
-COMPLETE_MARKER = "stage_complete.json"
 SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
 RUN_IDENTITY = ("model_name_or_path", "reward_model", "comparison_files", "sources", "eval_files", "eval_fraction",

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, RecipeError, require_file
 from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_prompts, read_jsonl_tolerant
+from alignment.stages import COMPLETE_MARKER
 
 ANNOTATORS = ("world", "file")
 COMPARISONS_FILE = "comparisons.jsonl"
 SKIPPED_FILE = "skipped_prompts.jsonl"
-COMPLETE_MARKER = "stage_complete.json"
 
 
 @dataclass

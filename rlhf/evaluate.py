@@ -13,10 +13,10 @@ from pathlib import Path
 
 from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, require_file
 from alignment.data import atomic_write_json, load_prompts, read_jsonl_tolerant
+from alignment.stages import COMPLETE_MARKER
 
 RESPONSES_FILE = "responses.jsonl"
 EVAL_FILE = "eval.json"
-COMPLETE_MARKER = "stage_complete.json"
 
 
 @dataclass

@@ -241,7 +241,7 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
     if not name:
         raise RecipeError(f"{kind}_model is not set: name a reward checkpoint or builtin:world-{kind}")
     if name.startswith("builtin:world"):
-        from rlhf.ppo_judges import WORLD_JUDGES, WorldJudgeScorer
+        from alignment.world.scorers import WORLD_JUDGES, WorldJudgeScorer
 
         if name not in WORLD_JUDGES:
             raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
@@ -273,7 +273,7 @@ def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimi
 def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """(training prompts, held-out prompts for early stopping)."""
     if config.prompts_name == BUILTIN_PROMPTS:
-        from rlhf.ppo_judges import world_prompt_records
+        from alignment.world.scorers import world_prompt_records
 
         train, heldout = world_prompt_records("train"), world_prompt_records("heldout")
     else:
@@ -289,7 +289,7 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
             train = [p for i, p in enumerate(train) if i not in held]
     if config.heldout_prompts_name is not None:
         if config.heldout_prompts_name == BUILTIN_PROMPTS:
-            from rlhf.ppo_judges import world_prompt_records
+            from alignment.world.scorers import world_prompt_records
 
             heldout = world_prompt_records("heldout")
         else:

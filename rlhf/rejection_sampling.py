@@ -54,6 +54,7 @@ from alignment.data import (
     row_to_prompt,
 )
 from alignment.models import load_causal_lm, load_tokenizer
+from alignment.stages import COMPLETE_MARKER
 from reward.scoring import RewardScorer
 from rlhf.rewards import SAFETY_THRESHOLD
 from rlhf.rs_reports import write_reward_vs_k, write_reward_vs_temperature
@@ -72,7 +73,6 @@ from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams, mak
 from rlhf.scoring import Scorer, score_samples
 from sft.trainer import run_sft, validate_sft_inputs
 
-COMPLETE_MARKER = "stage_complete.json"  # the name sft.trainer writes; ours replaces it when the stage ends
 SAMPLES_FILE = "samples.jsonl"
 SWEEP_FILE = "sweep_samples.jsonl"
 POOL_FILE = "pool.jsonl"

@@ -18,8 +18,8 @@ from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, atomic_write_json, load_dialogs, resolve_dataset, split_by_key
 from alignment.training import train_resumable
+from alignment.stages import COMPLETE_MARKER
 
-COMPLETE_MARKER = "stage_complete.json"
 
 
 def validate_sft_inputs(model_args, data_args, training_args) -> None:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from alignment.config import RecipeError
-from rlhf import pipeline
-from rlhf.pipeline import load_pipeline_config, plan_stages, stage_hashes, validate_stages, write_world_data
+from alignment.pipeline import runner as pipeline
+from alignment.pipeline.runner import load_pipeline_config, plan_stages, stage_hashes, validate_stages, write_world_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,8 +144,7 @@ def _fake_stage_launcher(log: Path, fail_on: str | None):
 
 def test_rerun_skips_finished_stages_and_redoes_only_the_interrupted_one(tmp_path, monkeypatch):
     path = write_recipe(tmp_path, iterations=2, ppo_from_iteration=3)
-    monkeypatch.setattr(pipeline, "write_report", lambda *a: {"versions": []}, raising=False)
-    monkeypatch.setattr("rlhf.report.write_report", lambda *a: {"versions": []})
+    monkeypatch.setattr(pipeline, "write_report", lambda *a: {"versions": []})
     log = tmp_path / "launched.txt"
     monkeypatch.setattr(pipeline, "launch_command", _fake_stage_launcher(log, fail_on="RLHF-V1/rejection_sampling"))
     with pytest.raises(RecipeError, match="stage RLHF-V1/rejection_sampling failed"):

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alignment.stages import BY_NAME
 from alignment import cli
 from alignment.config import RecipeError, Range, check_recipe_keys, parse_recipe
-from rlhf.pipeline import (
+from alignment.pipeline.runner import (
     PipelineConfig,
     load_pipeline_config,
     plan_stages,
@@ -106,14 +107,14 @@ def test_pipeline_help_lists_its_fields_and_the_dotted_sections(monkeypatch, cap
     assert "RLHF-V1..Vn (the paper: 5). Range: >= 1. (default: 5)" in out
 
 
-@pytest.mark.parametrize("command", [*cli.STAGES])
+@pytest.mark.parametrize("command", [*BY_NAME])
 def test_console_command_passes_help_to_every_stage(monkeypatch, capsys, command):
     monkeypatch.setattr(sys, "path", list(sys.path))
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: {cli.STAGES[command]} [--config RECIPE.yaml]")
+    assert out.startswith(f"usage: {BY_NAME[command].script} [--config RECIPE.yaml]")
     assert "--run_dir" in out if command == "pipeline" else "--output_dir" in out
 
 
@@ -186,7 +187,7 @@ def test_pipeline_override_errors_are_one_line(tmp_path, argv, message):
 
 def test_pipeline_script_passes_overrides_and_stop_after(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("rlhf.pipeline.run_pipeline", lambda path, stop_after=None, overrides=None:
+    monkeypatch.setattr("alignment.pipeline.runner.run_pipeline", lambda path, stop_after=None, overrides=None:
                         calls.append((path, stop_after, overrides)) or {})
     argv = [str(REPO / "recipes/pipeline.py"), "--config", "p.yaml", "--run_dir", "runs/x", "--stop_after",
             "RLHF-V1/collect", "--sft.learning_rate", "1e-4"]

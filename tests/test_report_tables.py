@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from rlhf.pipeline import Stage
-from rlhf.report import accuracy_cell, reward_accuracy, reward_accuracy_table, write_report
+from alignment.pipeline.manifest import Stage
+from alignment.pipeline.report import accuracy_cell, reward_accuracy, reward_accuracy_table, write_report
 
 
 def level(accuracy, count):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from alignment.config import (
     AT_LEAST_ONE,
@@ -44,12 +45,16 @@ from alignment.config import (
     parse_overrides,
     section_fields,
 )
-from alignment.data import atomic_write_json
+from alignment.data import atomic_write_json, atomic_write_text
+from alignment.pipeline.manifest import MANIFEST, Stage, read_manifest
+from alignment.pipeline.report import write_report
+from alignment.stages import BY_SECTION, RECIPES_DIR, STAGES, stage_by_script
+from alignment.world import eval_prompts, sample_prompts, sft_demonstrations
 
-MANIFEST = "manifest.json"
 LAUNCHERS = ("auto", "accelerate", "python")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = REPO_ROOT / "recipes"
+REPO_ROOT = RECIPES_DIR.parent
+# Every stage's modules (torch, transformers, TRL, ...) are imported here, once: forked stages inherit them.
+STAGE_CONFIG_TYPES = {spec.script: spec.config_types() for spec in STAGES if spec.name != "pipeline"}
 
 
 @dataclass
@@ -113,66 +118,17 @@ WORLD_DEFAULTS = {
 WORLD_RANGES = {"annotator_noise": NON_NEGATIVE, "sft_closing_share": PROBABILITY,
                 **{key: AT_LEAST_ONE for key in WORLD_DEFAULTS if key.endswith(("_demonstrations", "_prompts",
                                                                                 "_per_iteration", "_per_family"))}}
-# The recipe's stage sections and the stage script each one configures.
-SECTION_SCRIPTS = {"pretrain": "pretrain.py", "sft": "sft.py", "collect": "collect.py",
-                   "reward_helpfulness": "reward.py", "reward_safety": "reward.py",
-                   "rejection_sampling": "rejection_sampling.py", "ppo": "ppo.py", "evaluate": "evaluate.py"}
 MAX_ITERATIONS = 20
 
 
-@dataclass
-class Stage:
-    name: str                 # e.g. "RLHF-V2/reward_safety"
-    script: str               # file name in recipes/
-    config: dict
-    depends_on: list[str]
-    version: str | None = None  # the model version this stage produces or judges, for the report
-
-    @property
-    def folder(self) -> str:
-        return self.name
-
-    def __post_init__(self) -> None:
-        self.depends_on = list(dict.fromkeys(self.depends_on))
-
-
-def stage_config_types(script: str):
+def stage_config_types(script: str) -> tuple[type, ...]:
     """The dataclasses a stage script parses, to validate the pipeline recipe before anything runs."""
-    if script == "pretrain.py":
-        from sft.pretrain import Llama2PretrainConfig, PretrainArguments
-
-        return (PretrainArguments, Llama2PretrainConfig)
-    if script == "sft.py":
-        from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
-
-        return (ModelArguments, DataArguments, Llama2SFTConfig)
-    if script == "collect.py":
-        from rlhf.collect import CollectConfig
-
-        return (CollectConfig,)
-    if script == "evaluate.py":
-        from rlhf.evaluate import EvaluateConfig
-
-        return (EvaluateConfig,)
-    if script == "reward.py":
-        from reward.config import Llama2RewardConfig
-
-        return (Llama2RewardConfig,)
-    if script == "rejection_sampling.py":
-        from rlhf.rejection_sampling import RejectionSamplingArguments
-        from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
-
-        return (RejectionSamplingArguments, ModelArguments, DataArguments, Llama2SFTConfig)
-    if script == "ppo.py":
-        from rlhf.ppo_config import PPOConfig
-
-        return (PPOConfig,)
-    raise RecipeError(f"unknown stage script {script}")
+    return STAGE_CONFIG_TYPES[stage_by_script(script).script]
 
 
 def pipeline_sections() -> dict[str, dict]:
     """The keys of each mapping section of a pipeline recipe, with their types and ranges (for `--section.key`)."""
-    sections = {name: section_fields(stage_config_types(script)) for name, script in SECTION_SCRIPTS.items()}
+    sections = {name: section_fields(stage_config_types(spec.script)) for name, spec in BY_SECTION.items()}
     sections["world"] = {key: (dict if isinstance(default, dict) else type(default), WORLD_RANGES.get(key))
                          for key, default in WORLD_DEFAULTS.items()}
     sections["data_files"] = {key: (str, None) for key in ("sft", "eval", "ppo", *(
@@ -216,8 +172,6 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
 
 def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
     """Prompt and demonstration files for every stage; deterministic, so re-runs rewrite identical files."""
-    from alignment.world import eval_prompts, sample_prompts, sft_demonstrations
-
     world = {**WORLD_DEFAULTS, **config.world}
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -245,8 +199,6 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
         path = data_dir / f"{name}.jsonl"
         text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
         if not path.exists() or path.read_text() != text:
-            from alignment.data import atomic_write_text
-
             atomic_write_text(path, text)
         paths[name] = str(path)
     return paths
@@ -427,16 +379,7 @@ def run_stage(config: PipelineConfig, stage: Stage, recipe_path: Path, output_di
                               env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
 
 
-def read_manifest(run_dir: Path) -> dict:
-    path = run_dir / MANIFEST
-    if not path.exists():
-        return {"stages": {}}
-    return json.loads(path.read_text())
-
-
 def run_pipeline(config_path: str, stop_after: str | None = None, overrides: list[str] | None = None) -> dict:
-    import yaml
-
     config = load_pipeline_config(config_path, overrides)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -478,8 +421,6 @@ def run_pipeline(config_path: str, stop_after: str | None = None, overrides: lis
         print(f"    finished in {time.time() - stage_start:.0f}s", flush=True)
         if stop_after and stage.name == stop_after:
             return manifest
-    from rlhf.report import write_report
-
     report = write_report(config, run_dir, stages, data)
     manifest["wall_seconds"] = wall_before + time.time() - started
     atomic_write_json(run_dir / MANIFEST, manifest)

@@ -10,8 +10,10 @@ import json
 import math
 from pathlib import Path
 
-from alignment.data import atomic_write_json, atomic_write_text
+from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant
+from alignment.pipeline.manifest import read_manifest
 from alignment.ratings import RATINGS
+from rlhf.evaluate import EvaluateConfig, run_evaluate
 
 VERSION_KEYS = ("gold_helpfulness", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined",
                 "rm_helpfulness", "rm_safety")
@@ -30,8 +32,6 @@ def final_reward_models(stages) -> tuple[str | None, str | None]:
 def version_rows(config, run_dir: Path, stages, data: dict) -> list[dict]:
     """Gold figures from each version's evaluation; RM figures re-scored with the final R_h and R_s, so every
     version is judged by the same reward models."""
-    from rlhf.evaluate import EvaluateConfig, run_evaluate
-
     rm_h, rm_s = final_reward_models(stages)
     rows = []
     for stage in stages:
@@ -163,8 +163,6 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.legend(fontsize=6, ncol=2)
         save(fig, "report_rejection_sampling.png")
 
-    from alignment.data import read_jsonl_tolerant
-
     ppo_runs = [(s.name, read_jsonl_tolerant(run_dir / s.name / "metrics.jsonl")) for s in stages if s.script == "ppo.py"]
     ppo_runs = [(name, rows) for name, rows in ppo_runs if rows]
     if ppo_runs:
@@ -183,8 +181,6 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
 
 
 def write_report(config, run_dir: Path, stages, data: dict) -> dict:
-    from rlhf.pipeline import read_manifest
-
     versions = version_rows(config, run_dir, stages, data)
     reward_rows = reward_accuracy(run_dir, stages)
     manifest = read_manifest(run_dir)
