@@ -21,11 +21,29 @@ def is_finished(row: dict) -> bool:
     return row.get("finished", True) is not False
 
 
+def flagged_unsafe(row: dict) -> bool:
+    """R_c came from R_s on a prompt that is not a safety prompt: sigmoid(R_s) < 0.15 flagged the answer."""
+    return bool(row.get("use_safety")) and not row.get("is_safety_prompt", False)
+
+
+def selection_rank(row: dict) -> tuple[bool, float]:
+    """Best first: an answer the safety gate flagged ranks below every unflagged one, then by R_c.
+
+    R_c puts a flagged answer on R_s's scale (below logit(0.15) = -1.73) and the others on R_h's, which is
+    not calibrated to it: in the committed tiny run, on the 32 RLHF-V1 prompts with both kinds of samples,
+    a flagged answer won 6 times, because R_h scored every unflagged rival lower. Picking an answer R_s
+    calls unsafe while one it does not is at hand contradicts the gate's purpose; PPO keeps the paper's R_c
+    (the flagged answer's low R_s is its penalty there).
+    """
+    return (flagged_unsafe(row), -row["r_c"])
+
+
 def top_of_k(rows: Iterable[dict], top: int = 1, drop_unfinished: bool = True) -> list[dict]:
     """Per prompt, its `top` samples by R_c, best first; prompts come out in order of first appearance.
 
     Ties go to the lowest `sample_index` (then the earlier row), so the choice never depends on dict or file
-    order. Unfinished samples (cut at max_new_tokens) are left out unless `drop_unfinished` is false: the
+    order; answers the safety gate flagged rank last (`selection_rank`). Unfinished samples (cut at
+    max_new_tokens) are left out unless `drop_unfinished` is false: the
     reward models score the text as if it had ended, and fine-tuning on one would teach "half an answer, then
     EOS". A prompt whose samples were all cut gets no winner.
     """
@@ -36,7 +54,7 @@ def top_of_k(rows: Iterable[dict], top: int = 1, drop_unfinished: bool = True) -
             group.append((order, row))
     ranked = []
     for group in groups.values():
-        group.sort(key=lambda item: (-item[1]["r_c"], item[1].get("sample_index", 0), item[0]))
+        group.sort(key=lambda item: (*selection_rank(item[1]), item[1].get("sample_index", 0), item[0]))
         ranked += [row for _, row in group[:top]]
     return ranked
 
@@ -50,7 +68,7 @@ def pool_best(candidates_by_iteration: Sequence[Sequence[dict]], drop_unfinished
     """Per prompt, the best candidate across iterations, every candidate scored by the *current* reward models.
 
     `candidates_by_iteration[0]` is this iteration's best-of-K, then earlier iterations' top samples, newest
-    first. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts seen only in earlier
+    first, ranked by `selection_rank`. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts seen only in earlier
     iterations stay in the pool: after RLHF-V3 the top samples of all prior iterations were pooled, because
     using only the previous iteration's samples caused regressions (sec. 3.2.3).
     """
@@ -60,7 +78,7 @@ def pool_best(candidates_by_iteration: Sequence[Sequence[dict]], drop_unfinished
             if drop_unfinished and not is_finished(row):
                 continue
             key = prompt_key(row["messages"])
-            if key not in pool or row["r_c"] > pool[key]["r_c"]:
+            if key not in pool or selection_rank(row) < selection_rank(pool[key]):
                 pool[key] = row
     return list(pool.values())
 

@@ -116,6 +116,17 @@ def test_unfinished_samples_never_win_best_of_k_or_the_pool():
     assert [b["response"] for b in pool_best([best_of_k(rows), older])] == ["whole"]
 
 
+def test_an_answer_the_safety_gate_flagged_wins_only_when_every_answer_was_flagged():
+    """R_c mixes scales: a flagged answer's R_s (-1.8) would beat an unflagged one's R_h (-2.5)."""
+    flagged = {**row("p", 0, -1.8, "flagged"), "use_safety": True}
+    safe = {**row("p", 1, -2.5, "safe"), "use_safety": False}
+    assert [b["response"] for b in best_of_k([flagged, safe])] == ["safe"]
+    assert [b["response"] for b in best_of_k([flagged, {**safe, "use_safety": True, "r_c": -2.5}])] == ["flagged"]
+    on_safety_prompt = [{**r, "is_safety_prompt": True, "use_safety": True} for r in (flagged, safe)]
+    assert [b["response"] for b in best_of_k(on_safety_prompt)] == ["flagged"]  # R_s is the score there
+    assert [b["response"] for b in pool_best([[flagged], [safe]])] == ["safe"]
+
+
 def test_earlier_iterations_offer_their_top_samples_to_the_current_reward_models(tmp_path):
     """The current RMs may prefer an earlier iteration's runner-up to the answer its own RMs picked."""
     path = tmp_path / "samples.jsonl"
