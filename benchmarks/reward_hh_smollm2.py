@@ -66,7 +66,7 @@ def throughput_run(args, out: Path) -> dict:
     from alignment.models import load_tokenizer
     from reward.data import load_comparisons
     from reward.scoring import load_reward_model, prepare_reward_tokenizer
-    from reward.trainer import reward_trainer_class, tokenize_comparisons
+    from reward.trainer import Llama2RewardTrainer, tokenize_comparisons
 
     model_name = "builtin:smollm2-135m-instruct"
     tokenizer = prepare_reward_tokenizer(load_tokenizer(model_name))
@@ -91,7 +91,7 @@ def throughput_run(args, out: Path) -> dict:
     plain = RewardConfig(output_dir=str(out / "tp_trl"), **common)  # TRL defaults otherwise
 
     def run_ours() -> tuple[dict, object]:
-        trainer = reward_trainer_class()(model=load_reward_model(model_name), args=ours,
+        trainer = Llama2RewardTrainer(model=load_reward_model(model_name), args=ours,
                                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         return _timed(trainer, pairs), trainer
 

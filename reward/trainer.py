@@ -20,15 +20,26 @@ import json
 import time
 from pathlib import Path
 
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import set_seed
+from trl import RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
+
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text, held_out_share
-from alignment.training import train_resumable
+from alignment.distributed import GlobalLengthGroupedSampler
+from alignment.models import load_tokenizer
 from alignment.stages import COMPLETE_MARKER
+from alignment.training import train_resumable
 from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
-from reward.loss import MARGIN_TABLES, margin_for
+from reward.evaluate import calibrate_safety_offset, evaluate_reward_model, report_markdown
+from reward.loss import MARGIN_TABLES, margin_for, ranking_loss
+from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
 
 SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
@@ -145,118 +156,107 @@ def tokenize_comparisons(comparisons: list[Comparison], tokenizer, chat_format: 
     return rows, truncated
 
 
-def reward_trainer_class():
-    import torch
-    from trl import RewardTrainer
-    from trl.trainer.reward_trainer import DataCollatorForPreference
+class WeightedPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator, plus each pair's `weight` (0 for a padding pair, 1 when absent)."""
 
-    from alignment.distributed import GlobalLengthGroupedSampler
-    from reward.loss import ranking_loss
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+        return batch
 
-    class WeightedPreferenceCollator(DataCollatorForPreference):
-        """TRL's preference collator, plus each pair's `weight` (0 for a padding pair, 1 when absent)."""
 
-        def torch_call(self, examples):
-            batch = super().torch_call(examples)
-            batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
-            return batch
+class Llama2RewardTrainer(RewardTrainer):
+    """RewardTrainer whose steps are those of one process on any number of processes.
 
-    class Llama2RewardTrainer(RewardTrainer):
-        """RewardTrainer whose steps are those of one process on any number of processes.
+    - The loss of an optimizer step is the mean of -log sigmoid(r_c - r_r - m) over the real pairs of the
+      global batch: each micro-batch adds its weighted sum divided by that count (`_get_num_items_in_batch`,
+      all micro-batches, all processes), times the process count that DDP's gradient averaging divides by.
+      TRL instead averages per micro-batch, so an uneven last step and padding pairs would skew it.
+    - The logged metrics are over the real pairs of the logging window, gathered from every process:
+      accuracy, margin and mean reward are per-pair means, min/max reward the window's extremes (TRL
+      averages per-micro-batch values, which depend on how the batch is split), num_tokens counts real
+      sequences only.
+    - Length-grouped batching groups by the global batch (`GlobalLengthGroupedSampler`), and the `length`
+      and `weight` columns are kept.
+    """
 
-        - The loss of an optimizer step is the mean of -log sigmoid(r_c - r_r - m) over the real pairs of the
-          global batch: each micro-batch adds its weighted sum divided by that count (`_get_num_items_in_batch`,
-          all micro-batches, all processes), times the process count that DDP's gradient averaging divides by.
-          TRL instead averages per micro-batch, so an uneven last step and padding pairs would skew it.
-        - The logged metrics are over the real pairs of the logging window, gathered from every process:
-          accuracy, margin and mean reward are per-pair means, min/max reward the window's extremes (TRL
-          averages per-micro-batch values, which depend on how the batch is split), num_tokens counts real
-          sequences only.
-        - Length-grouped batching groups by the global batch (`GlobalLengthGroupedSampler`), and the `length`
-          and `weight` columns are kept.
-        """
+    loss_is_scaled_for_ga = True  # normalised over the global batch in compute_loss
 
-        loss_is_scaled_for_ga = True  # normalised over the global batch in compute_loss
+    def __init__(self, model, args, processing_class, data_collator=None, **kwargs):
+        if data_collator is None:
+            data_collator = WeightedPreferenceCollator(pad_token_id=processing_class.pad_token_id,
+                                                       pad_to_multiple_of=args.pad_to_multiple_of)
+        super().__init__(model=model, args=args, processing_class=processing_class, data_collator=data_collator,
+                         **kwargs)
 
-        def __init__(self, model, args, processing_class, data_collator=None, **kwargs):
-            if data_collator is None:
-                data_collator = WeightedPreferenceCollator(pad_token_id=processing_class.pad_token_id,
-                                                           pad_to_multiple_of=args.pad_to_multiple_of)
-            super().__init__(model=model, args=args, processing_class=processing_class, data_collator=data_collator,
-                             **kwargs)
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns,
+                                   *(c for c in ("length", "weight") if c not in self._signature_columns)]
 
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            self._signature_columns = [*self._signature_columns,
-                                       *(c for c in ("length", "weight") if c not in self._signature_columns)]
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or ()
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in columns:
+            return super()._get_train_sampler(train_dataset)
+        global_batch = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                        * self.accelerator.num_processes)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return GlobalLengthGroupedSampler(dataset["length"], global_batch, seed)
 
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            columns = getattr(dataset, "column_names", None) or ()
-            if self.args.train_sampling_strategy != "group_by_length" or "length" not in columns:
-                return super()._get_train_sampler(train_dataset)
-            global_batch = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-                            * self.accelerator.num_processes)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return GlobalLengthGroupedSampler(dataset["length"], global_batch, seed)
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """Real pairs in this optimizer step: every micro-batch of every process (the loss divisor)."""
+        if not batch_samples:
+            return None
+        pairs = sum(float(b["weight"].sum()) if "weight" in b else b["input_ids"].shape[0] / 2
+                    for b in batch_samples)
+        pairs = torch.tensor([pairs], device=device)
+        if self.accelerator.num_processes > 1:
+            pairs = self.accelerator.gather(pairs)
+        return pairs.sum()
 
-        def _get_num_items_in_batch(self, batch_samples, device):
-            """Real pairs in this optimizer step: every micro-batch of every process (the loss divisor)."""
-            if not batch_samples:
-                return None
-            pairs = sum(float(b["weight"].sum()) if "weight" in b else b["input_ids"].shape[0] / 2
-                        for b in batch_samples)
-            pairs = torch.tensor([pairs], device=device)
-            if self.accelerator.num_processes > 1:
-                pairs = self.accelerator.gather(pairs)
-            return pairs.sum()
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        weight = inputs.pop("weight", None)
+        margin = inputs.pop("margin", None)
+        outputs = model(**inputs, use_cache=False)
+        chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        if weight is None:
+            weight = torch.ones_like(chosen)
+        weight = weight.to(device=chosen.device, dtype=torch.float32)
+        if mode == "train" and num_items_in_batch is not None:
+            divisor, scale = num_items_in_batch, self.accelerator.num_processes
+        else:  # a batch on its own (evaluate, direct calls): the mean over its real pairs
+            divisor, scale = weight.sum().clamp(min=1), 1
+        loss = ranking_loss(chosen.float(), rejected.float(), margin, weight, num_pairs=divisor)
+        if self.args.center_rewards_coefficient is not None:
+            centre = (weight * (chosen.float() + rejected.float()) ** 2).sum() / divisor
+            loss = loss + self.args.center_rewards_coefficient * centre
+        self._record_metrics(mode, chosen, rejected, weight, inputs["attention_mask"])
+        loss = loss * scale
+        return (loss, outputs) if return_outputs else loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            mode = "train" if self.model.training else "eval"
-            weight = inputs.pop("weight", None)
-            margin = inputs.pop("margin", None)
-            outputs = model(**inputs, use_cache=False)
-            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            if weight is None:
-                weight = torch.ones_like(chosen)
-            weight = weight.to(device=chosen.device, dtype=torch.float32)
-            if mode == "train" and num_items_in_batch is not None:
-                divisor, scale = num_items_in_batch, self.accelerator.num_processes
-            else:  # a batch on its own (evaluate, direct calls): the mean over its real pairs
-                divisor, scale = weight.sum().clamp(min=1), 1
-            loss = ranking_loss(chosen.float(), rejected.float(), margin, weight, num_pairs=divisor)
-            if self.args.center_rewards_coefficient is not None:
-                centre = (weight * (chosen.float() + rejected.float()) ** 2).sum() / divisor
-                loss = loss + self.args.center_rewards_coefficient * centre
-            self._record_metrics(mode, chosen, rejected, weight, inputs["attention_mask"])
-            loss = loss * scale
-            return (loss, outputs) if return_outputs else loss
-
-        @torch.no_grad()
-        def _record_metrics(self, mode, chosen, rejected, weight, attention_mask):
-            metrics = self._metrics[mode]
-            if mode == "train":
-                tokens = (attention_mask.sum(-1).float() * weight.repeat(2)).sum().reshape(1)
-                self._total_train_tokens += int(self.accelerator.gather(tokens).sum().item()) // self._tp_size
-            metrics["num_tokens"] = [self._total_train_tokens]
-            pairs = self.accelerator.gather_for_metrics(torch.stack([chosen.float(), rejected.float(), weight], -1))
-            pairs = pairs[pairs[:, 2] > 0]
-            if not len(pairs):
-                return
-            chosen, rejected = pairs[:, 0], pairs[:, 1]
-            rewards = torch.cat([chosen, rejected])
-            metrics["accuracy"] += (chosen > rejected).float().tolist()
-            metrics["margin"] += (chosen - rejected).tolist()
-            metrics["mean_reward"] += rewards.tolist()
-            metrics["min_reward"] = [min(metrics["min_reward"] + [rewards.min().item()])]
-            metrics["max_reward"] = [max(metrics["max_reward"] + [rewards.max().item()])]
-
-    return Llama2RewardTrainer
+    @torch.no_grad()
+    def _record_metrics(self, mode, chosen, rejected, weight, attention_mask):
+        metrics = self._metrics[mode]
+        if mode == "train":
+            tokens = (attention_mask.sum(-1).float() * weight.repeat(2)).sum().reshape(1)
+            self._total_train_tokens += int(self.accelerator.gather(tokens).sum().item()) // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        pairs = self.accelerator.gather_for_metrics(torch.stack([chosen.float(), rejected.float(), weight], -1))
+        pairs = pairs[pairs[:, 2] > 0]
+        if not len(pairs):
+            return
+        chosen, rejected = pairs[:, 0], pairs[:, 1]
+        rewards = torch.cat([chosen, rejected])
+        metrics["accuracy"] += (chosen > rejected).float().tolist()
+        metrics["margin"] += (chosen - rejected).tolist()
+        metrics["mean_reward"] += rewards.tolist()
+        metrics["min_reward"] = [min(metrics["min_reward"] + [rewards.min().item()])]
+        metrics["max_reward"] = [max(metrics["max_reward"] + [rewards.max().item()])]
 
 
 def lora_config(config: Llama2RewardConfig):
-    from peft import LoraConfig
-
     # SEQ_CLS makes peft train and save the new scalar head in full alongside the adapters.
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
@@ -295,12 +295,6 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     `comparisons` (already loaded) replaces the recipe's files, e.g. for a pipeline holding them in memory;
     they are split and mixed like loaded ones.
     """
-    from transformers import set_seed
-
-    from alignment.models import load_tokenizer
-    from reward.evaluate import calibrate_safety_offset, evaluate_reward_model, report_markdown
-    from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
-
     validate_reward_inputs(config, check_data=comparisons is None)
     output_dir = Path(config.output_dir)
     done = _finished_summary(config, output_dir)
@@ -331,10 +325,8 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         freeze_lower_layers(model, config.train_top_layers)
     max_length = min(filter(None, (config.max_length, getattr(model.config, "max_position_embeddings", None))),
                      default=None)
-    from datasets import Dataset
-
     rows, truncated = tokenize_comparisons(train, tokenizer, config.chat_format, config.margin, max_length)
-    trainer = reward_trainer_class()(
+    trainer = Llama2RewardTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=lora_config(config) if config.use_lora else None,
     )

@@ -27,13 +27,13 @@ def tiny_trainer(tmp_path_factory):
     from alignment.models import load_tokenizer
     from reward.config import Llama2RewardConfig
     from reward.scoring import load_reward_model, prepare_reward_tokenizer
-    from reward.trainer import reward_trainer_class
+    from reward.trainer import Llama2RewardTrainer
 
     tokenizer = prepare_reward_tokenizer(load_tokenizer("builtin:tiny-llama"))
     rows = [{"chosen_ids": [2, 5, 6, 3], "rejected_ids": [2, 5, 3], "margin": 1.0, "length": 4, "weight": 1.0}] * 4
     config = Llama2RewardConfig(output_dir=str(tmp_path_factory.mktemp("rm")), per_device_train_batch_size=4,
                                 global_batch_size=4, bf16=False, use_cpu=True, report_to="none")
-    return reward_trainer_class()(model=load_reward_model("builtin:tiny-llama"), args=config,
+    return Llama2RewardTrainer(model=load_reward_model("builtin:tiny-llama"), args=config,
                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
 
