@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -56,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignment.data import PromptRecord, atomic_write_json, atomic_write_text  # noqa: E402
 from alignment.distributed import gathered_full_weights  # noqa: E402
-from alignment.ratings import RATINGS  # noqa: E402
 from alignment.dry_run import GIB, OVERHEAD, Launch, architecture_from_config, plan  # noqa: E402
+from alignment.ratings import RATINGS  # noqa: E402
 from benchmarks.common import markdown_table, measure_matmul_peak, synchronize  # noqa: E402
 from benchmarks.sft_throughput import model_flops_params  # noqa: E402
 from reward.loss import margin_for, ranking_loss  # noqa: E402
@@ -99,7 +98,7 @@ SHAPES = {
                  num_key_value_heads=2, vocab_size=512),
 }
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-LORA = dict(r=16, alpha=32)  # the recipes' LoRA (PPOConfig / sft / reward defaults), on all seven projections
+LORA = dict(r=16, alpha=32)  # the stages' LoRA defaults (sft, reward and PPO configs), all seven projections
 
 
 @dataclass
@@ -165,10 +164,10 @@ def smoke_settings(budget_s: float) -> Settings:
     steps = [
         StepCase("sft", "tiny", False, batch=2, seq_len=32),
         StepCase("reward", "tiny", False, batch=2, seq_len=32),
-        StepCase("ppo", "tiny", False, batch=4, seq_len=24, per_device=2, weights="float32"),
+        StepCase("ppo", "tiny", False, batch=4, seq_len=24, per_device=2),
         StepCase("sft", "tiny", True, batch=2, seq_len=32, checkpointing=True),
         StepCase("reward", "tiny", True, batch=2, seq_len=32, checkpointing=True),
-        StepCase("ppo", "tiny", True, batch=4, seq_len=24, per_device=2, weights="float32"),
+        StepCase("ppo", "tiny", True, batch=4, seq_len=24, per_device=2),
     ]
     return Settings(steps=steps, timed_steps=1, gen_shape="tiny", gen_prompts=2, gen_prompt_len=12,
                     gen_new_tokens=6, gen_batch=16, gen_ks=(4, 16), ppo_shape="tiny", ppo_rollouts=16,
@@ -306,9 +305,7 @@ def release(accelerator, device: str) -> None:
     Nothing on CPU: a gc pass costs ~1 s there once trl / transformers are imported, and the smoke shapes are tiny.
     """
     if device == "cuda":
-        accelerator.free_memory()  # drops accelerate's references to prepared models, gc, empty_cache
-        gc.collect()
-        torch.cuda.empty_cache()
+        accelerator.free_memory()  # drops accelerate's references to prepared models, then gc and empty_cache
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -675,7 +672,7 @@ def markdown(report: dict) -> str:
                                    _fmt(it['peak_allocated_gib'])]]), ""]
     if report.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in report["notes"]] + [""]
-    lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget.")
+    lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget (after imports).")
     return "\n".join(lines) + "\n"
 
 
