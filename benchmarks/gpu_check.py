@@ -41,12 +41,14 @@ import importlib
 import importlib.metadata
 import importlib.util
 import platform
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -138,6 +140,7 @@ class Settings:
     ppo_new_tokens: int
     matmul_size: int
     budget_s: float
+    bf16: bool  # bf16 weights where the case says so, and bf16 autocast (accelerate mixed precision)
     # Seconds a section needs at least; a section is skipped, with a note, when less is left.
     min_section_s: dict = field(default_factory=dict)
 
@@ -156,23 +159,19 @@ def gpu_settings(budget_s: float) -> Settings:
     return Settings(steps=steps, timed_steps=3, gen_shape="1.1b", gen_prompts=16, gen_prompt_len=512,
                     gen_new_tokens=128, gen_batch=64, gen_ks=(4, 16), ppo_shape="1.1b", ppo_rollouts=512,
                     ppo_mini_batch=64, ppo_per_device=8, ppo_gen_batch=64, ppo_prompt_len=128, ppo_new_tokens=128,
-                    matmul_size=8192, budget_s=budget_s,
+                    matmul_size=8192, budget_s=budget_s, bf16=True,
                     min_section_s={"matmul_peak": 5, "steps": 30, "generation": 45, "ppo_iteration": 60})
 
 
-def smoke_settings(budget_s: float) -> Settings:
-    steps = [
-        StepCase("sft", "tiny", False, batch=2, seq_len=32),
-        StepCase("reward", "tiny", False, batch=2, seq_len=32),
-        StepCase("ppo", "tiny", False, batch=4, seq_len=24, per_device=2),
-        StepCase("sft", "tiny", True, batch=2, seq_len=32, checkpointing=True),
-        StepCase("reward", "tiny", True, batch=2, seq_len=32, checkpointing=True),
-        StepCase("ppo", "tiny", True, batch=4, seq_len=24, per_device=2),
-    ]
+def smoke_settings(budget_s: float, bf16: bool = False) -> Settings:
+    # The GPU cases (LoRA, checkpointing, weight dtypes) on the tiny shape, with tiny batches.
+    sizes = {"sft": dict(batch=2, seq_len=32), "reward": dict(batch=2, seq_len=32),
+             "ppo": dict(batch=4, seq_len=24, per_device=2)}
+    steps = [replace(case, shape="tiny", **sizes[case.stage]) for case in gpu_settings(budget_s).steps]
     return Settings(steps=steps, timed_steps=1, gen_shape="tiny", gen_prompts=2, gen_prompt_len=12,
                     gen_new_tokens=6, gen_batch=16, gen_ks=(4, 16), ppo_shape="tiny", ppo_rollouts=16,
                     ppo_mini_batch=8, ppo_per_device=4, ppo_gen_batch=8, ppo_prompt_len=8, ppo_new_tokens=6,
-                    matmul_size=256, budget_s=budget_s)
+                    matmul_size=256, budget_s=budget_s, bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,7 +245,10 @@ def build_model(kind: str, shape: str, dtype: str, device: str, seed: int = 0):
     cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
     config = llama_config(shape, num_labels=1) if kind == "classifier" else llama_config(shape)
     with torch.device(device):
-        model = cls.from_config(config, dtype=getattr(torch, dtype))
+        try:
+            model = cls.from_config(config, dtype=getattr(torch, dtype))
+        except TypeError:  # transformers 4 names it torch_dtype; the environment report shows which one ran
+            model = cls.from_config(config, torch_dtype=getattr(torch, dtype))
     model.config.use_cache = False
     return model
 
@@ -358,7 +360,7 @@ def environment_report() -> dict:
         props = torch.cuda.get_device_properties(0)
         report.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
                       gpu_memory_gib=props.total_memory / GIB, compute_capability=f"{props.major}.{props.minor}",
-                      bf16_supported=torch.cuda.is_bf16_supported())
+                      bf16_supported=torch.cuda.is_bf16_supported(), nvidia_smi=nvidia_smi())
     packages, missing = {}, {"required": [], "optional": []}
     for group, names in DEPENDENCIES.items():
         for module, dist in names.items():
@@ -381,8 +383,20 @@ def environment_report() -> dict:
     return report
 
 
+def nvidia_smi() -> str | None:
+    """Driver, clocks and power limit: what explains a low matmul peak (a capped or shared GPU)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = "name,driver_version,memory.total,clocks.max.sm,power.limit,mig.mode.current"
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def matmul_peak(settings: Settings, device: str) -> dict:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if settings.bf16 else torch.float32
     flops = measure_matmul_peak(dtype, size=settings.matmul_size, device=device,
                                 repeats=5 if device == "cuda" else 2,
                                 seconds_per_run=0.3 if device == "cuda" else 0.05)
@@ -392,8 +406,8 @@ def matmul_peak(settings: Settings, device: str) -> dict:
 
 def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, peak_flops: float) -> dict:
     """Build the case's models on the device, run one warm-up step and `timed_steps` timed ones."""
-    bf16 = device == "cuda"
-    weights = case.weights if bf16 else "float32"  # CPU smoke: fp32 throughout
+    bf16 = settings.bf16
+    weights = case.weights if bf16 else "float32"  # fp32 smoke: fp32 throughout
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
     generator = torch.Generator().manual_seed(0)
     vocab = SHAPES[case.shape]["vocab_size"]
@@ -538,7 +552,7 @@ class RandomScorer:
 
 def generation(settings: Settings, device: str, record) -> dict:
     """tokens/s of the sampling engine (shared prefill) and of generate(num_return_sequences=K), same prompts."""
-    dtype = "bfloat16" if device == "cuda" else "float32"
+    dtype = "bfloat16" if settings.bf16 else "float32"
     model = build_model("causal", settings.gen_shape, dtype, device).eval()
     model.config.use_cache = True
     vocab = SHAPES[settings.gen_shape]["vocab_size"]
@@ -570,7 +584,7 @@ def generation(settings: Settings, device: str, record) -> dict:
 
 def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: float) -> dict:
     """One run_ppo iteration body: generate_and_score, forward_rollouts, compute_advantages, ppo_update."""
-    bf16 = device == "cuda"
+    bf16 = settings.bf16
     config = PPOConfig(rollout_batch_size=settings.ppo_rollouts, mini_batch_size=settings.ppo_mini_batch,
                        per_device_train_batch_size=settings.ppo_per_device,
                        generation_batch_size=settings.ppo_gen_batch, max_new_tokens=settings.ppo_new_tokens,
@@ -672,7 +686,8 @@ def markdown(report: dict) -> str:
                                    _fmt(it['peak_allocated_gib'])]]), ""]
     if report.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in report["notes"]] + [""]
-    lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget (after imports).")
+    lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget "
+                 "(counted from after the imports).")
     return "\n".join(lines) + "\n"
 
 
@@ -683,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", required=True, help="where gpu_check.json and gpu_check.md are written")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU in fp32: the same code paths, "
                         "in well under a minute (the CI test)")
+    parser.add_argument("--bf16", action="store_true", help="with --smoke: the GPU run's dtypes (bf16 weights "
+                        "where it uses them, bf16 autocast) on CPU, to try those paths without a GPU")
     parser.add_argument("--budget_s", type=float, default=None,
                         help="seconds for all sections (default 420 on GPU, 60 with --smoke); sections that do not "
                         "fit are skipped with a note")
@@ -696,7 +713,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     if args.smoke:
         device = "cpu"
-        settings = smoke_settings(60.0 if args.budget_s is None else args.budget_s)
+        settings = smoke_settings(60.0 if args.budget_s is None else args.budget_s, bf16=args.bf16)
     else:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_check: no CUDA device; use --smoke for the CPU run")
@@ -705,7 +722,8 @@ def main(argv: list[str] | None = None) -> dict:
     deadline = started + settings.budget_s
     output_dir = Path(args.output_dir)
     command = " ".join(["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
-    report = {"mode": "smoke (CPU, fp32, tiny shapes)" if args.smoke else "GPU (bf16)", "command": command,
+    mode = f"smoke (CPU, {'bf16' if settings.bf16 else 'fp32'}, tiny shapes)" if args.smoke else "GPU (bf16)"
+    report = {"mode": mode, "command": command,
               "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "budget_s": settings.budget_s, "notes": [], "errors": []}
 
@@ -721,7 +739,8 @@ def main(argv: list[str] | None = None) -> dict:
         if name in args.skip:
             report["notes"].append(f"{name}: skipped (--skip)")
         elif left <= needed:
-            report["notes"].append(f"{name}: skipped, the budget is spent ({max(left, 0):.0f} s left, needs ~{needed} s)")
+            report["notes"].append(f"{name}: skipped, the budget is spent ({max(left, 0):.0f} s left, "
+                                   f"needs ~{needed} s)")
         else:
             print(f"[gpu_check] {name} ({left:.0f} s of budget left)", flush=True)
             release(accelerator, device)
@@ -741,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision="bf16" if device == "cuda" else "no", cpu=device == "cpu")
+    accelerator = Accelerator(mixed_precision="bf16" if settings.bf16 else "no", cpu=device == "cpu")
     peak: dict = {}
 
     def do_peak():
@@ -784,7 +803,8 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             section(name, fn)
         except Exception as error:  # keep going: the GPU run is rare and every later section still counts
-            report["errors"].append(f"{name}: {type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"[-2000:])
+            report["errors"].append(f"{name}: {type(error).__name__}: {error}\n"
+                                    f"{traceback.format_exc(limit=3)}"[-2000:])
         release(accelerator, device)
         save()
     save()

@@ -49,6 +49,20 @@ def smoke(tmp_path_factory):
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """The script's module for calling `main` here, with a fresh accelerate state (one process keeps one
+    Accelerator's mixed precision) and no environment report (checked in the subprocess run above)."""
+    from accelerate.state import AcceleratorState
+
+    module = load_gpu_check()
+    monkeypatch.setattr(module, "environment_report",
+                        lambda: {"missing_line": "missing: none", "packages": {"torch": "x"}})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield module
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def positive(value) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
@@ -117,11 +131,8 @@ def test_smoke_generation_and_ppo_iteration(smoke):
     assert it["generation_s"] + it["training_s"] <= it["iteration_s"]
 
 
-def test_a_spent_budget_skips_the_sections_with_a_note(tmp_path, monkeypatch):
-    module = load_gpu_check()
-    # The environment report is checked above; here it would only add imports.
-    monkeypatch.setattr(module, "environment_report", lambda: {"missing_line": "missing: none", "packages": {"torch": "x"}})
-    report = module.main(["--smoke", "--budget_s", "0", "--output_dir", str(tmp_path)])
+def test_a_spent_budget_skips_the_sections_with_a_note(tmp_path, in_process):
+    report = in_process.main(["--smoke", "--budget_s", "0", "--output_dir", str(tmp_path)])
     assert "steps" not in report and "generation" not in report
     assert report["notes"][0].startswith("matmul_peak: skipped, the budget is spent")
     written = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -141,3 +152,21 @@ def test_help_names_the_device_command():
     help_text = load_gpu_check().build_parser().format_help()
     assert "--smoke" in help_text and "--output_dir" in help_text and "--budget_s" in help_text
     assert "PYTHONUNBUFFERED=1 python benchmarks/gpu_check.py --output_dir $OUT/gpu" in help_text
+
+
+def test_bf16_smoke_shows_the_ppo_optimizer_state_the_dry_run_overestimates(tmp_path, in_process):
+    """The PPO recipes load bf16 weights (`dtype: bfloat16`): AdamW then keeps bf16 moments, 4 bytes per trained
+    parameter, where the dry-run's k = 12 assumes fp32 master weights and moments (BENCHMARKS.md, GPU check)."""
+    report = in_process.main(["--smoke", "--bf16", "--skip", "generation", "ppo_iteration",
+                          "--output_dir", str(tmp_path)])
+    assert report["errors"] == []
+    steps = {step["case"]: step for step in report["steps"]}
+    assert [steps[name]["weights_dtype"] for name in steps] == ["float32", "float32", "bfloat16", "bfloat16",
+                                                                "bfloat16", "bfloat16"]
+    ppo = steps["ppo tiny full"]
+    counted, lines = ppo["counted"], ppo["dry_run"]["lines_gib"]
+    # Policy and value model are trained: 2 bytes of gradient each per parameter, 4 of moments (plus one
+    # 4-byte step counter per tensor).
+    assert counted["optimizer_states_gib"] == pytest.approx(2 * counted["gradients_gib"], rel=0.01)
+    assert lines["policy AdamW states"] == pytest.approx(6 * lines["policy gradients"])
+    assert positive(ppo["tokens_per_s"]) and positive(ppo["mfu"])
