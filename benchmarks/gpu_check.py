@@ -318,14 +318,20 @@ def peak_memory(device: str, base: int) -> dict:
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
 
 
-def dry_run_prediction(case: StepCase, bf16: bool) -> dict:
-    """`llama2-align dry-run`'s memory lines for one process with the case's settings (alignment.dry_run.plan)."""
+def dry_run_prediction(case: StepCase, bf16: bool, mini_batch: int | None = None,
+                       generation_batch: int | None = None) -> dict:
+    """`llama2-align dry-run`'s memory lines for one process with the case's settings (alignment.dry_run.plan).
+
+    PPO: a step case is one mini-batch of rollouts and generates nothing (generation batch = micro-batch, so
+    the training phase is the peak the dry-run picks); the PPO iteration passes its own mini- and generation
+    batch."""
     arch = architecture_from_config(llama_config(case.shape).to_dict())
     launch = Launch("gpu_check: one process", "single", 1, 1, bf16=bf16)
     if case.stage == "ppo":
         response = case.seq_len // 2
-        recipe = {"rollout_batch_size": case.batch, "mini_batch_size": case.batch,
-                  "per_device_train_batch_size": case.per_device, "generation_batch_size": case.per_device,
+        recipe = {"rollout_batch_size": case.batch, "mini_batch_size": mini_batch or case.batch,
+                  "per_device_train_batch_size": case.per_device,
+                  "generation_batch_size": generation_batch or case.per_device,
                   "max_prompt_length": case.seq_len - response, "max_new_tokens": response,
                   "use_lora": case.lora, "lora_r": LORA["r"],
                   "offload_reward_models": True}  # the check holds no reward models (random scores)
@@ -629,7 +635,13 @@ def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: floa
         "generation_tokens_per_s": generated / generation_s, "training_tokens_per_s": seq_tokens / training_s,
         "training_mfu": train_flops / training_s / peak_flops, "rollouts_per_s": settings.ppo_rollouts / total_s,
         "losses": losses, **peak_memory(device, 0),
+        "dry_run": dry_run_prediction(StepCase("ppo", shape, False, batch=settings.ppo_rollouts,
+                                               seq_len=settings.ppo_prompt_len + settings.ppo_new_tokens,
+                                               per_device=settings.ppo_per_device), bf16,
+                                      settings.ppo_mini_batch, settings.ppo_gen_batch),
     }
+    if result["peak_allocated_gib"] is not None:
+        result["measured_over_predicted"] = result["peak_allocated_gib"] / result["dry_run"]["sum_gib"]
     return result
 
 
@@ -679,11 +691,13 @@ def markdown(report: dict) -> str:
         lines += [f"PPO iteration ({it['shape']}, {it['dtype']}, {it['rollouts']} rollouts, mini-batch "
                   f"{it['mini_batch']}, {it['prompt_tokens']} + {it['max_new_tokens']} tokens):", "",
                   markdown_table(["generation s", "training s", "iteration s", "generation share",
-                                  "generated tokens/s", "training tokens/s", "training MFU", "peak allocated GiB"],
+                                  "generated tokens/s", "training tokens/s", "training MFU", "peak allocated GiB",
+                                  "dry-run lines GiB", "allocated / dry-run"],
                                  [[f"{it['generation_s']:.1f}", f"{it['training_s']:.1f}", f"{it['iteration_s']:.1f}",
                                    f"{100 * it['generation_share']:.0f}%", f"{it['generation_tokens_per_s']:,.0f}",
                                    f"{it['training_tokens_per_s']:,.0f}", f"{100 * it['training_mfu']:.1f}%",
-                                   _fmt(it['peak_allocated_gib'])]]), ""]
+                                   _fmt(it['peak_allocated_gib']), f"{it['dry_run']['sum_gib']:.2f}",
+                                   _fmt(it.get('measured_over_predicted'))]]), ""]
     if report.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in report["notes"]] + [""]
     lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget "
