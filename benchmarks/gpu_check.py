@@ -727,6 +727,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     if args.smoke:
         device = "cpu"
+        # Tiny shapes: threads only contend (on a shared 2-core machine a step was 30-60x slower; tests/conftest.py).
+        torch.set_num_threads(1)
         settings = smoke_settings(60.0 if args.budget_s is None else args.budget_s, bf16=args.bf16)
     else:
         if not torch.cuda.is_available():
@@ -746,8 +748,9 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_json(output_dir / "gpu_check.json", report)
         atomic_write_text(output_dir / "gpu_check.md", markdown(report))
 
-    def section(name: str, fn) -> bool:
-        """Run one section unless the budget is spent; keep its result or say why there is none."""
+    def section(name: str, fn) -> None:
+        """Run one section unless the budget is spent; keep its result, or say why there is none. An error is
+        recorded and the run goes on: the GPU run is rare, and every later section still counts."""
         left = deadline - time.monotonic()
         needed = 0 if args.smoke else settings.min_section_s.get(name, 0)
         if name in args.skip:
@@ -763,10 +766,15 @@ def main(argv: list[str] | None = None) -> dict:
                     fn()
             except BudgetExceeded:
                 report["notes"].append(f"{name}: stopped, the budget ran out during it (results so far kept)")
-            save()
-            return True
+            except Exception as error:
+                record_error(name, error)
+            # Out of the except blocks, so no traceback holds the section's tensors any more.
+            release(accelerator, device)
         save()
-        return False
+
+    def record_error(where: str, error: Exception) -> None:
+        report["errors"].append(f"{where}: {type(error).__name__}: {error}\n{traceback.format_exc(limit=-4)}"[-3000:])
+        print(f"[gpu_check] error in {where}: {type(error).__name__}: {error}"[:500], flush=True)
 
     report["environment"] = environment_report()
     print(f"[gpu_check] {report['environment']['missing_line']}", flush=True)
@@ -798,8 +806,7 @@ def main(argv: list[str] | None = None) -> dict:
                 raise
             except Exception as error:  # one failing case (e.g. out of memory) must not lose the others
                 report["steps"].append({"case": case.name, "error": f"{type(error).__name__}: {error}"[:500]})
-                report["errors"].append(f"step {case.name}: {traceback.format_exc(limit=3)}"[-2000:])
-            # Out of the except block, so the traceback no longer holds the failed case's tensors.
+                record_error(f"step {case.name}", error)
             release(accelerator, device)
             save()
 
@@ -813,15 +820,9 @@ def main(argv: list[str] | None = None) -> dict:
     def do_ppo_iteration():
         report["ppo_iteration"] = ppo_iteration(settings, accelerator, device, peak["flops"])
 
-    for name, fn in (("steps", do_steps), ("generation", do_generation), ("ppo_iteration", do_ppo_iteration)):
-        try:
-            section(name, fn)
-        except Exception as error:  # keep going: the GPU run is rare and every later section still counts
-            report["errors"].append(f"{name}: {type(error).__name__}: {error}\n"
-                                    f"{traceback.format_exc(limit=3)}"[-2000:])
-        release(accelerator, device)
-        save()
-    save()
+    section("steps", do_steps)
+    section("generation", do_generation)
+    section("ppo_iteration", do_ppo_iteration)
     print(f"[gpu_check] wrote {output_dir / 'gpu_check.json'} and gpu_check.md "
           f"({report['elapsed_s']:.0f} s, {len(report['errors'])} errors)", flush=True)
     return report
