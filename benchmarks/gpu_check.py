@@ -467,6 +467,7 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
                            max_new_tokens=case.seq_len // 2, temperature=1.0, top_p=1.0, use_lora=case.lora,
                            lora_r=LORA["r"], lora_alpha=LORA["alpha"], dtype=weights, bf16=bf16, progress=False,
                            report_to=["none"])
+        config.validate(accelerator.num_processes)
         policy, reference, value_model, optimizer = build_ppo_models(config, case.shape, device, accelerator)
         modules = [m for m in (policy, reference, value_model) if m is not None]
         value_params = model_flops_params(accelerator.unwrap_model(value_model).classifier)
@@ -653,6 +654,21 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def memory_row(step: dict) -> list:
+    counted, lines = step["counted"], step["dry_run"]["lines_gib"]
+
+    def predicted(word: str) -> float:
+        return sum(v for k, v in lines.items() if word in k)
+
+    rest = None
+    if step["peak_allocated_gib"] is not None:
+        rest = step["peak_allocated_gib"] - sum(counted.values())
+    return [step["case"], f"{counted['weights_gib']:.2f} / {predicted('weights'):.2f}",
+            f"{counted['gradients_gib']:.2f} / {predicted('gradients'):.2f}",
+            f"{counted['optimizer_states_gib']:.2f} / {predicted('AdamW'):.2f}", _fmt(rest),
+            f"{predicted('activations'):.2f}"]
+
+
 def markdown(report: dict) -> str:
     env = report.get("environment", {})
     lines = [f"# GPU check ({report['mode']})", "", f"Command: `{report['command']}`", "",
@@ -660,7 +676,8 @@ def markdown(report: dict) -> str:
              f"Python {env.get('python')}; {env.get('missing_line', '')}", ""]
     peak = report.get("matmul_peak")
     if peak:
-        lines += [f"Matmul peak ({peak['dtype']}, {peak['size']}^3): {peak['tflops']:.1f} TFLOP/s.", ""]
+        rate = f"{peak['tflops']:.1f} TFLOP/s" if peak["tflops"] >= 1 else f"{peak['flops'] / 1e9:.1f} GFLOP/s"
+        lines += [f"Matmul peak ({peak['dtype']}, {peak['size']}^3): {rate}.", ""]
     if report.get("steps"):
         rows = []
         for r in report["steps"]:
@@ -670,7 +687,8 @@ def markdown(report: dict) -> str:
             dry = r["dry_run"]
             ratio = r.get("measured_over_predicted")
             flag = "" if ratio is None or abs(ratio - 1) <= 0.15 else " (>15%)"
-            rows.append([r["case"], f"{r['batch']} x {r['seq_len']}", f"{r['weights_dtype']}",
+            unit = {"reward": " pairs", "ppo": " rollouts"}.get(r["stage"], "")
+            rows.append([r["case"], f"{r['batch']}{unit} x {r['seq_len']}", f"{r['weights_dtype']}",
                          f"{r['median_step_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
                          f"{_fmt(r['peak_allocated_gib'])} / {_fmt(r['peak_reserved_gib'])}",
                          f"{dry['sum_gib']:.2f} / {dry['total_with_overhead_gib']:.2f}",
@@ -679,6 +697,11 @@ def markdown(report: dict) -> str:
                   markdown_table(["case", "batch x tokens", "weights", "s/step", "tokens/s", "MFU",
                                   "peak allocated / reserved", "dry-run lines / +10%", "allocated / dry-run"], rows),
                   ""]
+        lines += ["Memory by kind, GiB, counted from the tensors / the dry-run's lines. \"Rest of peak\" is peak "
+                  "allocated minus the three counted kinds: activations, logits and temporaries.", "",
+                  markdown_table(["case", "weights", "gradients", "optimizer states", "rest of peak",
+                                  "dry-run activations"],
+                                 [memory_row(r) for r in report["steps"] if "error" not in r]), ""]
     gen = report.get("generation")
     if gen and gen.get("rows"):
         rows = [[r["k"], f"{r['engine']['tokens_per_s']:,.0f}", f"{r['generate']['tokens_per_s']:,.0f}",
