@@ -19,7 +19,9 @@ precision. Rankings are unchanged; only the gate and the logit/whitening input s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -85,6 +87,19 @@ def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
     model.config.pad_token_id = reward_pad_token_id(load_tokenizer(path))
     return model
+
+
+# Key in a reward model's config.json that holds the max_length it was trained with (reward/trainer.py writes it).
+MAX_LENGTH_KEY = "llama2_align_max_length"
+
+
+def stored_max_length(model_name_or_path: str) -> int | None:
+    """The training window stored in a reward checkpoint's config.json, or None (older checkpoints, hub ids)."""
+    config = Path(model_name_or_path) / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get(MAX_LENGTH_KEY)
+    return int(value) if value else None
 
 
 class RewardScorer:

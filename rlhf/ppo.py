@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import json
 import os
 import random
@@ -73,6 +75,8 @@ COMPLETE_MARKER = "stage_complete.json"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 BEST_POLICY = "best_policy.safetensors"
+# A new best policy waits here until the next checkpoint publishes it together with its best_iteration.
+PENDING_BEST_POLICY = "best_policy.pending.safetensors"
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)$")
 
 
@@ -246,10 +250,12 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
         if name not in WORLD_JUDGES:
             raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
         return WorldJudgeScorer(name.rsplit("-", 1)[1])
-    from reward.scoring import RewardScorer
+    from reward.scoring import RewardScorer, stored_max_length
 
+    # An RM scores only the window it was trained on (its last max_length tokens), as at training.
     return RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
-                        batch_size=config.reward_batch_size, device=config.reward_device or device)
+                        batch_size=config.reward_batch_size, device=config.reward_device or device,
+                        max_length=stored_max_length(name))
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
@@ -281,12 +287,7 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
         train = load_prompts(config.prompts_name, config.prompts_split)
         heldout = []
         if config.heldout_prompts_name is None and config.heldout_fraction > 0:
-            order = list(range(len(train)))
-            random.Random(config.seed).shuffle(order)
-            n_heldout = max(1, int(round(len(train) * config.heldout_fraction)))
-            held = set(order[:n_heldout])
-            heldout = [p for i, p in enumerate(train) if i in held]
-            train = [p for i, p in enumerate(train) if i not in held]
+            train, heldout = split_heldout_by_prompt(train, config.heldout_fraction, config.seed)
     if config.heldout_prompts_name is not None:
         if config.heldout_prompts_name == BUILTIN_PROMPTS:
             from rlhf.ppo_judges import world_prompt_records
@@ -302,15 +303,48 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
     return train, heldout
 
 
+def prompt_key(prompt: PromptRecord) -> str:
+    return json.dumps(prompt.messages, sort_keys=True, ensure_ascii=False)
+
+
+def is_heldout(key: str, fraction: float, seed: int) -> bool:
+    """A prompt is held out when the hash of (seed, key), read as a number in [0, 1), is below `fraction`: the
+    decision depends on the prompt alone, not on its row or on the other rows of the file."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_heldout_by_prompt(prompts: list[PromptRecord], fraction: float, seed: int
+                            ) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """(training prompts, held-out prompts), split by prompt text: a prompt file that repeats prompts (the
+    pipeline draws them with replacement) never has a held-out prompt among its training ones, and a held-out
+    prompt stays held out when rows are added. Each held-out prompt is kept once (its first row)."""
+    train, heldout, seen = [], [], set()
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        if not is_heldout(key, fraction, seed):
+            train.append(prompt)
+        elif key not in seen:
+            seen.add(key)
+            heldout.append(prompt)
+    return train, heldout
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_prompts: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded shuffle of one epoch of prompts (computed once per epoch, not once per rollout)."""
+    order = list(range(num_prompts))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
+
+
 def prompt_indices(num_prompts: int, iteration: int, batch_size: int, seed: int) -> list[int]:
     """Global prompt indices of an iteration: epochs of seeded shuffles laid end to end, so the data
     position is a function of the iteration number alone and a resumed run reads the same prompts."""
     out = []
     for position in range(iteration * batch_size, (iteration + 1) * batch_size):
         epoch, offset = divmod(position, num_prompts)
-        order = list(range(num_prompts))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[offset])
+        out.append(epoch_order(num_prompts, seed, epoch)[offset])
     return out
 
 
@@ -475,9 +509,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int, best_policy: Path | None = None) -> Path:
     """accelerate's save_state (models, optimiser, RNG of every process) plus our trainer state, written to a
-    temporary folder and renamed, so a kill at any moment leaves the previous checkpoint whole."""
+    temporary folder and renamed, so a kill at any moment leaves the previous checkpoint whole.
+
+    ``best_policy`` (the weights of ``state['best_iteration']``) is published inside the same folder, so the
+    best policy and the iteration it belongs to are renamed together: a kill can never leave one without the
+    other."""
     root = output_dir / CHECKPOINTS
     final = root / f"iteration-{state['iteration']:06d}"
     tmp = root / f"{final.name}.tmp"
@@ -488,6 +526,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Pa
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if best_policy is not None:
+            _link_or_copy(best_policy, tmp / BEST_POLICY)
         atomic_write_json(tmp / TRAINER_STATE, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -496,6 +536,14 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Pa
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs nothing; the source is only ever replaced by rename, so the link keeps the old bytes.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _trainable_state(policy) -> dict[str, torch.Tensor]:
@@ -618,10 +666,12 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
 
     state = {"iteration": 0, "prompts_consumed": 0, "best_score": None, "best_iteration": None,
              "evals_without_improvement": 0, "stopped_early": False}
+    best_policy: Path | None = None  # the weights of state["best_iteration"]
     checkpoint = latest_checkpoint(output_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        best_policy = checkpoint / BEST_POLICY if (checkpoint / BEST_POLICY).is_file() else None
         accelerator.print(f"resuming PPO from {checkpoint} (iteration {state['iteration']} done)")
     if trackers:
         accelerator.init_trackers("ppo", config=_tracker_config(config))
@@ -631,12 +681,14 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
         return f"training stopped; last good checkpoint: {last if last else 'none (no iteration finished)'}"
 
     def evaluate(iteration: int) -> None:
+        nonlocal best_policy
         with gathered_full_weights(policy, accelerator):
             score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
         accelerator.log({"heldout/combined": score}, step=iteration)
         if state["best_score"] is None or score > state["best_score"] + config.early_stopping_min_delta:
             state.update(best_score=score, best_iteration=iteration, evals_without_improvement=0)
-            save_best_policy(accelerator, policy, output_dir / BEST_POLICY)
+            best_policy = output_dir / PENDING_BEST_POLICY
+            save_best_policy(accelerator, policy, best_policy)
         else:
             state["evals_without_improvement"] += 1
 
@@ -680,7 +732,8 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
                    "rollouts_per_s": config.rollout_batch_size / elapsed}
         if (iteration + 1) % config.save_every == 0 or state["iteration"] == config.num_iterations \
                 or state["stopped_early"]:
-            save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+            saved = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints, best_policy=best_policy)
+            best_policy = saved / BEST_POLICY if best_policy is not None else None
         accelerator.log(metrics, step=iteration + 1)
         if accelerator.is_main_process:
             append_jsonl(output_dir / "metrics.jsonl", [{"iteration": iteration + 1, **metrics}])
@@ -691,8 +744,11 @@ def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
             on_iteration_end(iteration + 1, metrics)
     bar.close()
 
-    if state["best_iteration"] is not None and (output_dir / BEST_POLICY).is_file():
-        load_best_policy(accelerator.unwrap_model(policy), output_dir / BEST_POLICY)
+    if state["best_iteration"] is not None and best_policy is not None:
+        load_best_policy(accelerator.unwrap_model(policy), best_policy)
+        if accelerator.is_main_process:
+            shutil.copyfile(best_policy, output_dir / BEST_POLICY)
+            (output_dir / PENDING_BEST_POLICY).unlink(missing_ok=True)
     save_final_policy(accelerator, policy, tokenizer, output_dir, config.merge_lora)
     history = {row["iteration"]: row for row in read_jsonl_tolerant(output_dir / "metrics.jsonl")}
     summary = {

@@ -81,7 +81,9 @@ class PPOConfig:
         default=8, metadata={"help": "Rollouts per forward pass; a mini-batch is accumulated from these (memory only)."},
     )
     generation_batch_size: int = field(default=32, metadata={"help": "Sequences decoded together by the sampling engine."})
-    sampling_backend: str = field(default="hf", metadata={"help": "Sampling engine: hf or vllm (rlhf/sampling.py)."})
+    sampling_backend: str = field(
+        default="hf", metadata={"help": "Sampling engine: hf (vllm is rejected until policy weights sync to it)."},
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "Response budget per rollout (paper: not stated)."})
     temperature: float = field(
         default=1.0,
@@ -141,6 +143,9 @@ class PPOConfig:
 
     def validate(self, num_processes: int = 1) -> None:
         """Recipe checks that need no model, so a wrong recipe fails in a second."""
+        if self.sampling_backend == "vllm":
+            raise RecipeError("sampling_backend 'vllm' is not supported by PPO: nothing syncs the updated policy "
+                              "weights into the vLLM engine yet; use sampling_backend: hf")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise RecipeError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got '{self.kl_estimator}'")
         for name in ("rollout_batch_size", "mini_batch_size", "per_device_train_batch_size", "generation_batch_size",
