@@ -1,4 +1,4 @@
-"""PPO recipe fields (Llama 2, sec. 3.2.3; LLAMA2_METHOD.md, "Stage 4: PPO").
+"""PPO recipe fields (Llama 2, arXiv 2307.09288, sec. 3.2.3).
 
 Paper values: batch 512, mini-batch 64, one gradient step per mini-batch, clip 0.2, beta 0.01 (0.005 for
 34B/70B), AdamW (0.9, 0.95), eps 1e-5, weight decay 0.1, gradient clipping 1.0, constant LR 1e-6,
