@@ -84,8 +84,8 @@ from rlhf.ppo_math import (
     value_loss,
 )
 from rlhf.rewards import shaped_ppo_reward
-from rlhf.sampling import SamplingParams, make_sampling_engine
-from rlhf.scoring import score_samples
+from rlhf.sampling import HFSamplingEngine, SamplingParams, left_pad, make_sample, make_sampling_engine
+from rlhf.scoring import combine_scores, score_samples
 
 COMPLETE_MARKER = "stage_complete.json"
 CHECKPOINTS = "checkpoints"
@@ -189,20 +189,39 @@ class TokenValueModel(torch.nn.Module):
         return self.classifier.score(hidden).squeeze(-1).float()
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
+def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
+                   positions: torch.Tensor | None = None):
     """log pi(token_{t+1} | tokens_<=t) per action position, ``(B, L - 1)``; optionally the entropy there.
 
     Logits are divided by the sampling temperature so the log-probs are those of the distribution the
-    rollouts were drawn from."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    rollouts were drawn from. With ``positions`` (a ``(B, L - 1)`` bool mask, the response actions) the
+    log-softmax and entropy are computed there only, the LM head runs only from the first such position on,
+    and every other position is 0: the same values where the mask is on, with no work on prompts and padding."""
+    start = 0
+    if positions is not None:
+        start = int(positions.any(dim=0).nonzero()[0]) if bool(positions.any()) else input_ids.shape[1] - 1
+    # logits_to_keep: the LM head (a large share of a small model's FLOPs) skips positions before `start`.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=input_ids.shape[1] - start).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    logprobs = torch.gather(logits, 2, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    targets = input_ids[:, start + 1:]
+    if positions is None:
+        logprobs = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if not with_entropy:
+            return logprobs
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach())
+        return logprobs, entropy
+    keep = positions[:, start:]
+    picked = logits[keep]  # (tokens, vocab): response positions only
+    values = torch.gather(picked, 1, targets[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    logprobs = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(positions, values)
     if not with_entropy:
         return logprobs
     with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())
+        entropy = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(
+            positions, entropy_from_logits(picked.detach()))
     return logprobs, entropy
 
 
@@ -388,24 +407,72 @@ class PhaseClock:
             self.seconds[phase] += time.perf_counter() - started
 
 
+class LogprobSamplingEngine(HFSamplingEngine):
+    """The HF engine that also keeps log pi_theta of every sampled token, from the logits that `generate`
+    computes anyway (divided by the temperature, as `token_logprobs` does), so pi_old needs no second forward
+    pass of the policy. TRL's PPOTrainer takes them the same way. They equal `token_logprobs` up to kernel
+    noise (cached decoding vs one full forward). ``logprobs[prompt_index]`` holds one ``(R,)`` tensor per sample."""
+
+    def generate(self, prompt_ids, params):
+        if params.num_samples != 1:
+            raise ValueError("LogprobSamplingEngine samples one answer per prompt")
+        self.logprobs: dict[int, torch.Tensor] = {}
+        return super().generate(prompt_ids, params)
+
+    def _generate_chunk(self, chunk, offset, params):
+        input_ids, attention_mask = left_pad(chunk, self.pad_id, self.model.device)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
+                                     return_dict_in_generate=True, **self._generation_kwargs(params))
+        generated = output.sequences[:, input_ids.shape[1]:]
+        logits = torch.stack(output.logits, dim=1).float()  # raw logits, before temperature and top-p
+        if params.temperature not in (0.0, 1.0):
+            logits = logits / params.temperature
+        logprobs = torch.gather(logits, 2, generated.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        stop = set(self.stop_ids)
+        samples = []
+        for row, tokens in enumerate(generated.tolist()):
+            sample = make_sample(self.tokenizer, stop, offset + row, 0, chunk[row], tokens)
+            self.logprobs[offset + row] = logprobs[row, :len(sample.response_ids)].cpu()
+            samples.append(sample)
+        return samples
+
+
+def make_engine(config: PPOConfig, policy, tokenizer):
+    if config.logprobs_from_sampling:
+        return LogprobSamplingEngine(policy, tokenizer, batch_size=config.generation_batch_size)
+    return make_sampling_engine(config.sampling_backend, policy, tokenizer, batch_size=config.generation_batch_size)
+
+
 def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_ids: list[list[int]], scorers,
                        config: PPOConfig, seed: int, clock: PhaseClock | None = None) -> RolloutBatch:
-    """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``."""
+    """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``. With a
+    `LogprobSamplingEngine` the batch also carries pi_old's log-probs from the sampling pass."""
     clock = clock or PhaseClock()
     params = SamplingParams(num_samples=1, temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, seed=seed)
     with clock("generation"):
         samples = sorted(engine.generate(prompt_ids, params), key=lambda s: s.prompt_index)
+    messages, texts = [p.messages for p in prompts], [s.text for s in samples]
+    flags = [p.is_safety_prompt for p in prompts]
     with clock("scoring"):
-        scores = score_samples(*scorers, [p.messages for p in prompts], [s.text for s in samples],
-                               [p.is_safety_prompt for p in prompts], config.safety_threshold)
+        if scorers[0] is scorers[1]:  # R_h and R_s are one checkpoint: one pass gives both scores
+            both = scorers[0].score(messages, texts).scores
+            scores = combine_scores(both, both, flags, config.safety_threshold)
+        else:
+            scores = score_samples(*scorers, messages, texts, flags, config.safety_threshold)
     input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
-    return RolloutBatch(
+    batch = RolloutBatch(
         input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-        is_safety_prompt=torch.tensor([p.is_safety_prompt for p in prompts]),
+        is_safety_prompt=torch.tensor(flags),
         is_truncated=torch.tensor([not s.finished for s in samples]),
         helpfulness=scores.helpfulness, safety=scores.safety, combined=scores.combined, use_safety=scores.use_safety,
     )
+    if isinstance(engine, LogprobSamplingEngine):
+        batch.logprobs = torch.zeros(response_mask.shape, dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            p, r = len(sample.prompt_ids), len(sample.response_ids)
+            batch.logprobs[row, p - 1:p + r - 1] = engine.logprobs[sample.prompt_index]
+    return batch
 
 
 @torch.no_grad()
@@ -414,19 +481,29 @@ def forward_rollouts(models: PPOModels, batch: RolloutBatch, config: PPOConfig, 
     """Fill pi_old log-probs, pi_0 log-probs and V_old, in micro-batches (one model at a time, so each
     model's seconds are its own phase)."""
     clock = clock or PhaseClock()
-    step = config.per_device_train_batch_size
-    parts = [(batch.input_ids[start:start + step], batch.attention_mask[start:start + step])
-             for start in range(0, len(batch), step)]
+    # Rows sorted by length into micro-batches, each cut to its own width: no FLOPs on padding. Each row's
+    # values do not depend on its neighbours, so only kernel noise differs from one padded pass.
+    order = torch.argsort(batch.attention_mask.sum(dim=1), stable=True)
+    parts = [batch.select(rows) for rows in order.split(config.per_device_train_batch_size)]
+
+    def gather(compute) -> torch.Tensor:
+        out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.input_ids.device)
+        for rows, part in zip(order.split(config.per_device_train_batch_size), parts):
+            out[rows, :part.response_mask.shape[1]] = compute(part).float()
+        return out
+
     autocast = models.accelerator.autocast
     with clock("logprobs"):
         with autocast():
-            batch.logprobs = torch.cat([token_logprobs(models.policy, ids, mask, config.temperature)
-                                        for ids, mask in parts])
+            if batch.logprobs is None:  # not already taken from the sampling pass
+                batch.logprobs = gather(lambda part: token_logprobs(
+                    models.policy, part.input_ids, part.attention_mask, config.temperature,
+                    positions=part.response_mask))
             with reference_policy(models.policy, models.reference) as ref:
-                batch.ref_logprobs = torch.cat([token_logprobs(ref, ids, mask, config.temperature)
-                                                for ids, mask in parts])
+                batch.ref_logprobs = gather(lambda part: token_logprobs(
+                    ref, part.input_ids, part.attention_mask, config.temperature, positions=part.response_mask))
     with clock("values"), autocast():
-        batch.values = torch.cat([models.value_model(ids, mask)[:, :-1] for ids, mask in parts])
+        batch.values = gather(lambda part: models.value_model(part.input_ids, part.attention_mask)[:, :-1])
 
 
 def compute_advantages(batch: RolloutBatch, config: PPOConfig, distributed: bool = False) -> None:
@@ -487,7 +564,8 @@ def ppo_update(models: PPOModels, batch: RolloutBatch, config: PPOConfig, iterat
                         stack.enter_context(accelerator.no_sync(value_model))
                     with accelerator.autocast():
                         logprobs, entropy = token_logprobs(policy, part.input_ids, part.attention_mask,
-                                                           config.temperature, with_entropy=True)
+                                                           config.temperature, with_entropy=True,
+                                                           positions=part.response_mask)
                         values = value_model(part.input_ids, part.attention_mask)[:, :-1]
                     pl = policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
                                      config.clip_range, tokens)
@@ -687,8 +765,10 @@ class PPOTrainer:
         self.heldout_prompts = self.heldout_prompts or []
         helpfulness, safety = self.scorers
         device = str(accelerator.device)
-        self.scorers = (helpfulness or build_scorer(config.helpfulness_model, "helpfulness", config, device),
-                        safety or build_scorer(config.safety_model, "safety", config, device))
+        helpfulness = helpfulness or build_scorer(config.helpfulness_model, "helpfulness", config, device)
+        if safety is None and config.safety_model == config.helpfulness_model and self.scorers[0] is None:
+            safety = helpfulness  # one checkpoint for both: loaded once, scored once
+        self.scorers = (helpfulness, safety or build_scorer(config.safety_model, "safety", config, device))
 
         set_seed(config.seed)
         policy, reference, value_model, self.tokenizer = build_models(config)
@@ -700,8 +780,7 @@ class PPOTrainer:
         policy.eval()
         value_model.eval()
         self.models = PPOModels(accelerator, policy, reference, value_model, optimizer)
-        self.engine = make_sampling_engine(config.sampling_backend, _unwrap(accelerator.unwrap_model(policy)),
-                                           self.tokenizer, batch_size=config.generation_batch_size)
+        self.engine = make_engine(config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer)
         self.prompt_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.prompts]
         self.heldout_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format)
                             for p in self.heldout_prompts]

@@ -84,6 +84,11 @@ class PPOConfig:
     sampling_backend: str = field(
         default="hf", metadata={"help": "Sampling engine: hf (vllm is rejected until policy weights sync to it)."},
     )
+    logprobs_from_sampling: bool = field(
+        default=False,
+        metadata={"help": "Take pi_old's log-probs from the sampling pass's logits (as TRL does) instead of a second "
+                          "forward of the policy: the same weights, so equal up to kernel noise; hf sampling, no bf16."},
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "Response budget per rollout (paper: not stated)."})
     temperature: float = field(
         default=1.0,
@@ -146,6 +151,9 @@ class PPOConfig:
         if self.sampling_backend == "vllm":
             raise RecipeError("sampling_backend 'vllm' is not supported by PPO: nothing syncs the updated policy "
                               "weights into the vLLM engine yet; use sampling_backend: hf")
+        if self.logprobs_from_sampling and self.bf16:
+            raise RecipeError("logprobs_from_sampling needs bf16: false (sampling runs without autocast, so its "
+                              "log-probs would not be those of the bf16 training forward)")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise RecipeError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got '{self.kl_estimator}'")
         for name in ("rollout_batch_size", "mini_batch_size", "per_device_train_batch_size", "generation_batch_size",
