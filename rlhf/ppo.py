@@ -46,6 +46,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -56,12 +57,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import RecipeError, config_to_dict, require_file
@@ -407,27 +408,47 @@ class PhaseClock:
             self.seconds[phase] += time.perf_counter() - started
 
 
+def sample_tokens(logprobs: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from ``exp(logprobs)`` ``(B, V)`` by inverse CDF: the first token whose cumulative
+    probability exceeds a uniform number. One random number per row: drawing one per vocabulary entry, as
+    `torch.multinomial` and the exponential race do, costs more than a small model's forward on CPU. The CDF is
+    summed in float64, and a token of probability 0 is never drawn."""
+    cdf = logprobs.exp().double().cumsum(dim=-1)
+    target = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
+def _cache_argument(model) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name warns and goes away in 5.40).
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class LogprobSamplingEngine(HFSamplingEngine):
-    """The HF engine that also keeps log pi_theta of every sampled token, from the logits that `generate`
-    computes anyway (divided by the temperature, as `token_logprobs` does), so pi_old needs no second forward
-    pass of the policy. TRL's PPOTrainer takes them the same way. They equal `token_logprobs` up to kernel
-    noise (cached decoding vs one full forward). ``logprobs[prompt_index]`` holds one ``(R,)`` tensor per sample."""
+    """Sampling for PPO that also keeps log pi_theta of every sampled token, so pi_old needs no second forward
+    pass of the policy (TRL's PPOTrainer takes them from its sampling pass too). They equal `token_logprobs` up
+    to kernel noise (cached decoding vs one full forward). ``logprobs[prompt_index]`` holds one ``(R,)`` tensor
+    per sample.
+
+    With top-p 1 (PPO's default) it decodes with its own loop: the same model calls as `generate` (prefill,
+    then one token per step on a KV cache, positions from the attention mask), but a token is drawn by inverse
+    CDF (the first token whose cumulative probability exceeds a uniform number: exactly a draw from p) instead
+    of `torch.multinomial`, which costs more than the model itself for a small model on CPU, and the log-prob
+    is read at the drawn token alone. The draws are from the same distribution but not the same random numbers as
+    `generate`'s. With top-p < 1 it calls `generate` and reads the log-probs from its raw logits."""
 
     def generate(self, prompt_ids, params):
-        if params.num_samples != 1:
-            raise ValueError("LogprobSamplingEngine samples one answer per prompt")
+        if params.num_samples != 1 or params.temperature <= 0:
+            raise ValueError("LogprobSamplingEngine samples one answer per prompt at a temperature above 0")
         self.logprobs: dict[int, torch.Tensor] = {}
         return super().generate(prompt_ids, params)
 
     def _generate_chunk(self, chunk, offset, params):
         input_ids, attention_mask = left_pad(chunk, self.pad_id, self.model.device)
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
-                                     return_dict_in_generate=True, **self._generation_kwargs(params))
-        generated = output.sequences[:, input_ids.shape[1]:]
-        logits = torch.stack(output.logits, dim=1).float()  # raw logits, before temperature and top-p
-        if params.temperature not in (0.0, 1.0):
-            logits = logits / params.temperature
-        logprobs = torch.gather(logits, 2, generated.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if params.top_p < 1.0:
+            generated, logprobs = self._generate_with_logits(input_ids, attention_mask, params)
+        else:
+            generated, logprobs = self._decode(input_ids, attention_mask, params)
         stop = set(self.stop_ids)
         samples = []
         for row, tokens in enumerate(generated.tolist()):
@@ -435,6 +456,36 @@ class LogprobSamplingEngine(HFSamplingEngine):
             self.logprobs[offset + row] = logprobs[row, :len(sample.response_ids)].cpu()
             samples.append(sample)
         return samples
+
+    def _generate_with_logits(self, input_ids, attention_mask, params):
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
+                                     return_dict_in_generate=True, **self._generation_kwargs(params))
+        generated = output.sequences[:, input_ids.shape[1]:]
+        logits = torch.stack(output.logits, dim=1).float() / params.temperature  # raw logits, before top-p
+        return generated, torch.gather(logits, 2, generated.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+    def _decode(self, input_ids, attention_mask, params):
+        batch = input_ids.shape[0]
+        stop = torch.tensor(self.stop_ids, device=input_ids.device)
+        cache = {_cache_argument(self.model): DynamicCache(config=self.model.config)}
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
+        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        tokens, logprobs = [], []
+        for step in range(params.max_new_tokens):
+            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
+            token = torch.where(finished, self.pad_id, sample_tokens(logp))
+            tokens.append(token)
+            logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()) or step + 1 == params.max_new_tokens:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            logits = self.model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=True, **cache).logits[:, -1]
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
 def make_engine(config: PPOConfig, policy, tokenizer):
@@ -540,7 +591,8 @@ def ppo_update(models: PPOModels, batch: RolloutBatch, config: PPOConfig, iterat
     process's tokens divided by the mini-batch's global token count, times the number of processes because
     DDP averages gradients: the step equals the one-process step on the whole mini-batch. A non-finite loss
     or gradient raises `NonFiniteError` before the optimiser step."""
-    accelerator, policy, value_model, optimizer = models.accelerator, models.policy, models.value_model, models.optimizer
+    accelerator, optimizer = models.accelerator, models.optimizer
+    policy, value_model = models.policy, models.value_model
     world = accelerator.num_processes
     distributed = world > 1
     n_mini = config.rollout_batch_size // config.mini_batch_size
@@ -703,7 +755,8 @@ def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lo
 
 
 def _tracker_config(config: PPOConfig) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(config).items()}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+            for k, v in config_to_dict(config).items()}
 
 
 @dataclass

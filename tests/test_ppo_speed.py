@@ -3,9 +3,17 @@
 import pytest
 import torch
 
-from alignment.models import load_causal_lm, load_tokenizer
+import rlhf.ppo
 from alignment.chat import encode_prompt
-from rlhf.ppo import LogprobSamplingEngine, collate_rollouts, generate_and_score, run_ppo, token_logprobs
+from alignment.models import load_causal_lm, load_tokenizer
+from rlhf.ppo import (
+    LogprobSamplingEngine,
+    collate_rollouts,
+    generate_and_score,
+    run_ppo,
+    sample_tokens,
+    token_logprobs,
+)
 from rlhf.ppo_config import PPOConfig
 from rlhf.sampling import SamplingParams
 from tests.test_ppo import PROMPTS, ConstantScorer, DigitScorer, small_config
@@ -35,12 +43,29 @@ def _losses(tmp_path, name, **overrides):
     return [r[key] for r in rows for key in ("policy_loss", "value_loss", "approx_kl", "kl", "reward/combined")]
 
 
-def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path):
+def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, monkeypatch):
     plain = _losses(tmp_path, "plain")
-    # pi_old from the sampling pass: equal up to kernel noise.
-    assert _losses(tmp_path, "sampled", logprobs_from_sampling=True) == pytest.approx(plain, abs=1e-5)
     # A checkpoint every 2 iterations instead of every one: nothing in the maths reads the checkpoint.
     assert _losses(tmp_path, "every2", save_every=2) == plain
+    # pi_old from the sampling pass, against the same samples with pi_old from a second forward pass.
+    sampled = _losses(tmp_path, "sampled", logprobs_from_sampling=True)
+    real = rlhf.ppo.forward_rollouts
+
+    def second_forward(models, batch, config, clock=None):
+        batch.logprobs = None
+        return real(models, batch, config, clock)
+    monkeypatch.setattr(rlhf.ppo, "forward_rollouts", second_forward)
+    assert sampled == pytest.approx(_losses(tmp_path, "recomputed", logprobs_from_sampling=True), abs=1e-5)
+
+
+def test_sampled_tokens_follow_the_distribution():
+    p = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4])
+    torch.manual_seed(0)
+    draws = sample_tokens(torch.log(p).expand(200_000, 5))
+    share = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert share[1] == 0.0  # probability 0 is never drawn
+    # Standard error of each share is at most sqrt(0.25 / 200000) = 0.0011; 5 of them allowed.
+    torch.testing.assert_close(share, p.double(), rtol=0, atol=0.0056)
 
 
 def test_one_checkpoint_for_both_reward_models_is_scored_once():
@@ -75,3 +100,34 @@ BEFORE_SPEEDUPS = [
 
 def test_a_seeded_run_keeps_the_losses_from_before_the_speedups(tmp_path):
     assert _losses(tmp_path, "now") == pytest.approx([x for row in BEFORE_SPEEDUPS for x in row], abs=1e-5)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_checkpoint_every_two_iterations_keeps_the_resume_guarantee(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhf.ppo import latest_checkpoint
+
+    whole = small_config(tmp_path / "whole", num_iterations=4, save_every=2)
+    run_ppo(whole, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+            heldout_prompts=[])
+    config = small_config(tmp_path / "killed", num_iterations=4, save_every=2)
+
+    def kill(iteration, metrics):
+        if iteration == 3:
+            raise Killed  # after iteration 3, which wrote no checkpoint
+    with pytest.raises(Killed):
+        run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+                heldout_prompts=[], on_iteration_end=kill)
+    assert latest_checkpoint(tmp_path / "killed" / "ppo").name == "iteration-000002"
+    seen = []
+    run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+            heldout_prompts=[], on_iteration_end=lambda it, m: seen.append(it))
+    assert seen == [3, 4]  # iteration 3 is redone from the iteration-2 checkpoint
+    a = load_file(str(tmp_path / "whole" / "ppo" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "ppo" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
