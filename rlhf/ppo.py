@@ -216,13 +216,18 @@ def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, w
         return logprobs, entropy
     keep = positions[:, start:]
     picked = logits[keep]  # (tokens, vocab): response positions only
-    values = torch.gather(picked, 1, targets[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    normaliser = torch.logsumexp(picked, dim=-1)
+    values = torch.gather(picked, 1, targets[keep].unsqueeze(-1)).squeeze(-1) - normaliser
     logprobs = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(positions, values)
     if not with_entropy:
         return logprobs
     with torch.no_grad():
+        # H = logsumexp(z) - sum(softmax(z) * z): reuses the normaliser, one exp over the vocabulary (the logits
+        # are a model's, all finite, so entropy_from_logits' guard for -inf entries is not needed here).
+        picked, normaliser = picked.detach(), normaliser.detach()
+        entropy = normaliser - (torch.exp(picked - normaliser.unsqueeze(-1)) * picked).sum(dim=-1)
         entropy = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(
-            positions, entropy_from_logits(picked.detach()))
+            positions, entropy)
     return logprobs, entropy
 
 
