@@ -38,6 +38,13 @@ and renamed, so a kill leaves the previous checkpoint whole and the best policy 
 ``best_iteration`` recorded beside it. The data position is a function of the iteration (`prompt_indices`) and
 sampling seeds derive from it, so a resumed run repeats the unbroken one. A NaN/inf reward, loss or gradient
 raises `NonFiniteError` before the optimiser step, naming the last good checkpoint.
+
+Cost. Each iteration logs its seconds per phase (``time/generation``, ``scoring``, ``logprobs``, ``values``,
+``update``, ``evaluation``, ``checkpoint``, ``other``). No FLOPs go to prompts or padding where they can be
+skipped exactly: rollout forwards run on length-sorted micro-batches cut to their own width, and the
+log-softmax and entropy run on response positions only (the LM head from the first one on). R_h and R_s
+given as one checkpoint are loaded and run once. ``logprobs_from_sampling`` takes pi_old from the sampling
+pass (`LogprobSamplingEngine`) instead of a second policy forward.
 """
 
 from __future__ import annotations
