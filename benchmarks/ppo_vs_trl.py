@@ -244,6 +244,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     parser.add_argument("--ours_options", default="{}",
                         help="JSON of extra PPOConfig fields for our side (to measure one optimisation)")
+    parser.add_argument("--with_default", action="store_true",
+                        help="also run our side without --ours_options, interleaved, to measure those options")
     parser.add_argument("--write", action="store_true", help="write this shape's section of BENCHMARKS.md")
     parser.add_argument("--impl", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -264,19 +266,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     peak = measure_matmul_peak(torch.float32)
-    runs = {"ours": [], "trl": []}
+    sides = [("ours", sys.executable, args.ours_options), ("trl", str(TRL_PYTHON), "{}")]
+    if args.with_default:
+        sides.insert(1, ("ours-default", sys.executable, "{}"))
+    runs = {impl: [] for impl, _, _ in sides}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         build_reward_checkpoint(Path(tmp) / "rm")  # here: TRL 0.25.1's environment lacks what reward/ needs
         for round_ in range(args.rounds):
-            for impl, python in (("ours", sys.executable), ("trl", str(TRL_PYTHON))):
+            for impl, python, side_options in sides:
                 work = Path(tmp) / f"{impl}-{round_}"
                 work.mkdir()
                 (work / "rm").symlink_to(Path(tmp) / "rm")
                 out = work / "result.json"
-                subprocess.run([python, __file__, "--impl", impl, "--shape", shape_text, "--iterations",
+                subprocess.run([python, __file__, "--impl", impl.split("-")[0], "--shape", shape_text, "--iterations",
                                 str(args.iterations), "--threads", str(args.threads), "--ours_options",
-                                args.ours_options, "--out", str(out)], check=True, cwd=ROOT, env=env)
+                                side_options, "--out", str(out)], check=True, cwd=ROOT, env=env)
                 runs[impl].append(json.loads(out.read_text()))
                 print(f"round {round_ + 1} {impl}: {runs[impl][-1]['seconds_per_iteration']:.3f} s/iter", flush=True)
     # Per side, the run with the median seconds (the lower middle one with 2 rounds).
@@ -285,15 +290,25 @@ def main() -> None:
     ours, trl = median["ours"], median["trl"]
     per_round = [t["seconds_per_iteration"] / o["seconds_per_iteration"] for o, t in zip(runs["ours"], runs["trl"])]
     ratio = trl["seconds_per_iteration"] / ours["seconds_per_iteration"]
+    default_line = ""
+    if args.with_default:
+        plain = median["ours-default"]
+        plain["impl"] = "ours, without the options"
+        per_round_default = [t["seconds_per_iteration"] / o["seconds_per_iteration"]
+                             for o, t in zip(runs["ours-default"], runs["trl"])]
+        default_line = (f"Without the options ({plain['seconds_per_iteration']:.3f} s/iter): TRL/ours "
+                        f"{trl['seconds_per_iteration'] / plain['seconds_per_iteration']:.2f}x, per round "
+                        f"{', '.join(f'{x:.2f}x' for x in per_round_default)}.\n\n")
     batch, mini, tokens = args.shape
     table = markdown_table(
         ["implementation", "s / iteration (each round)", "rollouts / s", "real tokens / iteration"],
         [[r["impl"], " / ".join(f"{x['seconds_per_iteration']:.3f}" for x in runs[key]), f"{r['rollouts_per_s']:.1f}",
-          f"{r['real_tokens']:.0f}"] for key, r in (("ours", ours), ("trl", trl))],
+          f"{r['real_tokens']:.0f}"] for key, r in median.items()],
     )
     command = (f"python benchmarks/ppo_vs_trl.py --shape {shape_text} --iterations {args.iterations} "
                f"--rounds {args.rounds} --threads {args.threads}"
-               + (f" --ours_options '{args.ours_options}'" if options else ""))
+               + (f" --ours_options '{args.ours_options}'" if options else "")
+               + (" --with_default" if args.with_default else ""))
     body = (
         f"Command: `{command}`\n\n"
         f"Machine: {machine_description()}, shared with other jobs (ratios within this run only); fp32 matmul "
@@ -302,7 +317,7 @@ def main() -> None:
         f"iterations after a warm-up one; the tables show each side's median round.\n\n{table}\n\n"
         f"Per phase (seconds per iteration, share of the iteration, MFU):\n\n"
         f"{phase_table({'ours': ours, 'TRL': trl}, peak)}\n\n"
-        f"Ratio per round: {', '.join(f'{x:.2f}x' for x in per_round)}.\n\n"
+        f"Ratio per round: {', '.join(f'{x:.2f}x' for x in per_round)}.\n\n{default_line}"
         f"ratio TRL/ours: {ratio:.2f}x"
     )
     print(body)
