@@ -1,6 +1,7 @@
-"""Stage 4: PPO on the safety-gated reward (Llama 2, sec. 3.2.3), on accelerate.
+"""Stage 4: PPO on the safety-gated reward (Llama 2, arXiv 2307.09288, sec. 3.2.3), on accelerate.
 
-One iteration is generate -> score -> learn, the three talking through a `RolloutBatch` (STYLE.md, 3):
+`PPOTrainer` holds the stage (setup / train / save_checkpoint / cleanup, state in a typed `TrainerState`).
+One iteration is generate -> score -> learn, the three talking through a typed `RolloutBatch`:
 
 1. generate: `rollout_batch_size` prompts (split over processes) are answered by the policy through the
    project's sampling engine (`rlhf.sampling`);
@@ -32,29 +33,59 @@ their whitened R~_c to a fixed value instead (useful with short budgets, where t
 a cut answer as if finished). Either way they count in the whitening statistics.
 
 Resumption: every ``save_every`` iterations accelerate's ``save_state`` (models, optimiser, RNG of every
-process) and our trainer state are written to ``checkpoints/iteration-N.tmp`` and renamed, so a kill leaves
-the previous checkpoint whole. The data position is a function of the iteration (`prompt_indices`) and
+process), our trainer state and the best held-out policy so far are written to ``checkpoints/iteration-N.tmp``
+and renamed, so a kill leaves the previous checkpoint whole and the best policy always matches the
+``best_iteration`` recorded beside it. The data position is a function of the iteration (`prompt_indices`) and
 sampling seeds derive from it, so a resumed run repeats the unbroken one. A NaN/inf reward, loss or gradient
 raises `NonFiniteError` before the optimiser step, naming the last good checkpoint.
+
+Cost. Each iteration logs its seconds per phase (``time/generation``, ``scoring``, ``logprobs``, ``values``,
+``update``, ``evaluation``, ``checkpoint``, ``other``). No FLOPs go to prompts or padding where they can be
+skipped exactly: rollout forwards run on length-sorted micro-batches cut to their own width, and the
+log-softmax and entropy run on response positions only (the LM head from the first one on). R_h and R_s
+given as one checkpoint are loaded and run once. ``logprobs_from_sampling`` takes pi_old from the sampling
+pass (`LogprobSamplingEngine`) instead of a second policy forward.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import json
 import os
 import random
 import re
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import DynamicCache
 
+from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import RecipeError, config_to_dict, require_file
-from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_prompts, read_jsonl_tolerant
+from alignment.data import (
+    PromptRecord,
+    append_jsonl,
+    atomic_write_json,
+    load_prompts,
+    read_jsonl_tolerant,
+    split_by_key,
+)
+from alignment.distributed import gathered_full_weights, save_full_model
+from alignment.models import load_causal_lm, load_tokenizer
+from alignment.stages import COMPLETE_MARKER
+from alignment.world.scorers import WORLD_JUDGES, WorldJudgeScorer, world_prompt_records
+from reward import scoring as reward_scoring  # module, not names: tests swap its RewardScorer
+from reward.scoring import load_reward_model
 from rlhf.ppo_config import BUILTIN_PROMPTS, PPOConfig
 from rlhf.ppo_math import (
     entropy_from_logits,
@@ -68,11 +99,14 @@ from rlhf.ppo_math import (
     value_loss,
 )
 from rlhf.rewards import shaped_ppo_reward
+from rlhf.sampling import HFSamplingEngine, SamplingParams, left_pad, make_sample, make_sampling_engine
+from rlhf.scoring import combine_scores, score_samples
 
-COMPLETE_MARKER = "stage_complete.json"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 BEST_POLICY = "best_policy.safetensors"
+# A new best policy waits here until the next checkpoint publishes it together with its best_iteration.
+PENDING_BEST_POLICY = "best_policy.pending.safetensors"
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)$")
 
 
@@ -169,20 +203,44 @@ class TokenValueModel(torch.nn.Module):
         return self.classifier.score(hidden).squeeze(-1).float()
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
+def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
+                   positions: torch.Tensor | None = None):
     """log pi(token_{t+1} | tokens_<=t) per action position, ``(B, L - 1)``; optionally the entropy there.
 
     Logits are divided by the sampling temperature so the log-probs are those of the distribution the
-    rollouts were drawn from."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    rollouts were drawn from. With ``positions`` (a ``(B, L - 1)`` bool mask, the response actions) the
+    log-softmax and entropy are computed there only, the LM head runs only from the first such position on,
+    and every other position is 0: the same values where the mask is on, with no work on prompts and padding."""
+    start = 0
+    if positions is not None:
+        start = int(positions.any(dim=0).nonzero()[0]) if bool(positions.any()) else input_ids.shape[1] - 1
+    # logits_to_keep: the LM head (a large share of a small model's FLOPs) skips positions before `start`.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=input_ids.shape[1] - start).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    logprobs = torch.gather(logits, 2, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    targets = input_ids[:, start + 1:]
+    if positions is None:
+        logprobs = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if not with_entropy:
+            return logprobs
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach())
+        return logprobs, entropy
+    keep = positions[:, start:]
+    picked = logits[keep]  # (tokens, vocab): response positions only
+    normaliser = torch.logsumexp(picked, dim=-1)
+    values = torch.gather(picked, 1, targets[keep].unsqueeze(-1)).squeeze(-1) - normaliser
+    logprobs = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(positions, values)
     if not with_entropy:
         return logprobs
     with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())
+        # H = logsumexp(z) - sum(softmax(z) * z): reuses the normaliser, one exp over the vocabulary (the logits
+        # are a model's, all finite, so entropy_from_logits' guard for -inf entries is not needed here).
+        picked, normaliser = picked.detach(), normaliser.detach()
+        entropy = normaliser - (torch.exp(picked - normaliser.unsqueeze(-1)) * picked).sum(dim=-1)
+        entropy = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(
+            positions, entropy)
     return logprobs, entropy
 
 
@@ -214,15 +272,10 @@ def _value_model_path(config: PPOConfig) -> str:
 
 def build_models(config: PPOConfig):
     """(policy, reference or None, value model, tokenizer), all on CPU, before `accelerator.prepare`."""
-    from alignment.models import load_causal_lm, load_tokenizer
-    from reward.scoring import load_reward_model
-
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     policy = load_causal_lm(config.model_name_or_path, config.dtype, trust_remote_code=config.trust_remote_code)
     reference = None
     if config.use_lora:
-        from peft import LoraConfig, get_peft_model
-
         policy = get_peft_model(policy, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM",
@@ -241,15 +294,12 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
     if not name:
         raise RecipeError(f"{kind}_model is not set: name a reward checkpoint or builtin:world-{kind}")
     if name.startswith("builtin:world"):
-        from alignment.world.scorers import WORLD_JUDGES, WorldJudgeScorer
-
         if name not in WORLD_JUDGES:
             raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
         return WorldJudgeScorer(name.rsplit("-", 1)[1])
-    from reward.scoring import RewardScorer
-
-    return RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
-                        batch_size=config.reward_batch_size, device=config.reward_device or device)
+    # The scorer keeps the window the RM was trained on (its stored training_max_length), as at training.
+    return reward_scoring.RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
+                                       batch_size=config.reward_batch_size, device=config.reward_device or device)
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
@@ -273,25 +323,16 @@ def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimi
 def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """(training prompts, held-out prompts for early stopping)."""
     if config.prompts_name == BUILTIN_PROMPTS:
-        from alignment.world.scorers import world_prompt_records
-
         train, heldout = world_prompt_records("train"), world_prompt_records("heldout")
     else:
         require_file(config.prompts_name, "prompts_name")
         train = load_prompts(config.prompts_name, config.prompts_split)
         heldout = []
         if config.heldout_prompts_name is None and config.heldout_fraction > 0:
-            order = list(range(len(train)))
-            random.Random(config.seed).shuffle(order)
-            n_heldout = max(1, int(round(len(train) * config.heldout_fraction)))
-            held = set(order[:n_heldout])
-            heldout = [p for i, p in enumerate(train) if i in held]
-            train = [p for i, p in enumerate(train) if i not in held]
+            train, heldout = split_heldout_by_prompt(train, config.heldout_fraction, config.seed)
     if config.heldout_prompts_name is not None:
         if config.heldout_prompts_name == BUILTIN_PROMPTS:
-            from alignment.world.scorers import world_prompt_records
-
-            heldout = world_prompt_records("heldout")
+                heldout = world_prompt_records("heldout")
         else:
             require_file(config.heldout_prompts_name, "heldout_prompts_name")
             heldout = load_prompts(config.heldout_prompts_name, "test")
@@ -302,15 +343,37 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
     return train, heldout
 
 
+def prompt_key(prompt: PromptRecord) -> str:
+    return json.dumps(prompt.messages, sort_keys=True, ensure_ascii=False)
+
+
+def split_heldout_by_prompt(prompts: list[PromptRecord], fraction: float, seed: int
+                            ) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """(training prompts, held-out prompts), split by prompt text (alignment.data.split_by_key): a prompt file
+    that repeats prompts (the pipeline draws them with replacement) never has a held-out prompt among its
+    training ones, and a held-out prompt stays held out when rows are added. Each held-out prompt is kept once."""
+    train, heldout = split_by_key(prompts, prompt_key, fraction, seed)
+    first: dict[str, PromptRecord] = {}
+    for prompt in heldout:
+        first.setdefault(prompt_key(prompt), prompt)
+    return train, list(first.values())
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_prompts: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded shuffle of one epoch of prompts (computed once per epoch, not once per rollout)."""
+    order = list(range(num_prompts))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
+
+
 def prompt_indices(num_prompts: int, iteration: int, batch_size: int, seed: int) -> list[int]:
     """Global prompt indices of an iteration: epochs of seeded shuffles laid end to end, so the data
     position is a function of the iteration number alone and a resumed run reads the same prompts."""
     out = []
     for position in range(iteration * batch_size, (iteration + 1) * batch_size):
         epoch, offset = divmod(position, num_prompts)
-        order = list(range(num_prompts))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[offset])
+        out.append(epoch_order(num_prompts, seed, epoch)[offset])
     return out
 
 
@@ -318,44 +381,186 @@ def prompt_indices(num_prompts: int, iteration: int, batch_size: int, seed: int)
 # Generate and score
 
 
-def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_ids: list[list[int]],
-                       helpfulness_scorer, safety_scorer, config: PPOConfig, seed: int) -> tuple[RolloutBatch, list, float, float]:
-    """Rollouts of `prompts` with their rewards: (batch, samples, generation seconds, scoring seconds)."""
-    from rlhf.sampling import SamplingParams
-    from rlhf.scoring import score_samples
+@dataclass
+class PPOModels:
+    """What the learning phases work on: the prepared models, their one optimiser, and the accelerator."""
 
-    started = time.perf_counter()
+    accelerator: Accelerator
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None  # None with LoRA: pi_0 is the policy with its adapter disabled
+    value_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+PHASES = ("generation", "scoring", "logprobs", "values", "update", "evaluation", "checkpoint")
+
+
+class PhaseClock:
+    """Wall seconds of each phase of one iteration (metrics ``time/<phase>``). Device work is waited for at the
+    end of each phase, so its seconds are the phase's own, not the next one's."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[phase] += time.perf_counter() - started
+
+
+def sample_tokens(logprobs: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from ``exp(logprobs)`` ``(B, V)`` by inverse CDF: the first token whose cumulative
+    probability exceeds a uniform number. One random number per row: drawing one per vocabulary entry, as
+    `torch.multinomial` and the exponential race do, costs more than a small model's forward on CPU. The CDF is
+    summed in float64, and a token of probability 0 is never drawn."""
+    cdf = logprobs.exp().double().cumsum(dim=-1)
+    target = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
+def _cache_argument(model) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name warns and goes away in 5.40).
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+class LogprobSamplingEngine(HFSamplingEngine):
+    """Sampling for PPO that also keeps log pi_theta of every sampled token, so pi_old needs no second forward
+    pass of the policy (TRL's PPOTrainer takes them from its sampling pass too). They equal `token_logprobs` up
+    to kernel noise (cached decoding vs one full forward). ``logprobs[prompt_index]`` holds one ``(R,)`` tensor
+    per sample.
+
+    With top-p 1 (PPO's default) it decodes with its own loop: the same model calls as `generate` (prefill,
+    then one token per step on a KV cache, positions from the attention mask), but a token is drawn by inverse
+    CDF (the first token whose cumulative probability exceeds a uniform number: exactly a draw from p) instead
+    of `torch.multinomial`, which costs more than the model itself for a small model on CPU, and the log-prob
+    is read at the drawn token alone. The draws are from the same distribution but not the same random numbers as
+    `generate`'s. With top-p < 1 it calls `generate` and reads the log-probs from its raw logits."""
+
+    def generate(self, prompt_ids, params):
+        if params.num_samples != 1 or params.temperature <= 0:
+            raise ValueError("LogprobSamplingEngine samples one answer per prompt at a temperature above 0")
+        self.logprobs: dict[int, torch.Tensor] = {}
+        return super().generate(prompt_ids, params)
+
+    def _generate_chunk(self, chunk, offset, params):
+        input_ids, attention_mask = left_pad(chunk, self.pad_id, self.model.device)
+        if params.top_p < 1.0:
+            generated, logprobs = self._generate_with_logits(input_ids, attention_mask, params)
+        else:
+            generated, logprobs = self._decode(input_ids, attention_mask, params)
+        stop = set(self.stop_ids)
+        samples = []
+        for row, tokens in enumerate(generated.tolist()):
+            sample = make_sample(self.tokenizer, stop, offset + row, 0, chunk[row], tokens)
+            self.logprobs[offset + row] = logprobs[row, :len(sample.response_ids)].cpu()
+            samples.append(sample)
+        return samples
+
+    def _generate_with_logits(self, input_ids, attention_mask, params):
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
+                                     return_dict_in_generate=True, **self._generation_kwargs(params))
+        generated = output.sequences[:, input_ids.shape[1]:]
+        logits = torch.stack(output.logits, dim=1).float() / params.temperature  # raw logits, before top-p
+        return generated, torch.gather(logits, 2, generated.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+    def _decode(self, input_ids, attention_mask, params):
+        batch = input_ids.shape[0]
+        stop = torch.tensor(self.stop_ids, device=input_ids.device)
+        cache = {_cache_argument(self.model): DynamicCache(config=self.model.config)}
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
+        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        tokens, logprobs = [], []
+        for step in range(params.max_new_tokens):
+            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
+            token = torch.where(finished, self.pad_id, sample_tokens(logp))
+            tokens.append(token)
+            logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()) or step + 1 == params.max_new_tokens:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            logits = self.model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=True, **cache).logits[:, -1]
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+def make_engine(config: PPOConfig, policy, tokenizer):
+    if config.logprobs_from_sampling:
+        return LogprobSamplingEngine(policy, tokenizer, batch_size=config.generation_batch_size)
+    return make_sampling_engine(config.sampling_backend, policy, tokenizer, batch_size=config.generation_batch_size)
+
+
+def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_ids: list[list[int]], scorers,
+                       config: PPOConfig, seed: int, clock: PhaseClock | None = None) -> RolloutBatch:
+    """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``. With a
+    `LogprobSamplingEngine` the batch also carries pi_old's log-probs from the sampling pass."""
+    clock = clock or PhaseClock()
     params = SamplingParams(num_samples=1, temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, seed=seed)
-    samples = sorted(engine.generate(prompt_ids, params), key=lambda s: s.prompt_index)
-    generated = time.perf_counter()
-    scores = score_samples(helpfulness_scorer, safety_scorer, [p.messages for p in prompts],
-                           [s.text for s in samples], [p.is_safety_prompt for p in prompts], config.safety_threshold)
-    scored = time.perf_counter()
+    with clock("generation"):
+        samples = sorted(engine.generate(prompt_ids, params), key=lambda s: s.prompt_index)
+    messages, texts = [p.messages for p in prompts], [s.text for s in samples]
+    flags = [p.is_safety_prompt for p in prompts]
+    with clock("scoring"):
+        if scorers[0] is scorers[1]:  # R_h and R_s are one checkpoint: one pass gives both scores
+            both = scorers[0].score(messages, texts).scores
+            scores = combine_scores(both, both, flags, config.safety_threshold)
+        else:
+            scores = score_samples(*scorers, messages, texts, flags, config.safety_threshold)
     input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
     batch = RolloutBatch(
         input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-        is_safety_prompt=torch.tensor([p.is_safety_prompt for p in prompts]),
+        is_safety_prompt=torch.tensor(flags),
         is_truncated=torch.tensor([not s.finished for s in samples]),
         helpfulness=scores.helpfulness, safety=scores.safety, combined=scores.combined, use_safety=scores.use_safety,
     )
-    return batch, samples, generated - started, scored - generated
+    if isinstance(engine, LogprobSamplingEngine):
+        batch.logprobs = torch.zeros(response_mask.shape, dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            p, r = len(sample.prompt_ids), len(sample.response_ids)
+            batch.logprobs[row, p - 1:p + r - 1] = engine.logprobs[sample.prompt_index]
+    return batch
 
 
 @torch.no_grad()
-def forward_rollouts(batch: RolloutBatch, policy, reference, value_model, config: PPOConfig, autocast) -> None:
-    """Fill pi_old log-probs, pi_0 log-probs and V_old, in micro-batches."""
-    logprobs, ref_logprobs, values = [], [], []
-    step = config.per_device_train_batch_size
-    for start in range(0, len(batch), step):
-        ids = batch.input_ids[start:start + step]
-        mask = batch.attention_mask[start:start + step]
+def forward_rollouts(models: PPOModels, batch: RolloutBatch, config: PPOConfig, clock: PhaseClock | None = None
+                     ) -> None:
+    """Fill pi_old log-probs, pi_0 log-probs and V_old, in micro-batches (one model at a time, so each
+    model's seconds are its own phase)."""
+    clock = clock or PhaseClock()
+    # Rows sorted by length into micro-batches, each cut to its own width: no FLOPs on padding. Each row's
+    # values do not depend on its neighbours, so only kernel noise differs from one padded pass.
+    order = torch.argsort(batch.attention_mask.sum(dim=1), stable=True)
+    parts = [batch.select(rows) for rows in order.split(config.per_device_train_batch_size)]
+
+    def gather(compute) -> torch.Tensor:
+        out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.input_ids.device)
+        for rows, part in zip(order.split(config.per_device_train_batch_size), parts):
+            out[rows, :part.response_mask.shape[1]] = compute(part).float()
+        return out
+
+    autocast = models.accelerator.autocast
+    with clock("logprobs"):
         with autocast():
-            logprobs.append(token_logprobs(policy, ids, mask, config.temperature))
-            with reference_policy(policy, reference) as ref:
-                ref_logprobs.append(token_logprobs(ref, ids, mask, config.temperature))
-            values.append(value_model(ids, mask)[:, :-1])
-    batch.logprobs, batch.ref_logprobs, batch.values = (torch.cat(x) for x in (logprobs, ref_logprobs, values))
+            if batch.logprobs is None:  # not already taken from the sampling pass
+                batch.logprobs = gather(lambda part: token_logprobs(
+                    models.policy, part.input_ids, part.attention_mask, config.temperature,
+                    positions=part.response_mask))
+            with reference_policy(models.policy, models.reference) as ref:
+                batch.ref_logprobs = gather(lambda part: token_logprobs(
+                    ref, part.input_ids, part.attention_mask, config.temperature, positions=part.response_mask))
+    with clock("values"), autocast():
+        batch.values = gather(lambda part: models.value_model(part.input_ids, part.attention_mask)[:, :-1])
 
 
 def compute_advantages(batch: RolloutBatch, config: PPOConfig, distributed: bool = False) -> None:
@@ -382,28 +587,32 @@ def _all_finite(accelerator, *tensors) -> bool:
     return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
 
 
-def ppo_update(accelerator, policy, value_model, optimizer, batch: RolloutBatch, config: PPOConfig,
-               iteration: int, where: str = "") -> dict[str, float]:
+UPDATE_STATISTICS = ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")
+
+
+def ppo_update(models: PPOModels, batch: RolloutBatch, config: PPOConfig, iteration: int) -> dict[str, float]:
     """PPO epochs over the batch, one optimiser step per mini-batch; returns mini-batch-averaged statistics.
 
     Each process holds ``mini_batch_size / processes`` rows of every mini-batch. Losses are sums over the
     process's tokens divided by the mini-batch's global token count, times the number of processes because
-    DDP averages gradients: the step equals the one-process step on the whole mini-batch."""
-    distributed = accelerator.num_processes > 1
+    DDP averages gradients: the step equals the one-process step on the whole mini-batch. A non-finite loss
+    or gradient raises `NonFiniteError` before the optimiser step."""
+    accelerator, optimizer = models.accelerator, models.optimizer
+    policy, value_model = models.policy, models.value_model
     world = accelerator.num_processes
+    distributed = world > 1
     n_mini = config.rollout_batch_size // config.mini_batch_size
     local_mini = len(batch) // n_mini
     micro = min(config.per_device_train_batch_size, local_mini)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
-    keys = ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl", "entropy")
-    totals = dict.fromkeys(keys, 0.0)
+    totals = dict.fromkeys(UPDATE_STATISTICS, 0.0)
     steps = 0
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(batch), generator=generator)
         for m in range(n_mini):
             mini = batch.select(order[m * local_mini:(m + 1) * local_mini])
             tokens = global_token_count(mini.response_mask, distributed)
-            sums = torch.zeros(len(keys), dtype=torch.float64, device=accelerator.device)
+            sums = torch.zeros(len(UPDATE_STATISTICS), dtype=torch.float64, device=accelerator.device)
             for start in range(0, local_mini, micro):
                 part = mini.select(range(start, start + micro))
                 last = start + micro >= local_mini
@@ -413,48 +622,49 @@ def ppo_update(accelerator, policy, value_model, optimizer, batch: RolloutBatch,
                         stack.enter_context(accelerator.no_sync(value_model))
                     with accelerator.autocast():
                         logprobs, entropy = token_logprobs(policy, part.input_ids, part.attention_mask,
-                                                           config.temperature, with_entropy=True)
+                                                           config.temperature, with_entropy=True,
+                                                           positions=part.response_mask)
                         values = value_model(part.input_ids, part.attention_mask)[:, :-1]
                     pl = policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
                                      config.clip_range, tokens)
                     vl = value_loss(values, part.values, part.returns, part.response_mask,
                                     config.value_clip_range, tokens)
-                    loss = pl.loss + vl.loss
-                    accelerator.backward(loss * world)
+                    accelerator.backward((pl.loss + vl.loss) * world)
                 sums += torch.stack([pl.loss.detach().double(), vl.loss.detach().double(),
                                      pl.clip_fraction.double(), vl.clip_fraction.double(), pl.approx_kl.double(),
                                      masked_mean(entropy, part.response_mask, tokens).double()])
             if not _all_finite(accelerator, sums):
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteError(f"non-finite PPO loss at iteration {iteration + 1}, mini-batch {m + 1}; {where}")
+                raise NonFiniteError(f"non-finite PPO loss at iteration {iteration + 1}, mini-batch {m + 1}")
             policy_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             value_norm = accelerator.clip_grad_norm_(value_model.parameters(), config.max_grad_norm)
             if not _all_finite(accelerator, torch.as_tensor(policy_norm), torch.as_tensor(value_norm)):
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteError(f"non-finite gradient at iteration {iteration + 1}, mini-batch {m + 1}; {where}")
+                raise NonFiniteError(f"non-finite gradient at iteration {iteration + 1}, mini-batch {m + 1}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sums = accelerator.reduce(sums, reduction="sum") if distributed else sums
-            for key, value in zip(keys, sums.tolist()):
+            for key, value in zip(UPDATE_STATISTICS, sums.tolist()):
                 totals[key] += value
             steps += 1
     return {key: value / steps for key, value in totals.items()}
 
 
 def rollout_metrics(accelerator, batch: RolloutBatch) -> dict[str, float]:
-    """Means over all processes' rollouts: rewards, gate share, KL per answer, answer length, truncation."""
+    """Means over all processes' rollouts: rewards, gate share, KL per answer, answer length, truncation; and
+    the batch's real (non-pad) tokens, which the benchmark turns into FLOPs."""
     distributed = accelerator.num_processes > 1
     lengths = batch.response_mask.sum(dim=1).double()
     per_row = torch.stack([
         batch.helpfulness.double(), batch.safety.double(), batch.combined.double(), batch.use_safety.double(),
         torch.where(batch.response_mask, batch.kl, 0.0).sum(dim=1).double(),  # KL of each answer
-        lengths, batch.is_truncated.double(),
+        lengths, batch.is_truncated.double(), batch.attention_mask.sum(dim=1).double(),
     ])
     sums = torch.cat([per_row.sum(dim=1), per_row.new_tensor([float(len(batch))])])
     if distributed:
         sums = accelerator.reduce(sums, reduction="sum")
     names = ("reward/helpfulness", "reward/safety", "reward/combined", "reward/gated_to_safety", "kl",
-             "response_length", "truncated_share")
+             "response_length", "truncated_share", "sequence_length")
     out = {name: value / sums[-1].item() for name, value in zip(names, sums[:-1].tolist())}
     out["explained_variance"] = float(explained_variance(batch.values, batch.returns, batch.response_mask,
                                                          distributed=distributed))
@@ -475,9 +685,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int, best_policy: Path | None = None) -> Path:
     """accelerate's save_state (models, optimiser, RNG of every process) plus our trainer state, written to a
-    temporary folder and renamed, so a kill at any moment leaves the previous checkpoint whole."""
+    temporary folder and renamed, so a kill at any moment leaves the previous checkpoint whole.
+
+    ``best_policy`` (the weights of ``state['best_iteration']``) is published inside the same folder, so the
+    best policy and the iteration it belongs to are renamed together: a kill can never leave one without the
+    other."""
     root = output_dir / CHECKPOINTS
     final = root / f"iteration-{state['iteration']:06d}"
     tmp = root / f"{final.name}.tmp"
@@ -488,6 +702,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Pa
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if best_policy is not None:
+            _link_or_copy(best_policy, tmp / BEST_POLICY)
         atomic_write_json(tmp / TRAINER_STATE, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -498,14 +714,20 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Pa
     return final
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs nothing; the source is only ever replaced by rename, so the link keeps the old bytes.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _trainable_state(policy) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous().clone() for n, p in _unwrap(policy).named_parameters() if p.requires_grad}
 
 
 def save_best_policy(accelerator, policy, path: Path) -> None:
     """The trainable weights (the adapter with LoRA) of the best held-out policy, in safetensors."""
-    from safetensors.torch import save_file
-
     state = _trainable_state(policy)
     if accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
@@ -515,8 +737,6 @@ def save_best_policy(accelerator, policy, path: Path) -> None:
 
 
 def load_best_policy(policy, path: Path) -> None:
-    from safetensors.torch import load_file
-
     missing = set(_trainable_state(policy)) - set(load_file(str(path)))
     if missing:
         raise RecipeError(f"{path}: does not match the policy (missing {sorted(missing)[:3]})")
@@ -525,8 +745,6 @@ def load_best_policy(policy, path: Path) -> None:
 
 def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lora: bool) -> None:
     """The policy as an ordinary checkpoint (LoRA merged) that later stages load, in safetensors."""
-    from alignment.distributed import save_full_model
-
     model = _unwrap(accelerator.unwrap_model(policy))
     if not (_is_peft(model) and merge_lora):
         save_full_model(policy, output_dir, accelerator, tokenizer)
@@ -539,11 +757,241 @@ def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lo
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The loop
+# The trainer
 
 
 def _tracker_config(config: PPOConfig) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(config).items()}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+            for k, v in config_to_dict(config).items()}
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records beside the models, optimiser and RNG (``trainer_state.json``)."""
+
+    iteration: int = 0  # iterations finished
+    prompts_consumed: int = 0
+    best_score: float | None = None  # best held-out mean R_c so far
+    best_iteration: int | None = None  # the iteration whose policy scored it (0: the policy at PPO start)
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainerState":
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+class PPOTrainer:
+    """The PPO stage as a recipe object (torchtune's shape): `setup` builds models, optimiser and data and
+    resumes from the last checkpoint; `train` runs the iterations; `save_checkpoint` writes a resume point;
+    `cleanup` saves the final (best held-out) policy and the summary. `run` does the four in order.
+
+    Scorers and prompts may be passed in (the pipeline keeps RMs in memory; tests pass fakes); otherwise they
+    are built from the config. ``on_iteration_end(iteration, metrics)`` is called after each checkpointed
+    iteration (tests use it to simulate a kill).
+    """
+
+    def __init__(self, config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
+                 prompts: list[PromptRecord] | None = None, heldout_prompts: list[PromptRecord] | None = None,
+                 on_iteration_end=None):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.scorers = (helpfulness_scorer, safety_scorer)
+        self.prompts = prompts
+        self.heldout_prompts = heldout_prompts
+        self.on_iteration_end = on_iteration_end
+        self.state = TrainerState()
+        self.best_policy: Path | None = None  # the weights of state.best_iteration, once evaluated
+        self.metrics: dict = {}
+
+    # -- setup ------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        config = self.config
+        trackers = [t for t in config.report_to if t != "none"]
+        self.accelerator = accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no",
+                                                     log_with=trackers or None, project_dir=str(self.output_dir))
+        config.validate(accelerator.num_processes)
+        check_chat_format(config.chat_format)
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.prompts is None:
+            self.prompts, loaded_heldout = load_ppo_prompts(config)
+            self.heldout_prompts = loaded_heldout if self.heldout_prompts is None else self.heldout_prompts
+        self.heldout_prompts = self.heldout_prompts or []
+        helpfulness, safety = self.scorers
+        device = str(accelerator.device)
+        helpfulness = helpfulness or build_scorer(config.helpfulness_model, "helpfulness", config, device)
+        if safety is None and config.safety_model == config.helpfulness_model and self.scorers[0] is None:
+            safety = helpfulness  # one checkpoint for both: loaded once, scored once
+        self.scorers = (helpfulness, safety or build_scorer(config.safety_model, "safety", config, device))
+
+        set_seed(config.seed)
+        policy, reference, value_model, self.tokenizer = build_models(config)
+        check_chat_format(config.chat_format, self.tokenizer)
+        optimizer = make_optimizer(policy, value_model, config)
+        policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+        if reference is not None:
+            reference = reference.to(accelerator.device).eval()
+        policy.eval()
+        value_model.eval()
+        self.models = PPOModels(accelerator, policy, reference, value_model, optimizer)
+        self.engine = make_engine(config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer)
+        self.prompt_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.prompts]
+        self.heldout_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format)
+                            for p in self.heldout_prompts]
+        self.load_checkpoint()
+        if trackers:
+            accelerator.init_trackers("ppo", config=_tracker_config(config))
+
+    def load_checkpoint(self) -> None:
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            return
+        self.accelerator.load_state(str(checkpoint))
+        self.state = TrainerState.from_dict(json.loads((checkpoint / TRAINER_STATE).read_text()))
+        self.best_policy = checkpoint / BEST_POLICY if (checkpoint / BEST_POLICY).is_file() else None
+        self.accelerator.print(f"resuming PPO from {checkpoint} (iteration {self.state.iteration} done)")
+
+    # -- train ------------------------------------------------------------------------------------------
+
+    @property
+    def evaluating(self) -> bool:
+        return bool(self.heldout_prompts) and self.config.eval_every > 0
+
+    def where(self) -> str:
+        last = latest_checkpoint(self.output_dir)
+        return f"training stopped; last good checkpoint: {last if last else 'none (no iteration finished)'}"
+
+    def train(self) -> None:
+        config = self.config
+        if self.evaluating and self.state.best_score is None:
+            self.evaluate(0)  # the policy at PPO start is the baseline that training must beat
+        bar = tqdm(total=config.num_iterations, initial=self.state.iteration, desc="PPO", unit="it",
+                   disable=not (config.progress and self.accelerator.is_local_main_process))
+        while self.state.iteration < config.num_iterations and not self.state.stopped_early:
+            metrics = self.train_iteration()
+            bar.update(1)
+            bar.set_postfix({"R_c": f"{metrics['reward/combined']:.3f}", "kl": f"{metrics['kl']:.3f}",
+                             "gen": f"{metrics['time/generation'] / metrics['time/iteration']:.0%}"})
+            if self.on_iteration_end is not None:
+                self.on_iteration_end(self.state.iteration, metrics)
+        bar.close()
+
+    def rollouts(self, iteration: int, clock: PhaseClock) -> RolloutBatch:
+        """This process's share of the iteration's rollouts, scored, on its device."""
+        config, accelerator = self.config, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        local = config.rollout_batch_size // world
+        indices = prompt_indices(len(self.prompts), iteration, config.rollout_batch_size, config.seed)
+        mine = indices[rank * local:(rank + 1) * local]
+        seed = (config.seed * 1_000_003 + iteration) * world + rank
+        with gathered_full_weights(self.models.policy, accelerator):  # FSDP/ZeRO-3: generate on whole weights
+            batch = generate_and_score(self.engine, self.tokenizer, [self.prompts[i] for i in mine],
+                                       [self.prompt_ids[i] for i in mine], self.scorers, config, seed, clock)
+        return batch.to(accelerator.device)
+
+    def train_iteration(self) -> dict:
+        """generate -> score -> learn, then evaluate and checkpoint when due; returns the iteration's metrics."""
+        config, accelerator, state = self.config, self.accelerator, self.state
+        iteration = state.iteration
+        clock = PhaseClock(accelerator.device)
+        started = time.perf_counter()
+        batch = self.rollouts(iteration, clock)
+        if not _all_finite(accelerator, batch.combined):
+            raise NonFiniteError(f"non-finite reward at iteration {iteration + 1}; {self.where()}")
+        train_started = time.perf_counter()
+        forward_rollouts(self.models, batch, config, clock)
+        compute_advantages(batch, config, distributed=accelerator.num_processes > 1)
+        if not _all_finite(accelerator, batch.rewards, batch.advantages):
+            raise NonFiniteError(f"non-finite reward or advantage at iteration {iteration + 1}; {self.where()}")
+        with clock("update"):
+            try:
+                losses = ppo_update(self.models, batch, config, iteration)
+            except NonFiniteError as error:
+                raise NonFiniteError(f"{error}; {self.where()}") from None
+        train_s = time.perf_counter() - train_started
+
+        state.iteration = iteration + 1
+        state.prompts_consumed = state.iteration * config.rollout_batch_size
+        if self.evaluating and state.iteration % config.eval_every == 0:
+            with clock("evaluation"):
+                self.evaluate(state.iteration)
+            if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
+                state.stopped_early = True
+        metrics = {**rollout_metrics(accelerator, batch), **losses}
+        if state.iteration % config.save_every == 0 or state.iteration == config.num_iterations or state.stopped_early:
+            with clock("checkpoint"):
+                self.save_checkpoint()
+        elapsed = time.perf_counter() - started
+        metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
+        metrics.update({"time/training": train_s, "time/other": elapsed - sum(clock.seconds.values()),
+                        "time/iteration": elapsed, "rollouts_per_s": config.rollout_batch_size / elapsed})
+        accelerator.log(metrics, step=state.iteration)
+        if accelerator.is_main_process:
+            append_jsonl(self.output_dir / "metrics.jsonl", [{"iteration": state.iteration, **metrics}])
+        self.metrics = metrics
+        return metrics
+
+    def evaluate(self, iteration: int) -> None:
+        """Held-out mean R_c; a new best (by more than ``early_stopping_min_delta``) saves its policy, which
+        the next checkpoint publishes together with ``best_iteration``."""
+        with gathered_full_weights(self.models.policy, self.accelerator):
+            score = evaluate_heldout(self.accelerator, self.engine, self.tokenizer, self.heldout_prompts,
+                                     self.heldout_ids, self.scorers, self.config)
+        self.accelerator.log({"heldout/combined": score}, step=iteration)
+        state = self.state
+        if state.best_score is None or score > state.best_score + self.config.early_stopping_min_delta:
+            state.best_score, state.best_iteration, state.evals_without_improvement = score, iteration, 0
+            self.best_policy = self.output_dir / PENDING_BEST_POLICY
+            save_best_policy(self.accelerator, self.models.policy, self.best_policy)
+        else:
+            state.evals_without_improvement += 1
+
+    # -- save and finish --------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        saved = save_checkpoint(self.accelerator, self.output_dir, self.state.to_dict(), self.config.keep_checkpoints,
+                                best_policy=self.best_policy)
+        if self.best_policy is not None:
+            self.best_policy = saved / BEST_POLICY
+        return saved
+
+    def cleanup(self) -> dict:
+        """Load the best held-out policy, save it as the stage's model, write the summary and end trackers."""
+        accelerator, state, policy = self.accelerator, self.state, self.models.policy
+        if state.best_iteration is not None and self.best_policy is not None:
+            load_best_policy(accelerator.unwrap_model(policy), self.best_policy)
+            if accelerator.is_main_process:
+                shutil.copyfile(self.best_policy, self.output_dir / BEST_POLICY)
+                (self.output_dir / PENDING_BEST_POLICY).unlink(missing_ok=True)
+        save_final_policy(accelerator, policy, self.tokenizer, self.output_dir, self.config.merge_lora)
+        history = {row["iteration"]: row for row in read_jsonl_tolerant(self.output_dir / "metrics.jsonl")}
+        summary = {
+            "iterations": state.iteration,
+            "stopped_early": state.stopped_early,
+            "best_iteration": state.best_iteration,
+            "best_heldout_combined": state.best_score,
+            "final_metrics": self.metrics or history.get(state.iteration, {}),
+            "train_prompts": len(self.prompts),
+            "heldout_prompts": len(self.heldout_prompts),
+            "config": config_to_dict(self.config),
+        }
+        if accelerator.is_main_process:
+            atomic_write_json(self.output_dir / COMPLETE_MARKER, summary)
+        accelerator.end_training()
+        return summary
+
+    def run(self) -> dict:
+        """The whole stage; a finished run returns its saved summary, a killed one resumes."""
+        if (self.output_dir / COMPLETE_MARKER).is_file():
+            return json.loads((self.output_dir / COMPLETE_MARKER).read_text())
+        self.setup()
+        self.train()
+        return self.cleanup()
 
 
 def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord], heldout_ids, scorers,
@@ -555,8 +1003,8 @@ def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord]
     mine = list(range(rank, len(heldout), world))
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     if mine:
-        batch, *_ = generate_and_score(engine, tokenizer, [heldout[i] for i in mine], [heldout_ids[i] for i in mine],
-                                       *scorers, config, seed=config.seed + 7919)
+        batch = generate_and_score(engine, tokenizer, [heldout[i] for i in mine], [heldout_ids[i] for i in mine],
+                                   scorers, config, seed=config.seed + 7919)
         total += torch.tensor([batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64,
                               device=accelerator.device)
     if world > 1:
@@ -567,152 +1015,16 @@ def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord]
 def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
             prompts: list[PromptRecord] | None = None, heldout_prompts: list[PromptRecord] | None = None,
             on_iteration_end=None) -> dict:
-    """Train the policy with PPO and save it to ``config.output_dir``; returns a summary.
+    """Train the policy with PPO and save it to ``config.output_dir``; returns a summary (see `PPOTrainer`).
 
-    Scorers and prompts may be passed in (the pipeline keeps RMs in memory; tests pass fakes); otherwise they
-    are built from the config. A run that was killed resumes from its last complete iteration (weights,
-    optimiser, RNG, data position); a finished run returns its saved summary. ``on_iteration_end(iteration,
-    metrics)`` is called after each checkpointed iteration (tests use it to simulate a kill).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
-    from alignment.chat import check_chat_format, encode_prompt
-    from alignment.distributed import gathered_full_weights
-    from rlhf.sampling import make_sampling_engine
-
-    output_dir = Path(config.output_dir)
-    if (output_dir / COMPLETE_MARKER).is_file():
-        return json.loads((output_dir / COMPLETE_MARKER).read_text())
-    trackers = [t for t in config.report_to if t != "none"]
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", log_with=trackers or None,
-                              project_dir=str(output_dir))
-    config.validate(accelerator.num_processes)
-    check_chat_format(config.chat_format)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if prompts is None:
-        prompts, loaded_heldout = load_ppo_prompts(config)
-        heldout_prompts = loaded_heldout if heldout_prompts is None else heldout_prompts
-    heldout_prompts = heldout_prompts or []
-    if helpfulness_scorer is None:
-        helpfulness_scorer = build_scorer(config.helpfulness_model, "helpfulness", config, str(accelerator.device))
-    if safety_scorer is None:
-        safety_scorer = build_scorer(config.safety_model, "safety", config, str(accelerator.device))
-
-    set_seed(config.seed)
-    policy, reference, value_model, tokenizer = build_models(config)
-    check_chat_format(config.chat_format, tokenizer)
-    optimizer = make_optimizer(policy, value_model, config)
-    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
-    if reference is not None:
-        reference = reference.to(accelerator.device).eval()
-    policy.eval()
-    value_model.eval()
-    engine = make_sampling_engine(config.sampling_backend, _unwrap(accelerator.unwrap_model(policy)), tokenizer,
-                                  batch_size=config.generation_batch_size)
-    prompt_ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in prompts]
-    heldout_ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in heldout_prompts]
-    scorers = (helpfulness_scorer, safety_scorer)
-
-    state = {"iteration": 0, "prompts_consumed": 0, "best_score": None, "best_iteration": None,
-             "evals_without_improvement": 0, "stopped_early": False}
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / TRAINER_STATE).read_text())
-        accelerator.print(f"resuming PPO from {checkpoint} (iteration {state['iteration']} done)")
-    if trackers:
-        accelerator.init_trackers("ppo", config=_tracker_config(config))
-
-    def where() -> str:
-        last = latest_checkpoint(output_dir)
-        return f"training stopped; last good checkpoint: {last if last else 'none (no iteration finished)'}"
-
-    def evaluate(iteration: int) -> None:
-        with gathered_full_weights(policy, accelerator):
-            score = evaluate_heldout(accelerator, engine, tokenizer, heldout_prompts, heldout_ids, scorers, config)
-        accelerator.log({"heldout/combined": score}, step=iteration)
-        if state["best_score"] is None or score > state["best_score"] + config.early_stopping_min_delta:
-            state.update(best_score=score, best_iteration=iteration, evals_without_improvement=0)
-            save_best_policy(accelerator, policy, output_dir / BEST_POLICY)
-        else:
-            state["evals_without_improvement"] += 1
-
-    evaluating = bool(heldout_prompts) and config.eval_every > 0
-    if evaluating and state["best_score"] is None:
-        evaluate(0)  # the policy at PPO start is the baseline that training must beat
-    world, rank = accelerator.num_processes, accelerator.process_index
-    local = config.rollout_batch_size // world
-    bar = tqdm(total=config.num_iterations, initial=state["iteration"], desc="PPO", unit="it",
-               disable=not (config.progress and accelerator.is_local_main_process))
-    metrics: dict = {}
-    while state["iteration"] < config.num_iterations and not state["stopped_early"]:
-        iteration = state["iteration"]
-        started = time.perf_counter()
-        indices = prompt_indices(len(prompts), iteration, config.rollout_batch_size, config.seed)
-        mine = indices[rank * local:(rank + 1) * local]
-        seed = (config.seed * 1_000_003 + iteration) * world + rank
-        with gathered_full_weights(policy, accelerator):  # FSDP/ZeRO-3: generate on whole weights (sec. 3.2.3)
-            batch, samples, gen_s, score_s = generate_and_score(
-                engine, tokenizer, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], *scorers, config, seed)
-        batch = batch.to(accelerator.device)
-        if not _all_finite(accelerator, batch.combined):
-            raise NonFiniteError(f"non-finite reward at iteration {iteration + 1}; {where()}")
-        train_started = time.perf_counter()
-        forward_rollouts(batch, policy, reference, value_model, config, accelerator.autocast)
-        compute_advantages(batch, config, distributed=world > 1)
-        if not _all_finite(accelerator, batch.rewards, batch.advantages):
-            raise NonFiniteError(f"non-finite reward or advantage at iteration {iteration + 1}; {where()}")
-        losses = ppo_update(accelerator, policy, value_model, optimizer, batch, config, iteration, where())
-        train_s = time.perf_counter() - train_started
-
-        state["iteration"] = iteration + 1
-        state["prompts_consumed"] = (iteration + 1) * config.rollout_batch_size
-        if evaluating and (iteration + 1) % config.eval_every == 0:
-            evaluate(iteration + 1)
-            if config.early_stopping_patience and state["evals_without_improvement"] >= config.early_stopping_patience:
-                state["stopped_early"] = True
-        elapsed = time.perf_counter() - started
-        metrics = {**rollout_metrics(accelerator, batch), **losses, "time/generation": gen_s, "time/scoring": score_s,
-                   "time/training": train_s, "time/iteration": elapsed,
-                   "rollouts_per_s": config.rollout_batch_size / elapsed}
-        if (iteration + 1) % config.save_every == 0 or state["iteration"] == config.num_iterations \
-                or state["stopped_early"]:
-            save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
-        accelerator.log(metrics, step=iteration + 1)
-        if accelerator.is_main_process:
-            append_jsonl(output_dir / "metrics.jsonl", [{"iteration": iteration + 1, **metrics}])
-        bar.update(1)
-        bar.set_postfix({"R_c": f"{metrics['reward/combined']:.3f}", "kl": f"{metrics['kl']:.3f}",
-                         "gen": f"{gen_s / elapsed:.0%}"})
-        if on_iteration_end is not None:
-            on_iteration_end(iteration + 1, metrics)
-    bar.close()
-
-    if state["best_iteration"] is not None and (output_dir / BEST_POLICY).is_file():
-        load_best_policy(accelerator.unwrap_model(policy), output_dir / BEST_POLICY)
-    save_final_policy(accelerator, policy, tokenizer, output_dir, config.merge_lora)
-    history = {row["iteration"]: row for row in read_jsonl_tolerant(output_dir / "metrics.jsonl")}
-    summary = {
-        "iterations": state["iteration"],
-        "stopped_early": state["stopped_early"],
-        "best_iteration": state["best_iteration"],
-        "best_heldout_combined": state["best_score"],
-        "final_metrics": metrics or history.get(state["iteration"], {}),
-        "train_prompts": len(prompts),
-        "heldout_prompts": len(heldout_prompts),
-        "config": config_to_dict(config),
-    }
-    if accelerator.is_main_process:
-        atomic_write_json(output_dir / COMPLETE_MARKER, summary)
-    accelerator.end_training()
-    return summary
+    A run that was killed resumes from its last complete iteration (weights, optimiser, RNG, data position);
+    a finished run returns its saved summary."""
+    return PPOTrainer(config, helpfulness_scorer=helpfulness_scorer, safety_scorer=safety_scorer, prompts=prompts,
+                      heldout_prompts=heldout_prompts, on_iteration_end=on_iteration_end).run()
 
 
 __all__ = [
-    "NonFiniteError", "PPOConfig", "RolloutBatch", "TokenValueModel", "collate_rollouts", "compute_advantages",
-    "forward_rollouts", "generate_and_score", "latest_checkpoint", "ppo_update", "prompt_indices", "run_ppo",
-    "token_logprobs",
+    "NonFiniteError", "PPOConfig", "PPOModels", "PPOTrainer", "PhaseClock", "RolloutBatch", "TokenValueModel",
+    "TrainerState", "collate_rollouts", "compute_advantages", "forward_rollouts", "generate_and_score",
+    "latest_checkpoint", "ppo_update", "prompt_indices", "run_ppo", "token_logprobs",
 ]

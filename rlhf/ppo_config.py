@@ -1,4 +1,4 @@
-"""PPO recipe fields (Llama 2, sec. 3.2.3; LLAMA2_METHOD.md, "Stage 4: PPO").
+"""PPO recipe fields (Llama 2, arXiv 2307.09288, sec. 3.2.3).
 
 Paper values: batch 512, mini-batch 64, one gradient step per mini-batch, clip 0.2, beta 0.01 (0.005 for
 34B/70B), AdamW (0.9, 0.95), eps 1e-5, weight decay 0.1, gradient clipping 1.0, constant LR 1e-6,
@@ -101,7 +101,14 @@ class PPOConfig:
     generation_batch_size: int = field(
         default=32, metadata={"range": AT_LEAST_ONE, "help": "Sequences decoded together by the sampling engine."}
     )
-    sampling_backend: str = field(default="hf", metadata={"help": "Sampling engine: hf or vllm (rlhf/sampling.py)."})
+    sampling_backend: str = field(
+        default="hf", metadata={"help": "Sampling engine: hf (vllm is rejected until policy weights sync to it)."},
+    )
+    logprobs_from_sampling: bool = field(
+        default=False,
+        metadata={"help": "Take pi_old's log-probs from the sampling pass's logits (as TRL does) instead of a second "
+                          "forward of the policy: the same weights, so equal up to kernel noise; hf sampling, no bf16."},
+    )
     max_new_tokens: int = field(
         default=128, metadata={"range": AT_LEAST_ONE, "help": "Response budget per rollout (paper: not stated)."}
     )
@@ -200,6 +207,12 @@ class PPOConfig:
 
     def validate(self, num_processes: int = 1) -> None:
         """Recipe checks that need no model, so a wrong recipe fails in a second."""
+        if self.sampling_backend == "vllm":
+            raise RecipeError("sampling_backend 'vllm' is not supported by PPO: nothing syncs the updated policy "
+                              "weights into the vLLM engine yet; use sampling_backend: hf")
+        if self.logprobs_from_sampling and self.bf16:
+            raise RecipeError("logprobs_from_sampling needs bf16: false (sampling runs without autocast, so its "
+                              "log-probs would not be those of the bf16 training forward)")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise RecipeError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got '{self.kl_estimator}'")
         for name in ("rollout_batch_size", "mini_batch_size", "per_device_train_batch_size", "generation_batch_size",

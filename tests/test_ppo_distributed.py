@@ -46,7 +46,7 @@ def worker(out_file: str) -> None:
 
     from alignment.models import load_causal_lm
     from reward.scoring import load_reward_model
-    from rlhf.ppo import TokenValueModel, compute_advantages, forward_rollouts, ppo_update
+    from rlhf.ppo import PPOModels, TokenValueModel, compute_advantages, forward_rollouts, ppo_update
     from rlhf.ppo_config import PPOConfig
 
     torch.set_num_threads(1)
@@ -70,9 +70,10 @@ def worker(out_file: str) -> None:
     policy.eval(), value_model.eval()
 
     batch = _synthetic_batch().select(range(rank * 4 // world, (rank + 1) * 4 // world))
-    forward_rollouts(batch, policy, reference, value_model, config, accelerator.autocast)
+    models = PPOModels(accelerator, policy, reference, value_model, optimizer)
+    forward_rollouts(models, batch, config)
     compute_advantages(batch, config, distributed=world > 1)
-    stats = ppo_update(accelerator, policy, value_model, optimizer, batch, config, iteration=0)
+    stats = ppo_update(models, batch, config, iteration=0)
     unwrapped, vunwrapped = accelerator.unwrap_model(policy), accelerator.unwrap_model(value_model)
     torch.save({
         "rank": rank, "world": world, "stats": stats,

@@ -1,0 +1,133 @@
+"""The PPO speed-ups (issue 18) keep the maths: each exact one gives the same losses as the plain run."""
+
+import pytest
+import torch
+
+import rlhf.ppo
+from alignment.chat import encode_prompt
+from alignment.models import load_causal_lm, load_tokenizer
+from rlhf.ppo import (
+    LogprobSamplingEngine,
+    collate_rollouts,
+    generate_and_score,
+    run_ppo,
+    sample_tokens,
+    token_logprobs,
+)
+from rlhf.ppo_config import PPOConfig
+from rlhf.sampling import SamplingParams
+from tests.test_ppo import PROMPTS, ConstantScorer, DigitScorer, small_config
+
+
+def test_logprobs_from_the_sampling_pass_equal_a_second_forward():
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    tokenizer = load_tokenizer("builtin:tiny-llama")
+    prompt_ids = [encode_prompt(tokenizer, p.messages, "llama2") for p in PROMPTS]
+    engine = LogprobSamplingEngine(model, tokenizer, batch_size=3)  # two chunks, left-padded differently
+    samples = engine.generate(prompt_ids, SamplingParams(temperature=0.7, top_p=1.0, max_new_tokens=8, seed=1))
+    input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = token_logprobs(model, input_ids, attention_mask, temperature=0.7)
+    for row, sample in enumerate(samples):
+        got = engine.logprobs[sample.prompt_index]
+        assert got.shape == (len(sample.response_ids),)
+        # Cached decoding vs one full forward: the same weights, so only kernel noise apart.
+        torch.testing.assert_close(got, expected[row][response_mask[row]], rtol=0, atol=1e-5)
+
+
+def _losses(tmp_path, name, **overrides):
+    rows = []
+    config = small_config(tmp_path / name, num_iterations=3, **overrides)
+    run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+            heldout_prompts=[], on_iteration_end=lambda it, m: rows.append(m))
+    return [r[key] for r in rows for key in ("policy_loss", "value_loss", "approx_kl", "kl", "reward/combined")]
+
+
+def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, monkeypatch):
+    plain = _losses(tmp_path, "plain")
+    # A checkpoint every 2 iterations instead of every one: nothing in the maths reads the checkpoint.
+    assert _losses(tmp_path, "every2", save_every=2) == plain
+    # pi_old from the sampling pass, against the same samples with pi_old from a second forward pass.
+    sampled = _losses(tmp_path, "sampled", logprobs_from_sampling=True)
+    real = rlhf.ppo.forward_rollouts
+
+    def second_forward(models, batch, config, clock=None):
+        batch.logprobs = None
+        return real(models, batch, config, clock)
+    monkeypatch.setattr(rlhf.ppo, "forward_rollouts", second_forward)
+    assert sampled == pytest.approx(_losses(tmp_path, "recomputed", logprobs_from_sampling=True), abs=1e-5)
+
+
+def test_sampled_tokens_follow_the_distribution():
+    p = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4])
+    torch.manual_seed(0)
+    draws = sample_tokens(torch.log(p).expand(200_000, 5))
+    share = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert share[1] == 0.0  # probability 0 is never drawn
+    # Standard error of each share is at most sqrt(0.25 / 200000) = 0.0011; 5 of them allowed.
+    torch.testing.assert_close(share, p.double(), rtol=0, atol=0.0056)
+
+
+def test_one_checkpoint_for_both_reward_models_is_scored_once():
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    tokenizer = load_tokenizer("builtin:tiny-llama")
+    engine = LogprobSamplingEngine(model, tokenizer)
+    prompt_ids = [encode_prompt(tokenizer, p.messages, "llama2") for p in PROMPTS]
+    config = PPOConfig(max_new_tokens=6, temperature=1.0)
+    shared = DigitScorer()  # counts its calls
+    once = generate_and_score(engine, tokenizer, PROMPTS, prompt_ids, (shared, shared), config, seed=2)
+    twice = generate_and_score(engine, tokenizer, PROMPTS, prompt_ids, (DigitScorer(), DigitScorer()), config, seed=2)
+    assert shared.calls == 1
+    for name in ("helpfulness", "safety", "combined", "use_safety"):
+        assert torch.equal(getattr(once, name), getattr(twice, name)), name
+
+
+def test_logprobs_from_sampling_refuses_bf16():
+    from alignment.config import RecipeError
+
+    with pytest.raises(RecipeError, match="logprobs_from_sampling needs bf16: false"):
+        PPOConfig(logprobs_from_sampling=True, bf16=True).validate()
+
+
+# Losses of `_losses(..., "plain")` on the code before the speed-ups (PPOTrainer commit, every row padded to the
+# batch width, log-softmax and entropy over every position): the speed-ups that claim to be exact must keep them.
+BEFORE_SPEEDUPS = [
+    (0.0007459372282028198, 0.5312719382345676, 0.0003262416576035321, 0.0, 0.75),
+    (0.0014590173959732056, 0.30135682597756386, 0.0003359452821314335, 0.22595840692520142, 0.775000000372529),
+    (-0.004132211208343506, 0.14154941658489406, 0.0003097378430538811, -0.08154964447021484, 0.7738095242530107),
+]
+
+
+def test_a_seeded_run_keeps_the_losses_from_before_the_speedups(tmp_path):
+    assert _losses(tmp_path, "now") == pytest.approx([x for row in BEFORE_SPEEDUPS for x in row], abs=1e-5)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_checkpoint_every_two_iterations_keeps_the_resume_guarantee(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhf.ppo import latest_checkpoint
+
+    whole = small_config(tmp_path / "whole", num_iterations=4, save_every=2)
+    run_ppo(whole, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+            heldout_prompts=[])
+    config = small_config(tmp_path / "killed", num_iterations=4, save_every=2)
+
+    def kill(iteration, metrics):
+        if iteration == 3:
+            raise Killed  # after iteration 3, which wrote no checkpoint
+    with pytest.raises(Killed):
+        run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+                heldout_prompts=[], on_iteration_end=kill)
+    assert latest_checkpoint(tmp_path / "killed" / "ppo").name == "iteration-000002"
+    seen = []
+    run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
+            heldout_prompts=[], on_iteration_end=lambda it, m: seen.append(it))
+    assert seen == [3, 4]  # iteration 3 is redone from the iteration-2 checkpoint
+    a = load_file(str(tmp_path / "whole" / "ppo" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "ppo" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
