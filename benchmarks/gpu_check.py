@@ -64,6 +64,8 @@ from benchmarks.sft_throughput import model_flops_params  # noqa: E402
 from reward.loss import margin_for, ranking_loss  # noqa: E402
 from reward.scoring import ScoreBatch  # noqa: E402
 from rlhf.ppo import (  # noqa: E402
+    PhaseClock,
+    PPOModels,
     RolloutBatch,
     TokenValueModel,
     collate_rollouts,
@@ -468,7 +470,8 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
                            lora_r=LORA["r"], lora_alpha=LORA["alpha"], dtype=weights, bf16=bf16, progress=False,
                            report_to=["none"])
         config.validate(accelerator.num_processes)
-        policy, reference, value_model, optimizer = build_ppo_models(config, case.shape, device, accelerator)
+        models = build_ppo_models(config, case.shape, device, accelerator)
+        policy, reference, value_model, optimizer = models.policy, models.reference, models.value_model, models.optimizer
         modules = [m for m in (policy, reference, value_model) if m is not None]
         value_params = model_flops_params(accelerator.unwrap_model(value_model).classifier)
         policy_params = model_flops_params(_base_causal_lm(accelerator.unwrap_model(policy)))
@@ -488,9 +491,9 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
 
         def step():
             batch = synthetic_rollouts(samples, is_safety, generator).to(device)
-            forward_rollouts(batch, policy, reference, value_model, config, accelerator.autocast)
+            forward_rollouts(models, batch, config)
             compute_advantages(batch, config)
-            ppo_update(accelerator, policy, value_model, optimizer, batch, config, iteration[0])
+            ppo_update(models, batch, config, iteration[0])
             iteration[0] += 1
             if not measured:
                 measured.update(counted_bytes(modules, optimizer))
@@ -532,7 +535,7 @@ def build_ppo_models(config: PPOConfig, shape: str, device: str, accelerator):
         reference = reference.to(accelerator.device).eval()
     policy.eval()  # as run_ppo: dropout would make pi_theta differ from pi_old
     value_model.eval()
-    return policy, reference, value_model, optimizer
+    return PPOModels(accelerator, policy, reference, value_model, optimizer)
 
 
 def synthetic_rollouts(samples: list[Sample], is_safety: torch.Tensor, generator: torch.Generator) -> RolloutBatch:
@@ -599,7 +602,8 @@ def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: floa
                        progress=False, report_to=["none"])
     config.validate(accelerator.num_processes)
     shape = settings.ppo_shape
-    policy, reference, value_model, optimizer = build_ppo_models(config, shape, device, accelerator)
+    models = build_ppo_models(config, shape, device, accelerator)
+    policy, value_model = models.policy, models.value_model
     vocab = SHAPES[shape]["vocab_size"]
     tokenizer = IdTokenizer(vocab)
     generator = torch.Generator().manual_seed(0)
@@ -608,18 +612,20 @@ def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: floa
                             is_safety_prompt=i % 2 == 0) for i in range(settings.ppo_rollouts)]
     engine = HFSamplingEngine(accelerator.unwrap_model(policy), tokenizer, batch_size=config.generation_batch_size)
     started = time.perf_counter()
+    clock = PhaseClock(device)
     with gathered_full_weights(policy, accelerator):
-        batch, samples, generation_s, scoring_s = generate_and_score(
-            engine, tokenizer, prompts, prompt_ids, RandomScorer(1), RandomScorer(2), config, seed=0)
+        batch = generate_and_score(engine, tokenizer, prompts, prompt_ids, (RandomScorer(1), RandomScorer(2)),
+                                   config, seed=0, clock=clock)
+    generation_s, scoring_s = clock.seconds["generation"], clock.seconds["scoring"]
     batch = batch.to(device)
     train_started = time.perf_counter()
-    forward_rollouts(batch, policy, reference, value_model, config, accelerator.autocast)
+    forward_rollouts(models, batch, config)
     compute_advantages(batch, config)
-    losses = ppo_update(accelerator, policy, value_model, optimizer, batch, config, 0)
+    losses = ppo_update(models, batch, config, 0)
     synchronize(device)
     training_s = time.perf_counter() - train_started
     total_s = time.perf_counter() - started
-    generated = sum(len(s.response_ids) for s in samples)
+    generated = int(batch.response_mask.sum())
     seq_tokens = int(batch.attention_mask.sum())
     width = batch.input_ids.shape[1]
     params = model_flops_params(_base_causal_lm(accelerator.unwrap_model(policy)))
