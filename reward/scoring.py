@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
@@ -54,8 +56,6 @@ def prepare_reward_tokenizer(tokenizer):
 
 
 def _is_reward_checkpoint(path: str) -> bool:
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
@@ -69,9 +69,6 @@ def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
     A causal-LM checkpoint (an SFT or chat model) loads its transformer and gets a fresh scalar head in place of
     the LM head (sec. 3.2.2); its pad id is set by `reward_pad_token_id`. A saved reward model loads as is.
     """
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
     if dtype not in DTYPES:
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")
     path = resolve_model_path(model_name_or_path)
