@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from datasets import load_dataset
-
 from alignment.config import DataError, RecipeError
 from alignment.paths import DEMO_SFT_DATA
 
@@ -131,6 +129,9 @@ def load_rows(name: str, split: str = "train") -> Iterator[tuple[str, int, dict]
         for number, row in read_records(name, allow_empty=False):
             yield str(name), number, row
         return
+    # Hub datasets only: the GPU check (benchmarks/gpu_check.py) imports this module where datasets is absent.
+    from datasets import load_dataset  # noqa: PLC0415
+
     dataset = load_dataset(name, split=split)
     if not len(dataset):
         raise DataError(f"{name}[{split}]: no rows (the split is empty)")

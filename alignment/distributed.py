@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 import trl.models.utils as trl_model_utils
 from accelerate.utils import InitProcessGroupKwargs
-from datasets import Dataset, concatenate_datasets
 from torch.distributed.fsdp import FullyShardedDataParallel
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -154,6 +153,9 @@ def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
     if not {"labels", "completion_mask", "assistant_masks", "weight"} & set(row):
         raise ValueError("pad_dataset_to_multiple: the dataset has no 'labels' or 'weight' column (nor a loss mask), "
                          "so a padding row could not be told from a real one and would count in the loss")
+    # Trainer data only: the GPU check (benchmarks/gpu_check.py) imports this module where datasets is absent.
+    from datasets import Dataset, concatenate_datasets  # noqa: PLC0415
+
     padding = Dataset.from_list([row] * missing, features=dataset.features)
     return concatenate_datasets([dataset, padding])
 

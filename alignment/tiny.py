@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -40,6 +39,9 @@ class TinyLlamaSpec:
 
 def train_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 512):
     """Train a Llama-style SentencePiece BPE model and return it as a transformers tokenizer saved in output_dir."""
+    # Only training a tokenizer needs it; the GPU check imports alignment.models (so this module) without it.
+    import sentencepiece as spm  # noqa: PLC0415
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

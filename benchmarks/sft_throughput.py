@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from trl.data_utils import pack_dataset
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +35,6 @@ from benchmarks.common import (  # noqa: E402
     write_section,
 )
 from rlhf.sampling import HFSamplingEngine, SamplingParams  # noqa: E402
-from sft.trainer import tokenize_dialogs  # noqa: E402
 
 # (model, packs per step, pack length, timed steps): per step about what the presets train on.
 MODELS = [("builtin:tiny-llama", 4, 256, 5), ("builtin:smollm2-135m-instruct", 1, 256, 2)]
@@ -54,6 +51,12 @@ def model_flops_params(model) -> int:
 
 def step_batches(tokenizer, dialogs, packs_per_step: int, max_length: int):
     """(packed batch, padded batch) holding the same examples: one step of each mode."""
+    # trl (and sft.trainer, built on it) stay lazy: the GPU check imports this script's helpers without trl.
+    from trl.data_utils import pack_dataset  # noqa: PLC0415
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: PLC0415
+
+    from sft.trainer import tokenize_dialogs  # noqa: PLC0415
+
     rows = tokenize_dialogs(dialogs, tokenizer, "llama2")
     packs = pack_dataset(rows.select_columns(["input_ids", "labels"]), max_length, "bfd")
     chosen = [packs[i] for i in range(packs_per_step)]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
-from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
@@ -69,6 +68,9 @@ def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
     A causal-LM checkpoint (an SFT or chat model) loads its transformer and gets a fresh scalar head in place of
     the LM head (sec. 3.2.2); its pad id is set by `reward_pad_token_id`. A saved reward model loads as is.
     """
+    # Loading only: the GPU check (benchmarks/gpu_check.py) imports this module (ScoreBatch) where trl is absent.
+    from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
+
     if dtype not in DTYPES:
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")
     path = resolve_model_path(model_name_or_path)
