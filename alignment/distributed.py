@@ -29,7 +29,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-import trl.models.utils as trl_model_utils
 from accelerate.utils import InitProcessGroupKwargs
 from torch.distributed.fsdp import FullyShardedDataParallel
 from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -354,6 +353,10 @@ def _zero3_gathered(model):
 
 def _zero3_hook_handles(model):
     """(remove, add) for ZeRO-3's parameter-fetching forward hooks: TRL's helpers (TRL's approach)."""
+    # Lazy, as deepspeed above: only the optional ZeRO-3 path needs TRL here, and a GPU machine that runs
+    # PPO or the GPU check without TRL installed must still import this module.
+    from trl.models import utils as trl_model_utils  # noqa: PLC0415
+
     return trl_model_utils.remove_hooks, trl_model_utils.add_hooks
 
 

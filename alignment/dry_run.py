@@ -72,7 +72,7 @@ ARCHITECTURES = {
 }
 _NAME_HINTS = [(r"70b", "70b"), (r"13b", "13b"), (r"7b", "7b"), (r"smollm2", "smollm2-135m"), (r"tiny", "tiny")]
 
-# Fields the dry run reads, with the paper's value where the recipe leaves them out (LLAMA2_METHOD.md).
+# Fields the dry run reads, with the paper's value where the recipe leaves them out (arXiv 2307.09288, sec. 3.1-3.2 and appendix A.3).
 STAGE_DEFAULTS = {
     "sft": {"global_batch_size": 64, "per_device_train_batch_size": 8, "max_length": 4096},
     "reward": {"global_batch_size": 512, "per_device_train_batch_size": 8, "max_length": 4096},

@@ -1,6 +1,6 @@
 """The project's own tiny Llama: a SentencePiece BPE tokenizer trained locally and a model built from a config.
 
-Both imitate Llama 2 (LLAMA2_METHOD.md, "Model and tokenizer"): BPE with digits split and byte fallback;
+Both imitate Llama 2 (arXiv 2307.09288, sec. 2.2 and Llama 1's tokenizer): BPE with digits split and byte fallback;
 RMSNorm, SwiGLU, RoPE and grouped-query attention. Tests and demos run on it because the hub is unreachable.
 """
 

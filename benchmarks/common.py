@@ -54,11 +54,12 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, re
     """FLOP/s of large square matmuls (2 n^3 each), best of `repeats` runs of about `seconds_per_run` each.
 
     bf16 is measured under CPU autocast, as training runs it (fp32 tensors cast per op), so MFU of an
-    autocast run is against what autocast matmuls reach on this machine.
+    autocast run is against what autocast matmuls reach on this machine. On CUDA the tensors are bf16
+    themselves: the tensor cores' rate, the usual MFU denominator (a per-call cast would add memory traffic).
     """
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    autocast = dtype != torch.float32
+    autocast = dtype != torch.float32 and torch.device(device).type == "cpu"
     if not autocast:
         a, b = a.to(dtype), b.to(dtype)
 

@@ -1,6 +1,6 @@
 """Reward-model recipe: one dataclass, TRL's RewardConfig plus the model, data and mixing fields.
 
-Paper defaults (LLAMA2_METHOD.md, "Stage 2"): 1 epoch, max LR 1e-5, cosine decay to 10% of max, warmup 3% of
+Paper defaults (arXiv 2307.09288, sec. 3.2.2): 1 epoch, max LR 1e-5, cosine decay to 10% of max, warmup 3% of
 steps but at least 5, effective batch 512 pairs, AdamW as in pretraining (beta2 0.95, eps 1e-5, weight decay
 0.1, clipping 1.0).
 

@@ -1,4 +1,4 @@
-"""Preference collection, following the paper's protocol (LLAMA2_METHOD.md, "Human preference data").
+"""Preference collection, following the paper's protocol (arXiv 2307.09288, sec. 3.2.1).
 
 Per prompt, two responses are sampled from two model variants at different temperatures and an annotator
 returns the preferred one, a four-level rating and, for safety prompts, each response's safety label.

@@ -1,6 +1,6 @@
 """Judge a model version on held-out prompts: by gold judges (embedded world) and by our reward models.
 
-This is the analogue of the paper's figure 11 measurement (LLAMA2_METHOD.md, "Iterations"): each version
+This is the analogue of the paper's figure 11 measurement (arXiv 2307.09288, sec. 3.4.1, Figure 11): each version
 answers the same held-out prompts; the world's gold judges give helpfulness, violation rate and false-refusal
 rate, and the reward models give their own view (mean sigmoid(R_h) on helpfulness prompts and mean
 sigmoid(R_s) on safety prompts), as the paper judged progress with its reward models.

@@ -1,4 +1,4 @@
-"""Stage 3, rejection-sampling fine-tuning (Llama 2, sec. 3.2.3; LLAMA2_METHOD.md "Stage 3").
+"""Stage 3, rejection-sampling fine-tuning (arXiv 2307.09288, sec. 3.2.3).
 
     sample K answers per prompt from the policy at temperature T   (rlhf.sampling)
     score each with R_h and R_s, combine into R_c                  (rlhf.scoring -> rlhf.rewards)

@@ -1,6 +1,6 @@
 """The sampling engine: K answers per prompt from a policy, for rejection sampling, PPO and preference data.
 
-Generate, score and learn talk through plain data (STYLE.md, 3): an engine takes prompt token ids and
+Generate, score and learn talk through plain data (the generate / score / learn split of torchtune and OpenRLHF): an engine takes prompt token ids and
 returns `Sample`s; it knows nothing of reward models or training. Two backends share the interface:
 
 - `HFSamplingEngine`: transformers' `generate`, batched with left padding. Each prompt is prefilled once
@@ -9,7 +9,7 @@ returns `Sample`s; it knows nothing of reward models or training. Two backends s
   measures the difference).
 - `VLLMSamplingEngine`: vLLM, which shares prompt blocks across the K samples by itself; optional.
 
-Defaults follow the released Llama 2 code: temperature 0.6, top-p 0.9 (LLAMA2_METHOD.md, "Chat format").
+Defaults follow the released Llama 2 code: temperature 0.6, top-p 0.9 (the released `llama` code's `chat_completion` defaults).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SAMPLING_BACKENDS = ("hf", "vllm")
 @dataclass
 class SamplingParams:
     num_samples: int = 1  # K per prompt
-    temperature: float = 0.6  # Llama 2 default sampling (LLAMA2_METHOD.md "Chat format"); 0 means greedy
+    temperature: float = 0.6  # Llama 2 default sampling (the released `llama` code); 0 means greedy
     top_p: float = 0.9
     max_new_tokens: int = 128
     seed: int | None = None

@@ -1,7 +1,7 @@
 """Regenerate alignment/assets/demo_sft.jsonl: the small demonstration set the SFT presets train on.
 
 Deterministic (seeded). Mixes helpful answers in a fixed, checkable style with refusals of harmful
-requests (safety SFT, LLAMA2_METHOD.md "Safety fine-tuning"), a few multi-turn dialogs and system prompts.
+requests (safety SFT, arXiv 2307.09288 sec. 4.2.2), a few multi-turn dialogs and system prompts.
 """
 
 import json

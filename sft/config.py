@@ -1,4 +1,4 @@
-"""SFT recipe fields. Paper defaults (LLAMA2_METHOD.md, "Stage 1"): LR 2e-5, cosine, weight decay 0.1,
+"""SFT recipe fields. Paper defaults (arXiv 2307.09288, sec. 3.1): LR 2e-5, cosine, weight decay 0.1,
 batch 64, 2 epochs, loss on answer tokens only."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage 0 for the embedded world: pretrain a tiny base model on plain text with the method's settings.
 
-LLAMA2_METHOD.md, "Model and tokenizer": AdamW (0.9, 0.95), eps 1e-5, cosine schedule with warmup ending at
+arXiv 2307.09288, sec. 2.2: AdamW (0.9, 0.95), eps 1e-5, cosine schedule with warmup ending at
 10% of the peak LR, weight decay 0.1, gradient clipping 1.0. The loss is on every token (no chat masking),
 and documents are packed into the context, as in pretraining. TRL's SFTTrainer on a "text" column does
 exactly this, so it is reused.

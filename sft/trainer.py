@@ -1,7 +1,7 @@
 """Stage 1, supervised fine-tuning, on TRL's SFTTrainer.
 
 What the paper adds to a plain SFTTrainer run is the loss mask: labels are -100 on every user and system
-token of every turn, so only answers are back-propagated (LLAMA2_METHOD.md, "Stage 1"). We tokenize dialogs
+token of every turn, so only answers are back-propagated (arXiv 2307.09288, sec. 3.1). We tokenize dialogs
 ourselves with `alignment.chat.encode_dialog` (exact masks by construction) and hand SFTTrainer `input_ids`
 and `labels`; it then truncates, packs (best-fit, with position ids restarting per example so no token
 attends across examples) and trains.

@@ -35,7 +35,8 @@ SHORT = {
     "reward_safety": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
                       "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50,
                       "calibrate_unsafe_precision": 0.89},
-    "rejection_sampling": {"num_samples": 2, "max_new_tokens": 8, "temperature_sweep": [1.0],
+    # An 8-token budget cuts every answer of this barely trained model: keep them, or the pool is empty.
+    "rejection_sampling": {"num_samples": 2, "max_new_tokens": 8, "drop_unfinished": False, "temperature_sweep": [1.0],
                            "sweep_num_prompts": 4, "pick_temperature": False, "global_batch_size": 8,
                            "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 96,
                            "learning_rate": 1.0e-3},
@@ -214,8 +215,8 @@ def _wait_for_running(manifest_path: Path, stage: str, process, timeout: float) 
 
 
 def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(tmp_path):
-    """The tiny end-to-end pipeline (SFT, V1 with RS and PPO), killed with SIGKILL inside V1."""
-    path = write_recipe(tmp_path)
+    """The tiny end-to-end pipeline (SFT, V1 with RS and PPO), killed with SIGKILL inside V1 (forked stages)."""
+    path = write_recipe(tmp_path, launcher="auto")
     command = [sys.executable, str(REPO / "recipes" / "pipeline.py"), "--config", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """The iterated Llama 2-Chat pipeline, SFT then RLHF-V1..V5, from one YAML recipe.
 
-LLAMA2_METHOD.md, "Iterations": before each iteration new comparisons are collected from the latest model;
+arXiv 2307.09288, sec. 3.2.3 and 3.4: before each iteration new comparisons are collected from the latest model;
 R_h and R_s are retrained on everything collected so far; rejection-sampling fine-tuning makes the next
 model (V1..V4); from `ppo_from_iteration` (V5 in the paper) PPO runs on top of the RS checkpoint.
 

@@ -74,7 +74,7 @@ def sft_demonstrations(n: int, seed: int, split: str = "train",
     ``closing_share`` of the helpful answers end with the writer's habit ``SFT_CLOSING`` ("i hope that
     helps."), which the gold judges grade as rambling (0.5 instead of 1.0). Demonstration writers have such
     habits; annotators comparing two answers still prefer the concise one, so preference data can teach what
-    the demonstrations did not (LLAMA2_METHOD.md: RLHF goes beyond the quality of the SFT annotations)."""
+    the demonstrations did not (arXiv 2307.09288, sec. 3.1 and 5.1: RLHF goes beyond the quality of the SFT annotations)."""
     if not 0.0 <= closing_share <= 1.0:
         raise ValueError(f"closing_share must lie in [0, 1], got {closing_share}")
     rng = random.Random(seed)
