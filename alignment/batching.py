@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from alignment.config import RecipeError
 
 
@@ -20,6 +22,4 @@ def accumulation_steps(global_batch_size: int, per_device_batch_size: int, num_p
 
 def world_size() -> int:
     """Processes of this run, read the way accelerate/torchrun publish it, before any process group exists."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -355,7 +355,8 @@ def _parser_class() -> type:
     written into the help) first. transformers is imported here, not at module level: it takes about 2 s, which
     `llama2-align --help` and the light modules that import this one should not pay.
     """
-    from transformers import HfArgumentParser
+    # transformers loads torch (~2 s): --help of the console entry point and light importers stay instant.
+    from transformers import HfArgumentParser  # noqa: PLC0415
 
     class RecipeArgumentParser(HfArgumentParser):
         @staticmethod

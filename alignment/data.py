@@ -111,7 +111,8 @@ def read_records(path: str | Path, allow_empty: bool = True) -> Iterator[tuple[i
             count += 1
             yield number, row
     elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        # Only .parquet files need pyarrow (a dependency of datasets, not of this project).
+        import pyarrow.parquet as pq  # noqa: PLC0415
 
         for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
             count += 1
@@ -128,7 +129,8 @@ def load_rows(name: str, split: str = "train") -> Iterator[tuple[str, int, dict]
         for number, row in read_records(name, allow_empty=False):
             yield str(name), number, row
         return
-    from datasets import load_dataset
+    # Hub datasets only: the GPU check (benchmarks/gpu_check.py) imports this module where datasets is absent.
+    from datasets import load_dataset  # noqa: PLC0415
 
     dataset = load_dataset(name, split=split)
     if not len(dataset):

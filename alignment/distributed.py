@@ -29,14 +29,24 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import InitProcessGroupKwargs
+from torch.distributed.fsdp import FullyShardedDataParallel
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from alignment.config import RecipeError
 
+# Re-exported: the stages ask this module; the torch-free dry run imports alignment.launch directly.
+from alignment.launch import DISTRIBUTED_KINDS as DISTRIBUTED_KINDS
+from alignment.launch import GENERATION_BACKENDS as GENERATION_BACKENDS
+from alignment.launch import check_generation_backend as check_generation_backend
+
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # torch < 2.6 has no FSDP2
+    FSDPModule = None
+
 PAD_INDEX = -1
 """Marks a padding slot in `shard_indices(..., pad=True)`: the process computes on some row but weighs it 0."""
-
-DISTRIBUTED_KINDS = ("single", "ddp", "fsdp", "fsdp2", "deepspeed", "deepspeed_zero3")
-GENERATION_BACKENDS = ("hf", "vllm")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,8 +71,6 @@ def is_main_process() -> bool:
 def process_group_timeout(minutes: float = 30.0):
     """accelerate kwargs handler bounding every collective: a crashed or stuck rank ends the run with an error
     after `minutes` instead of leaving the others blocked forever. Trainers take `ddp_timeout` (seconds)."""
-    from accelerate.utils import InitProcessGroupKwargs
-
     return InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=minutes))
 
 
@@ -144,7 +152,8 @@ def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
     if not {"labels", "completion_mask", "assistant_masks", "weight"} & set(row):
         raise ValueError("pad_dataset_to_multiple: the dataset has no 'labels' or 'weight' column (nor a loss mask), "
                          "so a padding row could not be told from a real one and would count in the loss")
-    from datasets import Dataset, concatenate_datasets
+    # Trainer data only: the GPU check (benchmarks/gpu_check.py) imports this module where datasets is absent.
+    from datasets import Dataset, concatenate_datasets  # noqa: PLC0415
 
     padding = Dataset.from_list([row] * missing, features=dataset.features)
     return concatenate_datasets([dataset, padding])
@@ -170,8 +179,6 @@ class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.global_batch_size, generator=generator))
 
@@ -232,15 +239,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def _is_fsdp1(model) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
 def _is_fsdp2(model) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch < 2.6
+    if FSDPModule is None:
         return False
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
@@ -319,8 +322,6 @@ def gathered_full_weights(model, accelerator=None, allow_sharded_generation: boo
 
 @contextlib.contextmanager
 def _fsdp2_unsharded(model):
-    from torch.distributed.fsdp import FSDPModule
-
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for module in modules:
         module.set_reshard_after_forward(False, recurse=False)
@@ -338,7 +339,8 @@ def _fsdp2_unsharded(model):
 def _zero3_gathered(model):
     if importlib.util.find_spec("deepspeed") is None:
         raise RecipeError("this model is partitioned by DeepSpeed ZeRO-3 but the deepspeed package is not installed")
-    import deepspeed
+    # deepspeed is an optional extra (llama2-align[deepspeed]), needed only for a ZeRO-3 model.
+    import deepspeed  # noqa: PLC0415
 
     engine_hooks = _zero3_hook_handles(model)
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
@@ -356,34 +358,6 @@ def _zero3_hook_handles(model):
     from trl.models import utils as trl_model_utils  # noqa: PLC0415
 
     return trl_model_utils.remove_hooks, trl_model_utils.add_hooks
-
-
-def check_generation_backend(backend: str, kind: str, device_type: str = "cpu", use_lora: bool = False) -> None:
-    """Refuse, before any model loads, the generation set-ups that cannot work; say what to use instead.
-
-    backend "hf": transformers `generate` on weights from `gathered_full_weights`; works under every kind
-    except FSDP v1. backend "vllm": a vLLM engine whose weights are synced after every PPO iteration; needs
-    the vllm package and a CUDA device.
-    """
-    if backend not in GENERATION_BACKENDS:
-        raise RecipeError(f"unknown generation backend '{backend}' (use one of {', '.join(GENERATION_BACKENDS)})")
-    if kind not in DISTRIBUTED_KINDS:
-        raise RecipeError(f"unknown distributed kind '{kind}' (one of {', '.join(DISTRIBUTED_KINDS)})")
-    if backend == "hf" and kind == "fsdp":
-        raise RecipeError(
-            "generation under FSDP v1 has no consolidated-weights path (~20x slower, Llama 2 sec. 3.2.3); use "
-            "recipes/accelerate/fsdp.yaml (fsdp_version: 2) or generation_backend: vllm"
-        )
-    if backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise RecipeError("generation_backend: vllm needs the vllm package (pip install 'llama2-align[vllm]')")
-        if device_type != "cuda":
-            raise RecipeError(f"generation_backend: vllm runs on CUDA devices only, this run is on {device_type}")
-        if use_lora and kind == "deepspeed_zero3":
-            raise RecipeError(
-                "generation_backend: vllm with a LoRA policy under ZeRO-3 is not supported (syncing merged "
-                "adapter weights out of ZeRO-3 partitions is not implemented); use generation_backend: hf"
-            )
 
 
 # ----------------------------------------------------------------------------------------------------------------

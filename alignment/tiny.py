@@ -12,6 +12,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from alignment.chat import llama2_dialog_text
+from alignment.data import load_dialogs
+from alignment.paths import DEMO_SFT_DATA
+from alignment.world import all_texts_for_tokenizer
+
 # Chat markers become single tokens: the tiny model then spends its capacity on content, not on spelling
 # "[INST]" piece by piece. Llama 2 itself spells them out; the template is the same text either way.
 CHAT_SYMBOLS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
@@ -31,8 +39,8 @@ class TinyLlamaSpec:
 
 def train_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 512):
     """Train a Llama-style SentencePiece BPE model and return it as a transformers tokenizer saved in output_dir."""
-    import sentencepiece as spm
-    from transformers import AutoTokenizer
+    # Only training a tokenizer needs it; the GPU check imports alignment.models (so this module) without it.
+    import sentencepiece as spm  # noqa: PLC0415
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -83,9 +91,6 @@ def train_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 
 
 def init_llama(tokenizer, spec: TinyLlamaSpec):
     """A randomly initialised (seeded) Llama of the given size for this tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -122,17 +127,8 @@ def build_tiny_llama(output_dir: str | Path, texts: list[str], spec: TinyLlamaSp
 
 def default_tokenizer_texts() -> list[str]:
     """Text covering everything the tiny presets train on: the shipped demonstrations and the default world."""
-    from alignment.chat import llama2_dialog_text
-    from alignment.data import load_dialogs
-    from alignment.paths import DEMO_SFT_DATA
-
     texts = []
     if DEMO_SFT_DATA.exists():
         texts += [llama2_dialog_text(d) for d in load_dialogs(str(DEMO_SFT_DATA))]
-    try:
-        from alignment.world import all_texts_for_tokenizer
-
-        texts += list(all_texts_for_tokenizer())
-    except ImportError:
-        pass
+    texts += list(all_texts_for_tokenizer())
     return texts

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from alignment.distributed import pad_dataset_to_multiple
+
 
 class CpuBf16Mixin:
     """Let `bf16: true` mean bf16 autocast on a machine without a GPU, instead of an error.
@@ -11,8 +18,6 @@ class CpuBf16Mixin:
     """
 
     def __post_init__(self):
-        import torch
-
         # bf16 None means "on" in TRL's configs, so any machine without CUDA gets use_cpu (harmless there).
         if getattr(self, "bf16", None) is not False and not torch.cuda.is_available():
             self.use_cpu = True
@@ -26,12 +31,6 @@ def train_resumable(trainer, output_dir, global_batch_size: int, pad_token_id: i
     count sees the same batches (accelerate would otherwise repeat rows to even out the last one).
     Returns the trainer's result and the checkpoint it resumed from (or None).
     """
-    from pathlib import Path
-
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from alignment.distributed import pad_dataset_to_multiple
-
     trainer.train_dataset = pad_dataset_to_multiple(trainer.train_dataset, global_batch_size, pad_token_id)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
     return trainer.train(resume_from_checkpoint=last_checkpoint), last_checkpoint

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from alignment.data import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 
@@ -81,8 +83,6 @@ def machine_description() -> str:
 
 def write_section(title: str, body: str, path: str | Path = BENCHMARKS_MD) -> None:
     """Write or replace the `## {title}` section of BENCHMARKS.md, leaving every other section as it is."""
-    from alignment.data import atomic_write_text
-
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section names the command that produced it.\n"
     section = f"## {title}\n\n{body.strip()}\n"

@@ -20,11 +20,18 @@ import sys
 import time
 from pathlib import Path
 
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.config import parse_recipe  # noqa: E402
-from alignment.data import atomic_write_json  # noqa: E402
+from alignment.data import SkipCounter, atomic_write_json  # noqa: E402
+from alignment.models import load_tokenizer  # noqa: E402
 from reward.config import Llama2RewardConfig  # noqa: E402
+from reward.data import load_comparisons  # noqa: E402
+from reward.scoring import load_reward_model, prepare_reward_tokenizer  # noqa: E402
+from reward.trainer import Llama2RewardTrainer, run_reward, tokenize_comparisons  # noqa: E402
 
 HH_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz")
 PRESET = Path(__file__).resolve().parents[1] / "recipes" / "smollm2" / "reward.yaml"
@@ -42,8 +49,6 @@ def recipe_args(args, output_dir: Path) -> list[str]:
 
 
 def accuracy_run(args, out: Path) -> dict:
-    from reward.trainer import run_reward
-
     # HH rows carry no rating and no safety labels: margin none, and only the safety pool exists offline (the
     # paper's 10% helpfulness share needs Meta Helpful data), so the mix is the safety data alone.
     (config,) = parse_recipe((Llama2RewardConfig,), recipe_args(args, out / "safety_rm"), recipe={
@@ -59,15 +64,6 @@ def accuracy_run(args, out: Path) -> dict:
 
 def throughput_run(args, out: Path) -> dict:
     """Pairs/s of our trainer and TRL's plain RewardTrainer over the same pairs and optimizer steps."""
-    from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
-
-    from alignment.data import SkipCounter
-    from alignment.models import load_tokenizer
-    from reward.data import load_comparisons
-    from reward.scoring import load_reward_model, prepare_reward_tokenizer
-    from reward.trainer import Llama2RewardTrainer, tokenize_comparisons
-
     model_name = "builtin:smollm2-135m-instruct"
     tokenizer = prepare_reward_tokenizer(load_tokenizer(model_name))
     pairs = args.throughput_pairs

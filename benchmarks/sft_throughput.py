@@ -23,6 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from alignment.chat import encode_prompt  # noqa: E402
+from alignment.data import load_dialogs  # noqa: E402
+from alignment.models import load_causal_lm, load_tokenizer  # noqa: E402
+from alignment.paths import DEMO_SFT_DATA  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     best,
     machine_description,
@@ -30,6 +34,7 @@ from benchmarks.common import (  # noqa: E402
     measure_matmul_peak,
     write_section,
 )
+from rlhf.sampling import HFSamplingEngine, SamplingParams  # noqa: E402
 
 # (model, packs per step, pack length, timed steps): per step about what the presets train on.
 MODELS = [("builtin:tiny-llama", 4, 256, 5), ("builtin:smollm2-135m-instruct", 1, 256, 2)]
@@ -46,10 +51,11 @@ def model_flops_params(model) -> int:
 
 def step_batches(tokenizer, dialogs, packs_per_step: int, max_length: int):
     """(packed batch, padded batch) holding the same examples: one step of each mode."""
-    from trl.data_utils import pack_dataset
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    # trl (and sft.trainer, built on it) stay lazy: the GPU check imports this script's helpers without trl.
+    from trl.data_utils import pack_dataset  # noqa: PLC0415
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: PLC0415
 
-    from sft.trainer import tokenize_dialogs
+    from sft.trainer import tokenize_dialogs  # noqa: PLC0415
 
     rows = tokenize_dialogs(dialogs, tokenizer, "llama2")
     packs = pack_dataset(rows.select_columns(["input_ids", "labels"]), max_length, "bfd")
@@ -92,10 +98,6 @@ def time_steps(model, batch, dtype, steps: int) -> float:
 
 
 def run_benchmark() -> tuple[list[list], dict, list[list]]:
-    from alignment.data import load_dialogs
-    from alignment.models import load_causal_lm, load_tokenizer
-    from alignment.paths import DEMO_SFT_DATA
-
     dialogs = load_dialogs(str(DEMO_SFT_DATA))
     peaks = {name: measure_matmul_peak(dtype) for name, dtype in DTYPES.items()}
     rows = []
@@ -133,10 +135,6 @@ def run_benchmark() -> tuple[list[list], dict, list[list]]:
 
 def demo_answers(demo_dir: str, n: int = 3) -> list[tuple[str, str, str]]:
     """(held-out prompt, reference answer, tuned model's greedy answer) for the first n held-out dialogs."""
-    from alignment.chat import encode_prompt
-    from alignment.models import load_causal_lm, load_tokenizer
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
-
     held_out = [json.loads(line)["messages"] for line in Path(demo_dir, "held_out.jsonl").read_text().splitlines()]
     config = json.loads(Path(demo_dir, "stage_complete.json").read_text())["config"]
     tokenizer, model = load_tokenizer(demo_dir), load_causal_lm(demo_dir)

@@ -8,6 +8,7 @@ label, precision and recall of "unsafe" at sigmoid(score) < 0.15, the rule PPO g
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from alignment.config import RecipeError
 from alignment.distributed import all_gather_objects, shard
@@ -20,8 +21,6 @@ from reward.metrics import SAFETY_THRESHOLD, score_distribution, unsafe_calibrat
 def score_comparisons(scorer, comparisons: list[Comparison], progress: bool = False,
                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of every comparison's chosen and rejected response, in chunks (a progress bar when asked)."""
-    from tqdm.auto import tqdm
-
     chosen, rejected = [torch.empty(0)], [torch.empty(0)]
     with tqdm(total=len(comparisons), desc="scoring held-out pairs", disable=not progress) as bar:
         for start in range(0, len(comparisons), chunk):

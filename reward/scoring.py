@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
@@ -54,8 +55,6 @@ def prepare_reward_tokenizer(tokenizer):
 
 
 def _is_reward_checkpoint(path: str) -> bool:
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
@@ -69,8 +68,8 @@ def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
     A causal-LM checkpoint (an SFT or chat model) loads its transformer and gets a fresh scalar head in place of
     the LM head (sec. 3.2.2); its pad id is set by `reward_pad_token_id`. A saved reward model loads as is.
     """
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
+    # Loading only: the GPU check (benchmarks/gpu_check.py) imports this module (ScoreBatch) where trl is absent.
+    from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
 
     if dtype not in DTYPES:
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")

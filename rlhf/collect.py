@@ -20,9 +20,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from alignment.chat import encode_prompt
 from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, RecipeError, require_file
-from alignment.data import PromptRecord, append_jsonl, atomic_write_json, load_prompts, read_jsonl_tolerant
+from alignment.data import (
+    PromptRecord,
+    SkipCounter,
+    append_jsonl,
+    atomic_write_json,
+    load_prompts,
+    read_jsonl_tolerant,
+)
+from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
+from alignment.world import annotate
+from reward.data import load_comparisons
+from rlhf.sampling import HFSamplingEngine, SamplingParams
 
 ANNOTATORS = ("world", "file")
 COMPARISONS_FILE = "comparisons.jsonl"
@@ -62,9 +74,6 @@ def world_prompt(record: PromptRecord) -> dict:
 
 
 def import_labels(config: CollectConfig) -> dict:
-    from alignment.data import SkipCounter
-    from reward.data import load_comparisons
-
     require_file(config.labels_file, "labels_file")
     skipped = SkipCounter()
     comparisons = load_comparisons(config.labels_file, skipped=skipped)
@@ -84,11 +93,6 @@ def run_collect(config: CollectConfig) -> dict:
         summary = import_labels(config)
         atomic_write_json(output / COMPLETE_MARKER, summary)
         return summary
-
-    from alignment.chat import encode_prompt
-    from alignment.models import load_causal_lm, load_tokenizer
-    from alignment.world import annotate
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
 
     require_file(config.prompts, "prompts")
     prompts = load_prompts(config.prompts)

@@ -8,12 +8,18 @@ sigmoid(R_s) on safety prompts), as the paper judged progress with its reward mo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignment.chat import encode_prompt
 from alignment.config import AT_LEAST_ONE, NON_NEGATIVE, require_file
 from alignment.data import atomic_write_json, load_prompts, read_jsonl_tolerant
+from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
+from alignment.world import evaluate as evaluate_world
+from reward.scoring import RewardScorer
+from rlhf.sampling import HFSamplingEngine, SamplingParams
 
 RESPONSES_FILE = "responses.jsonl"
 EVAL_FILE = "eval.json"
@@ -37,10 +43,6 @@ class EvaluateConfig:
 
 
 def generate_responses(config: EvaluateConfig, prompts) -> list[str]:
-    from alignment.chat import encode_prompt
-    from alignment.models import load_causal_lm, load_tokenizer
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
-
     tokenizer = load_tokenizer(config.model)
     engine = HFSamplingEngine(load_causal_lm(config.model), tokenizer, batch_size=config.batch_size)
     ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in prompts]
@@ -51,8 +53,6 @@ def generate_responses(config: EvaluateConfig, prompts) -> list[str]:
 
 def reward_model_view(config: EvaluateConfig, prompts, responses: list[str]) -> dict:
     """Mean sigmoid score of R_h on helpfulness prompts and of R_s on safety prompts."""
-    from reward.scoring import RewardScorer
-
     view = {"rm_helpfulness": None, "rm_safety": None}
     for key, path, want_safety in (("rm_helpfulness", config.reward_helpfulness, False),
                                    ("rm_safety", config.reward_safety, True)):
@@ -79,16 +79,12 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     else:
         responses = generate_responses(config, prompts)
         with open(output / RESPONSES_FILE, "w") as handle:
-            import json
-
             for prompt, response in zip(prompts, responses):
                 handle.write(json.dumps({"id": prompt.id, "prompt": prompt.messages, "response": response}) + "\n")
     result = {}
     if all("gold" in p.meta for p in prompts):
-        from alignment.world import evaluate
-
         world_prompts = [{"id": p.id, "prompt": p.messages[-1]["content"], **p.meta} for p in prompts]
-        result.update(evaluate(world_prompts, responses))
+        result.update(evaluate_world(world_prompts, responses))
     result.update(reward_model_view(config, prompts, responses))
     result["mean_response_words"] = sum(len(r.split()) for r in responses) / max(len(responses), 1)
     atomic_write_json(output / EVAL_FILE, result)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from alignment.data import atomic_write_json
 
 
 def _plot(path: Path, x: list, series: dict[str, list], xlabel: str, title: str, log_x: bool = False) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on training machines
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    # A bare Figure renders to files through Agg: no display and no global pyplot state on training machines.
+    figure = Figure(figsize=(5, 3.5))
+    axis = figure.subplots()
     for label, values in series.items():
         axis.plot(x, values, marker="o", label=label)
     if log_x:
@@ -26,7 +25,6 @@ def _plot(path: Path, x: list, series: dict[str, list], xlabel: str, title: str,
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=100)
-    plt.close(figure)
     tmp.replace(path)
 
 

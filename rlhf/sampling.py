@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from alignment.config import RecipeError
-from alignment.models import stop_token_ids
+from alignment.models import resolve_model_path, stop_token_ids
 
 SAMPLING_BACKENDS = ("hf", "vllm")
 
@@ -130,8 +131,6 @@ class HFSamplingEngine:
         per_batch = max(1, self.batch_size // k)
         starts = range(0, len(prompt_ids), per_batch)
         if self.progress:
-            from tqdm.auto import tqdm
-
             starts = tqdm(starts, desc="sampling", unit="batch")
         samples: list[Sample] = []
         was_training = self.model.training
@@ -216,13 +215,12 @@ class VLLMSamplingEngine:
 
     def __init__(self, model, tokenizer, **llm_kwargs):
         try:
-            import vllm
+            # vllm is an optional extra (llama2-align[vllm]), needed only by this backend.
+            import vllm  # noqa: PLC0415
         except ImportError:
             raise RecipeError("sampling_backend 'vllm' needs the vllm package: pip install 'llama2-align[vllm]'") from None
         self._vllm = vllm
         if isinstance(model, str):
-            from alignment.models import resolve_model_path
-
             model = vllm.LLM(model=resolve_model_path(model), **llm_kwargs)
         self.llm = model
         self.tokenizer = tokenizer

@@ -14,6 +14,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path
 
 from alignment.chat import CHAT_FORMATS, check_chat_format, encode_prompt, user_prompt  # noqa: E402
 from alignment.config import run_cli  # noqa: E402
+from alignment.models import load_causal_lm, load_tokenizer  # noqa: E402
+from rlhf.sampling import HFSamplingEngine, SamplingParams  # noqa: E402
 
 
 def main() -> None:
@@ -27,9 +29,6 @@ def main() -> None:
     parser.add_argument("--top_p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    from alignment.models import load_causal_lm, load_tokenizer
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
 
     tokenizer = load_tokenizer(args.model)
     check_chat_format(args.chat_format, tokenizer)

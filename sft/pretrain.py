@@ -12,13 +12,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import SFTConfig
-
-from alignment.training import CpuBf16Mixin
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
 
 from alignment.batching import accumulation_steps, world_size
-from alignment.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, RecipeError, config_to_dict, require_file
+from alignment.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    DataError,
+    RecipeError,
+    config_to_dict,
+    require_file,
+)
 from alignment.data import atomic_write_json, load_rows
+from alignment.models import load_causal_lm, load_tokenizer
+from alignment.tiny import TinyLlamaSpec, init_llama
+from alignment.training import CpuBf16Mixin
+from alignment.world import pretraining_corpus
 from sft.trainer import COMPLETE_MARKER
 
 
@@ -81,27 +94,19 @@ class Llama2PretrainConfig(CpuBf16Mixin, SFTConfig):
 
 def corpus_texts(args: PretrainArguments) -> list[str]:
     if args.corpus == "builtin:world":
-        from alignment.world import pretraining_corpus
-
         return pretraining_corpus(args.corpus_docs, args.corpus_seed)
     require_file(args.corpus, "corpus")
     texts = []
     for source, number, row in load_rows(args.corpus):
         if not isinstance(row.get("text"), str):
-            from alignment.config import DataError
-
             raise DataError(f"{source}:{number}: missing field 'text'")
         texts.append(row["text"])
     return texts
 
 
 def build_model(args: PretrainArguments, tokenizer):
-    from alignment.models import load_causal_lm
-
     if not args.from_scratch:
         return load_causal_lm(args.model_name_or_path)
-    from alignment.tiny import TinyLlamaSpec, init_llama
-
     spec = TinyLlamaSpec(
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
@@ -111,12 +116,6 @@ def build_model(args: PretrainArguments, tokenizer):
 
 
 def run_pretrain(args: PretrainArguments, training_args: Llama2PretrainConfig) -> dict:
-    from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer
-
-    from alignment.models import load_tokenizer
-
     if args.num_attention_heads % args.num_key_value_heads:
         raise RecipeError("num_attention_heads must be a multiple of num_key_value_heads")
     training_args.gradient_accumulation_steps = accumulation_steps(

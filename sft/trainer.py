@@ -13,13 +13,17 @@ import json
 import time
 from pathlib import Path
 
+from datasets import Dataset
+from peft import LoraConfig
+from trl import SFTTrainer
+
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, atomic_write_json, load_dialogs, resolve_dataset, split_by_key
-from alignment.training import train_resumable
+from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
-
+from alignment.training import train_resumable
 
 
 def validate_sft_inputs(model_args, data_args, training_args) -> None:
@@ -32,8 +36,6 @@ def validate_sft_inputs(model_args, data_args, training_args) -> None:
 
 
 def tokenize_dialogs(dialogs: list[list[dict]], tokenizer, chat_format: str):
-    from datasets import Dataset
-
     rows = [encode_dialog(tokenizer, dialog, chat_format) for dialog in dialogs]
     return Dataset.from_list(rows)
 
@@ -50,8 +52,6 @@ def split_dialogs(dialogs: list, eval_fraction: float, seed: int) -> tuple[list,
 
 
 def lora_config(model_args):
-    from peft import LoraConfig
-
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
@@ -75,10 +75,6 @@ def save_final_model(trainer, tokenizer, output_dir: Path, merge_lora: bool) -> 
 
 def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | None = None) -> dict:
     """Train and save; returns a summary. `dialogs` overrides the dataset (rejection sampling passes its pool)."""
-    from trl import SFTTrainer
-
-    from alignment.models import load_causal_lm, load_tokenizer
-
     validate_sft_inputs(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
     training_args.gradient_accumulation_steps = accumulation_steps(

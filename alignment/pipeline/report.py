@@ -10,6 +10,9 @@ import json
 import math
 from pathlib import Path
 
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from alignment.pipeline.manifest import read_manifest
 from alignment.ratings import RATINGS
@@ -100,20 +103,15 @@ def reward_accuracy_table(reward_rows: list[dict]) -> list[str]:
 
 
 def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
         fig.savefig(run_dir / name, dpi=110)
-        plt.close(fig)
         written.append(name)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2)
     for axis, (x_key, y_key, title) in zip(axes, (
         ("gold_violation_rate", "gold_helpfulness", "gold judges"),
         ("rm_safety", "rm_helpfulness", "final reward models"),
@@ -133,7 +131,8 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
     save(fig, "report_versions.png")
 
     if reward_rows and any("per_rating" in r for r in reward_rows):
-        fig, axis = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        axis = fig.subplots()
         for row in reward_rows:
             per = row.get("per_rating") or {}
             levels = [k for k in per if isinstance(per[k], dict)]
@@ -151,9 +150,10 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
                  if s.script == "rejection_sampling.py"]
     rs_curves = [(name, curve) for name, curve in rs_curves if curve]
     if rs_curves:
-        fig, axis = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        axis = fig.subplots()
         for index, (name, curve) in enumerate(rs_curves):
-            color = plt.cm.viridis(index / max(len(rs_curves) - 1, 1))
+            color = colormaps["viridis"](index / max(len(rs_curves) - 1, 1))
             axis.plot(curve["k"], curve["max"], "-o", color=color, label=f"{name.split('/')[0]} max")
             axis.plot(curve["k"], curve["median"], "--", color=color, label=f"{name.split('/')[0]} median")
         axis.set_xscale("log", base=2)
@@ -166,7 +166,8 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
     ppo_runs = [(s.name, read_jsonl_tolerant(run_dir / s.name / "metrics.jsonl")) for s in stages if s.script == "ppo.py"]
     ppo_runs = [(name, rows) for name, rows in ppo_runs if rows]
     if ppo_runs:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        axes = fig.subplots(1, 2)
         for name, rows in ppo_runs:
             iterations = [row["iteration"] for row in rows]
             axes[0].plot(iterations, [row.get("reward/combined") for row in rows], "-o", label=name)

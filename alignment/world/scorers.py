@@ -13,6 +13,8 @@ import math
 import torch
 
 from alignment.config import RecipeError
+from alignment.data import PromptRecord
+from alignment.world import gold_helpfulness, gold_is_safe, is_safety_prompt, prompt_pool
 from reward.scoring import ScoreBatch
 
 WORLD_JUDGES = ("builtin:world-helpfulness", "builtin:world-safety")
@@ -32,8 +34,6 @@ class WorldJudgeScorer:
     def __init__(self, kind: str):
         if kind not in ("helpfulness", "safety"):
             raise ValueError(f"kind must be helpfulness or safety, got {kind!r}")
-        from alignment.world import prompt_pool
-
         self.kind = kind
         self.by_text = {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
 
@@ -44,8 +44,6 @@ class WorldJudgeScorer:
         return self.by_text[text]
 
     def score(self, prompts: list[list[dict]], responses: list[str]) -> ScoreBatch:
-        from alignment.world import gold_helpfulness, gold_is_safe
-
         probs = []
         for messages, response in zip(prompts, responses, strict=True):
             prompt = self._world_prompt(messages)
@@ -59,8 +57,5 @@ class WorldJudgeScorer:
 
 def world_prompt_records(split: str):
     """The builtin world's prompts of a split as `PromptRecord`s (IS_SAFETY from the prompt's kind)."""
-    from alignment.data import PromptRecord
-    from alignment.world import is_safety_prompt, prompt_pool
-
     return [PromptRecord(p["id"], [{"role": "user", "content": p["prompt"]}], is_safety_prompt(p), {"family": p["family"]})
             for p in prompt_pool(split)]
