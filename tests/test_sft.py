@@ -23,20 +23,20 @@ DIGIT_DIALOGS = [
     [{"role": "user", "content": "6"}, {"role": "assistant", "content": "7"},
      {"role": "user", "content": "8"}, {"role": "assistant", "content": "9 0"}],
 ]
-# Token counts of the dialogs above: 9, 13, 20; prompt tokens carry -100, answers (with </s>) their ids.
+# Token counts of the dialogs above: 10, 14, 22; prompt tokens carry -100, answers (with ▁ </s>) their ids.
 
 
 def test_padded_batch_keeps_prompt_mask_and_masks_padding(tiny_tokenizer):
     rows = tokenize_dialogs(DIGIT_DIALOGS[:2], tiny_tokenizer, "llama2")
     batch = DataCollatorForLanguageModeling(pad_token_id=tiny_tokenizer.pad_token_id)(list(rows))
-    # <s> [INST] ▁ 1 ▁ [/INST] | ▁ 2 </s>, padded to the 13 tokens of the second dialog
+    # <s> [INST] ▁ 1 ▁ [/INST] | ▁ 2 ▁ </s>, padded to the 14 tokens of the second dialog
     space, d1, d2 = tiny_tokenizer.convert_tokens_to_ids(["▁", "1", "2"])
-    one = [2, 4, space, d1, space, 5, space, d2, 3]
+    one = [2, 4, space, d1, space, 5, space, d2, space, 3]
     x = IGNORE_INDEX
     assert batch["input_ids"].tolist() == [one + [0] * 4, rows[1]["input_ids"]]
-    assert batch["labels"].tolist() == [[x] * 6 + [space, d2, 3] + [x] * 4, rows[1]["labels"]]
-    assert batch["attention_mask"].tolist() == [[1] * 9 + [0] * 4, [1] * 13]
-    assert tiny_tokenizer.convert_ids_to_tokens(rows[1]["labels"][9:]) == ["▁", "4", "5", "</s>"]
+    assert batch["labels"].tolist() == [[x] * 6 + [space, d2, space, 3] + [x] * 4, rows[1]["labels"]]
+    assert batch["attention_mask"].tolist() == [[1] * 10 + [0] * 4, [1] * 14]
+    assert tiny_tokenizer.convert_ids_to_tokens(rows[1]["labels"][9:]) == ["▁", "4", "5", "▁", "</s>"]
     assert rows[1]["labels"][:9] == [x] * 9
 
 
@@ -50,22 +50,22 @@ def packed_batch(tokenizer, dialogs, max_length):
 
 def test_packed_batch_positions_and_labels(tiny_tokenizer):
     rows, packs, batch = packed_batch(tiny_tokenizer, DIGIT_DIALOGS, max_length=24)
-    # best-fit decreasing: the 20-token dialog opens the first pack; 13 and 9 do not fit beside it (max 24) but do
-    # fit together (22) in the second
-    assert [p["seq_lengths"] for p in packs] == [[20], [13, 9]]
-    lengths = [20, 13, 9]
+    # best-fit decreasing: the 22-token dialog opens the first pack; 14 and 10 do not fit beside it (max 24) but do
+    # fit together (24) in the second
+    assert [p["seq_lengths"] for p in packs] == [[22], [14, 10]]
+    lengths = [22, 14, 10]
     order = [rows[2], rows[1], rows[0]]
     assert batch["input_ids"].tolist() == [sum((r["input_ids"] for r in order), [])]
     assert batch["position_ids"].tolist() == [sum((list(range(n)) for n in lengths), [])]
-    assert batch["cu_seq_lens_q"].tolist() == [0, 20, 33, 42]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 22, 36, 46]
     # Each example's labels as in its own row, the first token of every example never predicted from the
     # previous example (here it is <s>, a prompt token, already -100).
     assert batch["labels"].tolist() == [sum((r["labels"] for r in order), [])]
-    starts = [0, 20, 33]
+    starts = [0, 22, 36]
     assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts)
     answer_positions = (batch["labels"][0] != IGNORE_INDEX).nonzero().flatten().tolist()
-    # answers: "7" + </s> and "9 0" + </s> in the multi-turn dialog, then "45", then "2"
-    assert answer_positions == [6, 7, 8, 15, 16, 17, 18, 19] + [29, 30, 31, 32] + [39, 40, 41]
+    # answers: "7" + ▁ </s> and "9 0" + ▁ </s> in the multi-turn dialog, then "45", then "2"
+    assert answer_positions == [6, 7, 8, 9, 16, 17, 18, 19, 20, 21] + [31, 32, 33, 34, 35] + [42, 43, 44, 45]
 
 
 def test_collator_masks_first_token_of_each_packed_example(tiny_tokenizer):
@@ -111,7 +111,7 @@ def test_trainer_uses_bfd_packing_and_padding_free_collator(tmp_path, tiny_token
     packed = trainer.train_dataset
     assert sorted(packed.column_names) == ["input_ids", "labels", "seq_lengths"]
     # our labels go through untouched: every example once, with its own -100 mask
-    assert sorted(n for lengths in packed["seq_lengths"] for n in lengths) == [9, 13, 20]
+    assert sorted(n for lengths in packed["seq_lengths"] for n in lengths) == [10, 14, 22]
     by_len = {len(r["labels"]): r["labels"] for r in rows}
     for pack in packed:
         offset = 0
