@@ -29,7 +29,7 @@ def run_stage(name: str, argv: list[str]) -> None:
 
 def build_tiny_model(argv: list[str]) -> None:
     # Deferred here and below: a command's imports (torch, transformers) would make every --help slow.
-    from alignment.tiny import build_tiny_llama, default_tokenizer_texts
+    from alignment.tiny import build_tiny_llama, default_tokenizer_texts  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="llama2-align tiny-model")
     parser.add_argument("--output_dir", required=True)
@@ -40,7 +40,7 @@ def build_tiny_model(argv: list[str]) -> None:
 
 
 def convert(argv: list[str]) -> None:
-    from alignment.models import convert_gguf
+    from alignment.models import convert_gguf  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="llama2-align convert-gguf")
     parser.add_argument("gguf_file")
@@ -50,7 +50,7 @@ def convert(argv: list[str]) -> None:
 
 
 def dry_run(argv: list[str]) -> None:
-    from alignment.dry_run import main as dry_run_main
+    from alignment.dry_run import main as dry_run_main  # noqa: PLC0415
 
     dry_run_main(argv)
 

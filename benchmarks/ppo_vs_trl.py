@@ -21,6 +21,8 @@ optimiser steps); checkpointing; other (the rest: rewards, advantages, metrics, 
 tokens not counted) / seconds / the fp32 matmul peak measured in the same run at the same thread count.
 """
 
+# ruff: noqa: PLC0415 - one script, two interpreters: the TRL side runs in .venv-trl025 with TRL 0.25.1, ours in
+# this environment, so each side imports what it runs inside the function that runs it.
 from __future__ import annotations
 
 import argparse
