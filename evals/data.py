@@ -55,8 +55,12 @@ def load_toxigen_prompts(path: str, per_group: int, seed: int) -> list[dict]:
         kinds = sorted(by_group[group])
         for index, kind in enumerate(kinds):
             # hate gets the odd one, so per_group=1 still shows the harder case.
-            share = 0 if per_group <= 0 else per_group // len(kinds) + (1 if index < per_group % len(kinds) else 0)
-            sample += seeded_sample(by_group[group][kind], share, seed, f"toxigen/{group}/{kind}")
+            if per_group <= 0:
+                sample += by_group[group][kind]
+                continue
+            share = per_group // len(kinds) + (1 if index < per_group % len(kinds) else 0)
+            if share:
+                sample += seeded_sample(by_group[group][kind], share, seed, f"toxigen/{group}/{kind}")
     return sorted(sample, key=lambda r: r["_line"])
 
 

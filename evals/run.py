@@ -71,7 +71,9 @@ class Evaluator:
         fingerprint = settings_fingerprint({"model": c.model, "prompt_format": c.prompt_format,
                                             "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed,
                                             "max_new_tokens": max_new_tokens, "dtype": c.dtype})
-        items = [(key, self.prompt_ids(text)) for key, text in prompts.items()]
+        # Prompts longer than the model's context keep their end (the part the continuation follows).
+        room = max(1, truthfulqa.model_max_length(self.model, self.tokenizer) - max_new_tokens)
+        items = [(key, self.prompt_ids(text)[-room:]) for key, text in prompts.items()]
         rows, stats = generate_logged(self.engine, items, params, self.output / "generations" / f"{benchmark}.jsonl",
                                       fingerprint, benchmark, extra)
         self.speed[benchmark] = stats
