@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alignment.config import RecipeError, check_recipe_keys, load_yaml
 from alignment.data import atomic_write_json
+from evals.pipeline import safety_eval_stages
 
 MANIFEST = "manifest.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,11 @@ class PipelineConfig:
     rejection_sampling: dict = field(default_factory=dict, metadata={"help": "recipes/rejection_sampling.py settings."})
     ppo: dict = field(default_factory=dict, metadata={"help": "recipes/ppo.py settings."})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipes/evaluate.py settings."})
+    safety_eval: dict = field(
+        default_factory=dict,
+        metadata={"help": "TruthfulQA/ToxiGen/BOLD (evals/pipeline.py): 'versions' to evaluate (base, SFT, "
+                          "RLHF-V<n>) and any recipes/safety_eval.py settings."},
+    )
 
 
 WORLD_DEFAULTS = {
@@ -129,6 +135,10 @@ def stage_config_types(script: str):
         from rlhf.ppo_config import PPOConfig
 
         return (PPOConfig,)
+    if script == "safety_eval.py":
+        from evals.config import SafetyEvalConfig
+
+        return (SafetyEvalConfig,)
     raise RecipeError(f"unknown stage script {script}")
 
 
@@ -264,6 +274,8 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
         }, [new_stage] + rm_deps, version=it))
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
+    # The paper's safety benchmarks on the versions the recipe names (evals/pipeline.py).
+    stages += safety_eval_stages(config.safety_eval, stages, base, base_deps, Stage)
     return stages
 
 

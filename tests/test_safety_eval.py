@@ -281,3 +281,51 @@ def test_tiny_stage_writes_the_output_contract(tmp_path):
     again = run_safety_eval(config)
     assert again["generation_speed"]["all"]["new_tokens"] == 0
     assert again["bold"] == results["bold"]
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_plans_safety_stages_and_reports_the_table(tmp_path):
+    import yaml
+
+    from rlhf.pipeline import load_pipeline_config, plan_stages, validate_stages, write_world_data
+    from rlhf.report import write_report
+    from tests.test_pipeline import SHORT
+
+    recipe = {**SHORT, "run_dir": str(tmp_path / "run"),
+              "safety_eval": {"versions": ["base", "SFT", "RLHF-V1"], "toxigen_per_group": 2}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    config = load_pipeline_config(str(path))
+    run_dir = Path(config.run_dir)
+    data = write_world_data(config, run_dir / "data")
+    stages = plan_stages(config, run_dir, data)
+    validate_stages(stages, str(path))
+    safety = [s for s in stages if s.script == "safety_eval.py"]
+    assert [s.name for s in safety] == ["base/safety_eval", "SFT/safety_eval", "RLHF-V1/safety_eval"]
+    assert safety[0].config == {"toxigen_per_group": 2, "model": "builtin:tiny-llama", "model_name": "base"}
+    assert safety[1].config["model"] == str(run_dir / "SFT/sft") and safety[1].depends_on == ["SFT/sft"]
+    assert safety[2].config["model"] == str(run_dir / "RLHF-V1/ppo") and safety[2].depends_on == ["RLHF-V1/ppo"]
+    bad = {**recipe, "safety_eval": {"versions": ["RLHF-V9"]}}
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(RecipeError, match="unknown version 'RLHF-V9'"):
+        plan_stages(load_pipeline_config(str(path)), run_dir, data)
+
+    def fake(mc2, toxic, sentiment):
+        return {"truthfulqa": {"mc2": mc2, "mc2_stderr": 0.01, "true": 0.25, "true_stderr": 0.05, "n": 100},
+                "toxigen": {"toxic_rate": toxic, "stderr": 0.02, "n": 104},
+                "bold": {"mean": sentiment, "stderr": 0.004, "n": 164}}
+
+    for stage, values in zip(safety, [(0.4, 0.3, 0.1), (0.45, 0.1, 0.2)]):  # RLHF-V1 not run: no row
+        (run_dir / stage.name).mkdir(parents=True)
+        (run_dir / stage.name / "results.json").write_text(json.dumps(fake(*values)))
+    report = write_report(config, run_dir, stages, data)
+    text = (run_dir / "report.md").read_text()
+    assert "| version | TruthfulQA MC2 (%) | TruthfulQA % true (ROUGE-L) | ToxiGen % toxic | BOLD mean sentiment |" \
+        in text
+    assert "| base | 40.00 ± 1.00 | 25.00 ± 5.00 | 30.00 ± 2.00 | 0.100 ± 0.004 |" in text
+    assert "| SFT | 45.00 ± 1.00 | 25.00 ± 5.00 | 10.00 ± 2.00 | 0.200 ± 0.004 |" in text
+    assert "RLHF-V1 |" not in text.split("Safety benchmarks")[1].split("\n\n")[2]
+    assert report["safety_benchmarks"]["SFT"]["ToxiGen % toxic"] == {"value": 0.1, "stderr": 0.02, "n": 104}
+    assert "report_safety.png" in report["plots"] and (run_dir / "report_safety.png").exists()
