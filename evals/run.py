@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from alignment.config import RecipeError, config_to_dict
-from alignment.data import atomic_write_json, atomic_write_text
+from alignment.data import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from evals import bold, toxigen, truthfulqa
 from evals.config import SafetyEvalConfig
 from evals.data import load_bold_prompts, load_toxigen_prompts, load_truthfulqa
-from evals.generation import GenerationStats, generate_logged, settings_fingerprint
+from evals.generation import GenerationStats, drop_torn_tail, generate_logged, settings_fingerprint
 from evals.stats import mean_stderr
 from rlhf.sampling import HFSamplingEngine, SamplingParams
 
@@ -29,6 +29,10 @@ COMPLETE_MARKER = "stage_complete.json"
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def question_key(question: dict) -> str:
+    return str(question["id"] if "id" in question else question["_line"])
 
 
 def load_model(config: SafetyEvalConfig):
@@ -90,11 +94,9 @@ class Evaluator:
             mc = truthfulqa.run_lm_eval_mc(self.model_path, questions, self.output / "lm_eval_tasks",
                                            batch_size=c.mc_batch_size, dtype=c.dtype)
         else:
-            every = max(1, len(questions) // 10)
-            mc = truthfulqa.score_mc(self.model, self.tokenizer, questions, c.mc_batch_size,
-                                     progress=lambda i, n: i % every == 0 and log(f"  truthfulqa mc: {i}/{n}"))
+            mc = self.truthfulqa_mc_logged(questions)
         mc_seconds = time.perf_counter() - start
-        prompts = {str(q["id"] if "id" in q else q["_line"]): truthfulqa.qa_prompt(q["question"]) for q in questions}
+        prompts = {question_key(q): truthfulqa.qa_prompt(q["question"]) for q in questions}
         rows = self.generate("truthfulqa", prompts, c.truthfulqa_max_new_tokens)
         judged = []
         for key, question in zip(prompts, questions):
@@ -109,6 +111,25 @@ class Evaluator:
                             ("true_bleu", [r["true_bleu"] for r in judged])):
             result[key], result[f"{key}_stderr"] = mean_stderr(values)
         return result
+
+    def truthfulqa_mc_logged(self, questions: list[dict]) -> list[dict]:
+        """MC1/MC2 per question, appended to a log every few questions, so a killed run keeps what it scored."""
+        c = self.config
+        path = self.output / "generations" / "truthfulqa_mc.jsonl"
+        fingerprint = settings_fingerprint({"model": c.model, "dtype": c.dtype, "mc": "own"})
+        drop_torn_tail(path)
+        done = {row["id"]: row for row in read_jsonl_tolerant(path) if row.get("settings") == fingerprint}
+        todo = [q for q in questions if question_key(q) not in done]
+        if len(todo) < len(questions):
+            log(f"  truthfulqa mc: {len(questions) - len(todo)} questions reused from {path}")
+        for start in range(0, len(todo), 10):
+            chunk = todo[start:start + 10]
+            rows = truthfulqa.score_mc(self.model, self.tokenizer, chunk, c.mc_batch_size)
+            rows = [{**row, "id": question_key(q), "settings": fingerprint} for q, row in zip(chunk, rows)]
+            append_jsonl(path, rows)
+            done.update((row["id"], row) for row in rows)
+            log(f"  truthfulqa mc: {len(questions) - len(todo) + start + len(chunk)}/{len(questions)} questions")
+        return [done[question_key(q)] for q in questions]
 
     def toxigen(self) -> dict:
         c = self.config

@@ -277,8 +277,10 @@ def test_tiny_stage_writes_the_output_contract(tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("# Safety benchmarks")
     assert (tmp_path / "results.png").stat().st_size > 0
     assert results["generation_speed"]["all"]["new_tokens"] > 0
-    # A second run reuses every generation.
+    assert len((tmp_path / "generations" / "truthfulqa_mc.jsonl").read_text().splitlines()) == 3
+    # A second run reuses every generation and every MC score.
     again = run_safety_eval(config)
+    assert again["truthfulqa"]["mc2"] == results["truthfulqa"]["mc2"]
     assert again["generation_speed"]["all"]["new_tokens"] == 0
     assert again["bold"] == results["bold"]
 
