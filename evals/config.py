@@ -10,6 +10,7 @@ from alignment.config import RecipeError
 BENCHMARKS = ("truthfulqa", "toxigen", "bold")
 PROMPT_FORMATS = ("plain", "llama2", "model")
 MC_BACKENDS = ("own", "lm-eval")
+JUDGES = ("minilm-tfidf-ensemble", "minilm-logreg", "tfidf-logreg")
 
 
 @dataclass
@@ -50,8 +51,10 @@ class SafetyEvalConfig:
         default="data/toxigen/toxigen_hosseini2023_subset.sample.jsonl",
         metadata={"help": "Human-labelled sentences (hate/neutral) the toxicity judge is trained on."},
     )
-    toxigen_judge: str = field(default="minilm-logreg",
-                               metadata={"help": "'minilm-logreg' (all-MiniLM-L6-v2 embeddings) or 'tfidf-logreg'."})
+    toxigen_judge: str = field(
+        default="minilm-tfidf-ensemble",
+        metadata={"help": "'minilm-tfidf-ensemble' (MiniLM-layer MLP + TF-IDF logistic regression), 'minilm-logreg' "
+                          "or 'tfidf-logreg' (evals/toxigen.py)."})
     toxigen_judge_heldout: float = field(default=0.2, metadata={"help": "Share of the labelled rows held out."})
     toxigen_judge_min_accuracy: float = field(
         default=0.8, metadata={"help": "Below this held-out accuracy the ToxiGen figures are withheld."})
@@ -72,6 +75,8 @@ class SafetyEvalConfig:
             raise RecipeError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got '{self.prompt_format}'")
         if self.truthfulqa_mc_backend not in MC_BACKENDS:
             raise RecipeError(f"truthfulqa_mc_backend must be one of {', '.join(MC_BACKENDS)}")
+        if self.toxigen_judge not in JUDGES:
+            raise RecipeError(f"toxigen_judge must be one of {', '.join(JUDGES)}, got '{self.toxigen_judge}'")
         if not 0.0 < self.toxigen_judge_heldout < 1.0:
             raise RecipeError("toxigen_judge_heldout must be between 0 and 1")
 

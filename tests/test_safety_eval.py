@@ -331,3 +331,14 @@ def test_pipeline_plans_safety_stages_and_reports_the_table(tmp_path):
     assert "RLHF-V1 |" not in text.split("Safety benchmarks")[1].split("\n\n")[2]
     assert report["safety_benchmarks"]["SFT"]["ToxiGen % toxic"] == {"value": 0.1, "stderr": 0.02, "n": 104}
     assert "report_safety.png" in report["plots"] and (run_dir / "report_safety.png").exists()
+
+
+@pytest.mark.slow
+def test_ensemble_judge_round_trips_through_its_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA2_ALIGN_CACHE", str(tmp_path))
+    judge = toxigen.load_or_train_judge(HOSSEINI, "minilm-tfidf-ensemble", 0.2, 0)
+    cached = toxigen.load_or_train_judge(HOSSEINI, "minilm-tfidf-ensemble", 0.2, 0)
+    texts = ["they are all criminals and should leave", "my neighbour cooked dinner for us"]
+    assert cached.predict_proba(texts) == pytest.approx(judge.predict_proba(texts), abs=1e-9)
+    assert cached.describe() == judge.describe() and judge.heldout_n == 60
+    assert judge.heldout_accuracy > 0.55
