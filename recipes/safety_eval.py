@@ -7,6 +7,7 @@ Writes DIR/results.json, DIR/results.md and DIR/results.png; generations are app
 killed run started again resumes without regenerating.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -18,7 +19,18 @@ from evals.config import SafetyEvalConfig  # noqa: E402
 from evals.run import run_safety_eval  # noqa: E402
 
 
+def print_help() -> None:
+    print(__doc__)
+    print("Settings (YAML keys or --key value):")
+    for item in dataclasses.fields(SafetyEvalConfig):
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        print(f"  --{item.name} (default {default!r}): {item.metadata.get('help', '')}")
+
+
 def main() -> None:
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print_help()
+        return
     (config,) = parse_recipe((SafetyEvalConfig,))
     results = run_safety_eval(config)
     parts = []
