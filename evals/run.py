@@ -8,9 +8,12 @@ every run (cheap), so results.json always matches the generations on disk.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from alignment.config import RecipeError, config_to_dict
 from alignment.data import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant
@@ -43,6 +46,8 @@ def load_model(config: SafetyEvalConfig):
         path = resolve_model_path(config.model)
         tokenizer = load_tokenizer(path)
         model = load_causal_lm(path, dtype=config.dtype).eval()
+        if torch.cuda.is_available():
+            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     except RecipeError:
         raise
     except Exception as error:  # transformers raises OSError, ValueError, KeyError... for a broken checkpoint
@@ -177,8 +182,12 @@ class Evaluator:
         return out
 
 
-def run_safety_eval(config: SafetyEvalConfig) -> dict:
+def run_safety_eval(config: SafetyEvalConfig) -> dict | None:
+    """Evaluate and write the results; under a multi-process launcher only the first process works (the
+    benchmarks are small next to training, and one writer keeps the append-only logs consistent)."""
     config.check_files()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -33,6 +33,8 @@ def main() -> None:
         return
     (config,) = parse_recipe((SafetyEvalConfig,))
     results = run_safety_eval(config)
+    if results is None:  # not the first process of a multi-process launch
+        return
     parts = []
     if "truthfulqa" in results:
         t = results["truthfulqa"]
