@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+from alignment.chat import encode_prompt, user_prompt
 from alignment.config import RecipeError, config_to_dict
 from alignment.data import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant
+from alignment.models import load_causal_lm, load_tokenizer, resolve_model_path
 from evals import bold, toxigen, truthfulqa
 from evals.config import SafetyEvalConfig
 from evals.data import load_bold_prompts, load_toxigen_prompts, load_truthfulqa
 from evals.generation import GenerationStats, drop_torn_tail, generate_logged, settings_fingerprint
+from evals.report import write_model_report
 from evals.stats import mean_stderr
 from rlhf.sampling import HFSamplingEngine, SamplingParams
 
@@ -40,8 +43,6 @@ def question_key(question: dict) -> str:
 
 def load_model(config: SafetyEvalConfig):
     """The model and tokenizer, or one line naming the checkpoint that cannot be loaded."""
-    from alignment.models import load_causal_lm, load_tokenizer, resolve_model_path
-
     try:
         path = resolve_model_path(config.model)
         tokenizer = load_tokenizer(path)
@@ -67,8 +68,6 @@ class Evaluator:
     # ----------------------------------------------------------------------------------------- generation
 
     def prompt_ids(self, text: str) -> list[int]:
-        from alignment.chat import encode_prompt, user_prompt
-
         if self.config.prompt_format == "plain":
             return self.tokenizer(text)["input_ids"]
         return encode_prompt(self.tokenizer, user_prompt(text), self.config.prompt_format)
@@ -198,8 +197,6 @@ def run_safety_eval(config: SafetyEvalConfig) -> dict | None:
     results["generation_speed"] = evaluator.speed_summary()
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["config"] = config_to_dict(config)
-    from evals.report import write_model_report
-
     results["plot"] = write_model_report(results, output, PLOT_FILE, REPORT_FILE)
     atomic_write_json(output / RESULTS_FILE, results)
     atomic_write_json(output / COMPLETE_MARKER, {"benchmarks": list(config.benchmarks)})

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment.config import RecipeError
+from alignment.config import DataError, RecipeError
 from alignment.data import atomic_write_json
 from alignment.paths import cache_dir
 from evals.config import JUDGES
@@ -69,8 +69,6 @@ def load_labelled(path: str) -> tuple[list[str], list[int]]:
     texts, labels = [], []
     for row in read_checked(path, JUDGE_FIELDS):
         if row["label"] not in LABELS:
-            from alignment.config import DataError
-
             raise DataError(f"{path}:{row['_line']}: field 'label' must be 'hate' or 'neutral', got {row['label']!r}")
         texts.append(row["text"].replace("_x000D_", " ").strip())
         labels.append(LABELS[row["label"]])
