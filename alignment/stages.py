@@ -58,6 +58,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ppo", "ppo.py", ("rlhf.ppo_config:PPOConfig",), ("ppo",), "PPO on the safety-gated reward"),
     StageSpec("evaluate", "evaluate.py", ("rlhf.evaluate:EvaluateConfig",), ("evaluate",),
               "gold and reward-model judgement of a model version"),
+    # Its pipeline section also names the versions to evaluate (evals/pipeline.py reads it).
+    StageSpec("safety-eval", "safety_eval.py", ("evals.config:SafetyEvalConfig",), (),
+              "TruthfulQA, ToxiGen and BOLD, the paper's safety benchmarks (sec. 4.1, 4.4)"),
 )
 BY_NAME = {spec.name: spec for spec in STAGES}
 BY_SCRIPT = {spec.script: spec for spec in STAGES}

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from alignment.pipeline.manifest import read_manifest
 from alignment.ratings import RATINGS
+from evals.pipeline import safety_report
 from rlhf.evaluate import EvaluateConfig, run_evaluate
 
 VERSION_KEYS = ("gold_helpfulness", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined",
@@ -196,6 +197,10 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
         "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
     }
     plots = _plot(run_dir, versions, reward_rows, stages)
+    # The paper's safety benchmarks per version, when the recipe has a safety_eval section (evals/pipeline.py).
+    safety_entries, safety_lines, safety_plots = safety_report(run_dir, stages)
+    report.update(safety_entries)
+    plots += safety_plots
     report["plots"] = plots
     atomic_write_json(run_dir / "report.json", report)
 
@@ -209,6 +214,7 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
         lines.append(f"| {v['name']} | " + " | ".join(fmt(v[k]) for k in VERSION_KEYS) + " |")
     lines += ["", "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
               "safety prompts; gold figures: the world's judges (see alignment/world).", ""]
+    lines += safety_lines
     if reward_rows:
         lines += ["## Reward models: held-out accuracy per rating level (Table 8 layout)", "",
                   "Accuracy in % ± standard error (n = held-out pairs) of the reward models trained in each "

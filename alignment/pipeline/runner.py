@@ -50,6 +50,7 @@ from alignment.pipeline.manifest import MANIFEST, Stage, read_manifest
 from alignment.pipeline.report import write_report
 from alignment.stages import BY_SECTION, RECIPES_DIR, STAGES, stage_by_script
 from alignment.world import eval_prompts, sample_prompts, sft_demonstrations
+from evals.pipeline import safety_eval_stages
 
 LAUNCHERS = ("auto", "accelerate", "python")
 REPO_ROOT = RECIPES_DIR.parent
@@ -99,6 +100,11 @@ class PipelineConfig:
     rejection_sampling: dict = field(default_factory=dict, metadata={"help": "recipes/rejection_sampling.py settings."})
     ppo: dict = field(default_factory=dict, metadata={"help": "recipes/ppo.py settings."})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipes/evaluate.py settings."})
+    safety_eval: dict = field(
+        default_factory=dict,
+        metadata={"help": "TruthfulQA/ToxiGen/BOLD (evals/pipeline.py): 'versions' to evaluate (base, SFT, "
+                          "RLHF-V<n>) and any recipes/safety_eval.py settings."},
+    )
 
 
 WORLD_DEFAULTS = {
@@ -270,6 +276,8 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
         }, [new_stage] + rm_deps, version=it))
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
+    # The paper's safety benchmarks on the versions the recipe names (evals/pipeline.py).
+    stages += safety_eval_stages(config.safety_eval, stages, base, base_deps, Stage)
     return stages
 
 
