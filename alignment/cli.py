@@ -2,7 +2,7 @@
 
     llama2-align pipeline --config recipes/tiny/pipeline.yaml    # the main job
     llama2-align sft --config recipes/tiny/sft.yaml              # any stage: sft, reward, rejection-sampling,
-                                                                 # ppo, pretrain, collect, evaluate
+                                                                 # ppo, pretrain, collect, evaluate, gatt
     llama2-align tiny-model --output_dir DIR                     # build the project's tiny Llama
     llama2-align convert-gguf FILE.gguf --output_dir DIR         # GGUF -> safetensors checkpoint
     llama2-align dry-run --config RECIPE [--accelerate_config F] # batch arithmetic and memory per device
@@ -26,6 +26,7 @@ STAGES = {
     "ppo": "ppo.py",
     "collect": "collect.py",
     "evaluate": "evaluate.py",
+    "gatt": "gatt.py",
 }
 
 
