@@ -93,6 +93,10 @@ class RejectionSamplingArguments:
         default_factory=list,
         metadata={"help": "samples.jsonl files (or run dirs) of earlier iterations, oldest first; their best are pooled."},
     )
+    extra_dialogues: list[str] = field(
+        default_factory=list,
+        metadata={"help": "JSONL logs of extra fine-tuning rows joined to the pool (GAtt data: kept rows' messages)."},
+    )
     temperature_sweep: list[float] = field(
         default_factory=list, metadata={"help": "Temperatures to compare (fig. 8); empty: no sweep."}
     )
@@ -446,6 +450,10 @@ def run_rejection_sampling(
         dialogs, empty = pool_to_dialogs(pool)
         if not dialogs:
             raise RecipeError("the pool holds no non-empty answer to fine-tune on")
+        if rs_args.extra_dialogues:
+            from sft.gatt import load_training_dialogues
+
+            dialogs += load_training_dialogues(rs_args.extra_dialogues)
         sft_done = json.loads(marker.read_text()) if marker.exists() else None
         if sft_done is None:
             from sft.trainer import run_sft

@@ -197,3 +197,13 @@ def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: 
 def training_dialogues(rows: list[dict]) -> list[list[dict]]:
     """The kept rows' dialogues, ready for ``sft.trainer.run_sft(dialogs=...)``."""
     return [row["messages"] for row in rows if row.get("kept")]
+
+
+def load_training_dialogues(paths: list[str]) -> list[list[dict]]:
+    """The kept rows of GAtt logs (``build_gatt_data`` output), e.g. to join an RLHF iteration's fine-tune."""
+    dialogs = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(f"GAtt data not found: {path}")
+        dialogs += training_dialogues(read_jsonl_tolerant(path))
+    return dialogs

@@ -65,6 +65,9 @@ class GattConfig:
     eval_dialogues: int = field(default=100, metadata={"help": "Held-out dialogues per model in the evaluation."})
     eval_turns: int = field(default=8, metadata={"help": "Turns per evaluation dialogue (N)."})
     attention_dialogues: int = field(default=8, metadata={"help": "Dialogues averaged in the attention figure."})
+    data_only: bool = field(default=False, metadata={
+        "help": "Only sample gatt_data.jsonl with model_name_or_path (the pipeline joins it to an iteration's "
+                "fine-tuning); no training, no evaluation."})
     sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings of the base SFT."})
     gatt_sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings of the GAtt fine-tune."})
 
@@ -396,9 +399,15 @@ def run_gatt(config: GattConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "gatt_config.json", config_to_dict(config))
+    if config.data_only and not config.model_name_or_path:
+        raise RecipeError("data_only needs model_name_or_path (the model that samples the GAtt answers)")
     base = build_base_model(config, out)
     rows = sample_gatt_data(config, base, out)
     kept = sum(1 for r in rows if r.get("kept"))
+    if config.data_only:
+        summary = {"gatt_rows": {"sampled": len(rows), "kept": kept}, "data": str(out / "gatt_data.jsonl")}
+        atomic_write_json(out / COMPLETE_MARKER, summary)
+        return summary
     if not kept:
         raise RecipeError(f"no GAtt dialogue passed the checker ({len(rows)} sampled): the base model does not "
                           "follow the instruction when it is in the user message")

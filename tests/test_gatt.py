@@ -285,3 +285,42 @@ def test_killed_gatt_stage_resumes(tmp_path):
     assert result["turns"] == 2 and result["n_dialogues"] == 4
     assert len(result["with_gatt"]) == len(result["without_gatt"]) == len(result["with_gatt_stderr"]) == 2
     assert (out / "adherence.png").exists() and (out / "attention.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+
+
+def test_pipeline_applies_gatt_from_the_given_iteration(tmp_path):
+    from tests.test_pipeline import planned, write_recipe
+
+    from rlhf.pipeline import validate_stages
+
+    path = write_recipe(tmp_path, iterations=3, ppo_from_iteration=4, gatt_from_iteration=2,
+                        gatt={"num_samples": 2, "max_new_tokens": 8})
+    config, stages = planned(path)
+    validate_stages(stages, str(path))
+    names = [s.name for s in stages]
+    assert "RLHF-V1/gatt" not in names
+    by_name = {s.name: s for s in stages}
+    for v, sampler in ((2, "RLHF-V1/rejection_sampling"), (3, "RLHF-V2/rejection_sampling")):
+        gatt, rs = by_name[f"RLHF-V{v}/gatt"], by_name[f"RLHF-V{v}/rejection_sampling"]
+        assert names.index(gatt.name) < names.index(rs.name)
+        assert gatt.config["model_name_or_path"].endswith(sampler) and gatt.config["data_only"] is True
+        assert gatt.config["num_samples"] == 2 and gatt.depends_on == [sampler]
+        assert rs.config["extra_dialogues"] == [str(tmp_path / "run" / f"RLHF-V{v}" / "gatt" / "gatt_data.jsonl")]
+        assert gatt.name in rs.depends_on
+    assert "extra_dialogues" not in by_name["RLHF-V1/rejection_sampling"].config
+    _, without = planned(write_recipe(tmp_path, iterations=3, ppo_from_iteration=4))
+    assert not any(s.script == "gatt.py" for s in without)
+
+
+def test_gatt_logs_join_a_fine_tune_as_kept_rows_only(tmp_path):
+    from sft.gatt import load_training_dialogues
+
+    log = tmp_path / "gatt_data.jsonl"
+    row = training_row("Hobby: golf.", ["hi", "bye"], ["i like golf.", "bye, i like golf."])
+    log.write_text(json.dumps({"id": "a", "kept": True, "messages": row}) + "\n"
+                   + json.dumps({"id": "b", "kept": False}) + "\n")
+    assert load_training_dialogues([str(log)]) == [row]
+    with pytest.raises(DataError, match="GAtt data not found"):
+        load_training_dialogues([str(tmp_path / "missing.jsonl")])
