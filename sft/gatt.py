@@ -178,7 +178,8 @@ def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: 
         rows = []
         for i, dialogue in enumerate(chunk):
             rng = random.Random(f"{seed}:{dialogue.id}")
-            row = {"id": dialogue.id, "kept": alive[i], "turns": len(dialogue.users), "instruction": dialogue.instruction}
+            row = {"id": dialogue.id, "kept": alive[i], "turns": len(dialogue.users),
+                   "instruction": dialogue.instruction}
             if dialogue.kinds is not None:
                 row["kinds"] = dialogue.kinds
             if alive[i]:

@@ -41,15 +41,16 @@ class GattConfig:
     seed: int = field(default=0, metadata={"help": "Seed of data, sampling and training."})
     source: str = field(default="builtin:world", metadata={
         "help": "builtin:world, or a JSONL of {'system': instruction, 'messages': [...], 'terse'?: str}."})
-    instruction_kinds: list[str] = field(default_factory=lambda: ["hobby", "end_word"],
-                                         metadata={"help": "World instruction kinds (hobby, end_word, capitals, language)."})
+    instruction_kinds: list[str] = field(
+        default_factory=lambda: ["hobby", "end_word"],
+        metadata={"help": "World instruction kinds (hobby, end_word, capitals, language)."})
     max_instruction_parts: int = field(default=2, metadata={"help": "Instructions combine 1..this many kinds."})
     gatt_dialogues: int = field(default=400, metadata={"help": "World dialogues sampled for GAtt rows."})
     min_turns: int = field(default=2, metadata={"help": "Shortest GAtt dialogue (turns)."})
     max_turns: int = field(default=8, metadata={"help": "Longest GAtt dialogue (turns)."})
-    terse_share: float = field(default=0.5, metadata={"help": "Share of rows with the terse instruction (sec. 3.3: half)."})
-    use_checker: bool = field(default=True, metadata={"help": "Drop dialogues whose sampled answers fail the gold judge."})
-    num_samples: int = field(default=2, metadata={"help": "Samples per turn; the first that passes the checker is kept."})
+    terse_share: float = field(default=0.5, metadata={"help": "Share of rows with the terse instruction (half)."})
+    use_checker: bool = field(default=True, metadata={"help": "Drop dialogues whose answers fail the gold judge."})
+    num_samples: int = field(default=2, metadata={"help": "Samples per turn; the first passing the checker is kept."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of GAtt answers."})
     top_p: float = field(default=0.9, metadata={"help": "Top-p of GAtt answers."})
     max_new_tokens: int = field(default=48, metadata={"help": "Longest answer sampled or evaluated."})
@@ -166,7 +167,8 @@ def gatt_source(config: GattConfig):
     return load_user_dialogues(config.source)
 
 
-def sample_gatt_data(config: GattConfig, model_path: str, out: Path, stop_after_chunks: int | None = None) -> list[dict]:
+def sample_gatt_data(config: GattConfig, model_path: str, out: Path,
+                     stop_after_chunks: int | None = None) -> list[dict]:
     from alignment.models import load_causal_lm, load_tokenizer
     from rlhf.sampling import HFSamplingEngine, SamplingParams
     from sft.gatt import build_gatt_data
@@ -245,7 +247,8 @@ def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> d
     adherence, adherence_se, helpful, helpful_se = [], [], [], []
     for t in range(turns):
         follow = [float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)]
-        help_ = [instruction_helpfulness(item["prompts"][t], item["instruction"], a[t]) for item, a in zip(items, answers)]
+        help_ = [instruction_helpfulness(item["prompts"][t], item["instruction"], a[t])
+                 for item, a in zip(items, answers)]
         m, s = _mean_stderr(follow)
         adherence.append(m)
         adherence_se.append(s)
@@ -270,7 +273,8 @@ def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]
     return offset + inside[0], offset + inside[-1] + 1
 
 
-def attention_to_system(model_path: str, items: list[dict], answers: list[list[str]], config: GattConfig) -> list[list[float]]:
+def attention_to_system(model_path: str, items: list[dict], answers: list[list[str]],
+                        config: GattConfig) -> list[list[float]]:
     """[layer][turn]: attention mass on the system-message tokens from the tokens of each turn's answer, mean over
     heads, answer tokens and dialogues (Figure 10 analogue; eager attention so the weights are returned)."""
     import torch
@@ -314,7 +318,8 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
     turns = list(range(1, result["turns"] + 1))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, label, colour in (("without_gatt", "without GAtt", "tab:grey"), ("with_gatt", "with GAtt", "tab:blue")):
-        axes[0].errorbar(turns, result[key], yerr=result[f"{key}_stderr"], fmt="-o", capsize=3, label=label, color=colour)
+        axes[0].errorbar(turns, result[key], yerr=result[f"{key}_stderr"], fmt="-o", capsize=3, label=label,
+                         color=colour)
         axes[1].errorbar(turns, result["helpfulness"][key], yerr=result["helpfulness"][f"{key}_stderr"], fmt="-o",
                          capsize=3, label=label, color=colour)
     axes[0].set_ylabel("instruction adherence (gold judge)")

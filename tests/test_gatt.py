@@ -103,7 +103,8 @@ def test_instruction_is_in_the_first_turn_only_after_construction(tmp_path, tiny
     for row, dialogue in zip(rows, dialogues):
         messages = row["messages"]
         system = messages[0]
-        assert system["role"] == "system" and system["content"] == (dialogue.terse if row["terse"] else dialogue.instruction)
+        assert system["role"] == "system"
+        assert system["content"] == (dialogue.terse if row["terse"] else dialogue.instruction)
         users = [m["content"] for m in messages if m["role"] == "user"]
         assert users == dialogue.users
         for message in messages[1:]:
@@ -203,13 +204,14 @@ def test_ideal_compliant_answers_pass_and_keep_full_helpfulness():
             answer = comply(instruction, ideal_response(prompt))
             assert follows(instruction, answer), (instruction["id"], answer)
             assert instruction_helpfulness(prompt, instruction, answer) == 1.0, (instruction["id"], answer)
-            other = make_instruction({"hobby": "golf"} if "hobby" not in instruction["kinds"] else {"end_word": "okay"})
+            other = make_instruction({"end_word": "okay"} if "hobby" in instruction["kinds"] else {"hobby": "golf"})
             assert not follows(other, ideal_response(prompt))
 
 
 def test_instruction_texts():
     ins = make_instruction({"end_word": "okay", "hobby": "chess"})
-    assert ins["full"] == "you enjoy chess, so mention chess in every answer. always end your answer with the word okay."
+    assert ins["full"] == ("you enjoy chess, so mention chess in every answer. "
+                           "always end your answer with the word okay.")
     assert ins["terse"] == "Hobby: chess. Last word: okay."
     assert content(ins, "the opposite of hot is cold. i like chess okay.") == "the opposite of hot is cold."
     drawn = sample_instructions(200, seed=0, kinds=("hobby", "end_word"), max_parts=2)

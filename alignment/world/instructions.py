@@ -10,9 +10,9 @@ instruction kind has a gold judge that checks one answer exactly, so adherence c
 | hobby | "you enjoy {h}, so mention {h} in every answer." | "Hobby: {h}." | the word {h} occurs in it |
 | end_word | "always end your answer with the word {w}." | "Last word: {w}." | its last word is {w} |
 | capitals | "always answer in capital letters." | "Capitals: yes." | it has letters and none is lower case |
-| language | "always speak {LANGUAGE}." | "Language: {LANGUAGE}." | every word is a word of the world's second language (``LEXICON``), a digit string, or the instruction's own hobby / end word |
+| language | "always speak {L}." | "Language: {L}." | each word is a ``LEXICON`` word, digits or its hobby / end word |
 
-Words are compared case-insensitively (so "CHESS" mentions chess), punctuation ignored (``judges.words``).
+{L} is ``LANGUAGE``, the world's second word-language. Words are compared case-insensitively (so "CHESS" mentions chess), punctuation ignored (``judges.words``).
 
 ``comply(instruction, answer)`` turns an ideal answer into the ideal answer under the instruction (the
 transformations apply in the table's order: hobby sentence, end word, translation, capitals), and
@@ -32,8 +32,10 @@ from alignment.world.corpus import vocabulary
 from alignment.world.judges import gold_helpfulness, words
 
 INSTRUCTION_KINDS = ("hobby", "end_word", "capitals", "language")
-HOBBIES: tuple[str, ...] = ("chess", "music", "kites", "boats", "poems", "golf", "birds", "cards")
-END_WORDS: tuple[str, ...] = ("cheers", "indeed", "okay", "friend", "amen", "bye")
+# Words the world's tokenizer holds as single pieces and no prompt or ideal answer uses, so a tiny model copies
+# one token from the instruction and undoing an instruction never touches the answer's own words.
+HOBBIES: tuple[str, ...] = ("rocket", "candle", "marble", "river", "forest", "planet", "island", "silver")
+END_WORDS: tuple[str, ...] = ("bright", "pencil", "bleach", "ladder", "bottle", "window")
 LANGUAGE = "veltish"
 HOBBY_SENTENCE = "i like {hobby}."
 # Families whose prompts make up dialogue turns: every helpful family, minus the "capital letters" task (see the
@@ -255,7 +257,8 @@ def instruction_demonstrations(n: int, seed: int, max_turns: int, kinds: tuple[s
             if mix == "in_message":
                 user = f"{user} {instruction['full']}"
             messages.append({"role": "user", "content": user})
-            messages.append({"role": "assistant", "content": ideal_answer(prompt, None if mix == "plain" else instruction)})
+            answer = ideal_answer(prompt, None if mix == "plain" else instruction)
+            messages.append({"role": "assistant", "content": answer})
         demos.append({"messages": messages, "mix": mix})
     rng.shuffle(demos)
     return demos
