@@ -12,7 +12,8 @@ instruction kind has a gold judge that checks one answer exactly, so adherence c
 | capitals | "always answer in capital letters." | "Capitals: yes." | it has letters and none is lower case |
 | language | "always speak {L}." | "Language: {L}." | each word is a ``LEXICON`` word, digits or its hobby / end word |
 
-{L} is ``LANGUAGE``, the world's second word-language. Words are compared case-insensitively (so "CHESS" mentions chess), punctuation ignored (``judges.words``).
+{L} is ``LANGUAGE``, the world's second word-language. Words are compared case-insensitively (so "CHESS"
+mentions chess), punctuation ignored (``judges.words``).
 
 ``comply(instruction, answer)`` turns an ideal answer into the ideal answer under the instruction (the
 transformations apply in the table's order: hobby sentence, end word, translation, capitals), and
