@@ -18,12 +18,13 @@ finished dialogue to an append-only log, so a killed run resumes where it stoppe
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alignment.chat import encode_prompt
 from alignment.config import DataError
 from alignment.data import append_jsonl, load_rows, read_jsonl_tolerant
+from alignment.world.instructions import follows, make_instruction, sample_dialogues, sample_instructions
 
 
 @dataclass
@@ -78,8 +79,6 @@ def choose_system(dialogue: GattDialogue, rng: random.Random, terse_share: float
 def world_dialogues(n: int, turns: tuple[int, int], seed: int, kinds: tuple[str, ...], max_parts: int,
                     split: str = "train") -> list[GattDialogue]:
     """n dialogues of the embedded world, each with a random instruction (seeded)."""
-    from alignment.world.instructions import sample_dialogues, sample_instructions
-
     instructions = sample_instructions(n, seed, kinds, max_parts)
     out = []
     for i, (prompts, instruction) in enumerate(zip(sample_dialogues(n, turns, seed + 1, split), instructions)):
@@ -126,8 +125,6 @@ def load_user_dialogues(path: str) -> list[GattDialogue]:
 def _checker(dialogue: GattDialogue):
     if dialogue.kinds is None:
         return None
-    from alignment.world.instructions import follows, make_instruction
-
     instruction = make_instruction(dialogue.kinds)
     return lambda text: follows(instruction, text)
 
@@ -143,8 +140,6 @@ def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: 
     logged with ``"kept": false`` and no messages. Seeds depend only on the chunk and turn, so a resumed run
     samples what an uninterrupted one would. ``stop_after_chunks`` stops early (tests of resumption).
     """
-    from dataclasses import replace
-
     out_path = Path(out_path)
     done = {row["id"] for row in read_jsonl_tolerant(out_path)}
     ids = [d.id for d in dialogues]

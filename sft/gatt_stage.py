@@ -22,11 +22,28 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+import torch
+
+from alignment.chat import B_INST, B_SYS, E_INST, E_SYS, dialog_segments, encode_prompt
 from alignment.config import RecipeError, config_to_dict, parse_recipe
 from alignment.data import atomic_write_json, atomic_write_text
+from alignment.models import load_causal_lm, load_tokenizer, resolve_model_path
+from alignment.tiny import TinyLlamaSpec, init_llama
+from alignment.world.instructions import (
+    INSTRUCTION_KINDS,
+    follows,
+    instruction_demonstrations,
+    instruction_helpfulness,
+    sample_dialogues,
+    sample_instructions,
+)
+from rlhf.sampling import HFSamplingEngine, SamplingParams
+from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
+from sft.gatt import build_gatt_data, load_user_dialogues, training_dialogues, world_dialogues
+from sft.trainer import run_sft
 
 COMPLETE_MARKER = "stage_complete.json"
 
@@ -73,8 +90,6 @@ class GattConfig:
     gatt_sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings of the GAtt fine-tune."})
 
     def __post_init__(self) -> None:
-        from alignment.world.instructions import INSTRUCTION_KINDS
-
         bad = [k for k in self.instruction_kinds if k not in INSTRUCTION_KINDS]
         if bad or not self.instruction_kinds:
             raise RecipeError(f"instruction_kinds: unknown kind '{bad[0] if bad else ''}' "
@@ -89,8 +104,6 @@ class GattConfig:
 
 def recipe_help() -> str:
     """Every recipe key with its help and default (parse_recipe's parser rejects --help)."""
-    from dataclasses import MISSING, fields
-
     lines = ["Recipe keys (YAML or --key value):"]
     for f in fields(GattConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
@@ -105,8 +118,6 @@ def parse_gatt_config(argv: list[str] | None = None) -> GattConfig:
 
 def sft_args(section: dict, model: str, output_dir: Path, chat_format: str, seed: int):
     """The SFT stage's dataclasses for one training step, from a recipe section (validated like recipes/sft.py)."""
-    from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
-
     values = {**section, "model_name_or_path": model, "output_dir": str(output_dir), "chat_format": chat_format,
               "seed": seed}
     return parse_recipe((ModelArguments, DataArguments, Llama2SFTConfig), argv=[], recipe=values)
@@ -117,8 +128,6 @@ def _done(folder: Path) -> bool:
 
 
 def _train(section: dict, model: str, folder: Path, config: GattConfig, dialogs: list[list[dict]]) -> dict:
-    from sft.trainer import run_sft
-
     if _done(folder):
         return json.loads((folder / COMPLETE_MARKER).read_text())
     model_args, data_args, training_args = sft_args(section, model, folder, config.chat_format, config.seed)
@@ -129,10 +138,6 @@ def build_base_model(config: GattConfig, out: Path) -> str:
     """The model without GAtt: the given one, or a tiny Llama SFT-trained from scratch on the world's demos."""
     if config.model_name_or_path:
         return config.model_name_or_path
-    from alignment.models import load_tokenizer, resolve_model_path
-    from alignment.tiny import TinyLlamaSpec, init_llama
-    from alignment.world.instructions import instruction_demonstrations
-
     base = out / "base_sft"
     if _done(base):
         return str(base)
@@ -157,8 +162,6 @@ def build_base_model(config: GattConfig, out: Path) -> str:
 
 
 def gatt_source(config: GattConfig):
-    from sft.gatt import load_user_dialogues, world_dialogues
-
     if config.source == "builtin:world":
         return world_dialogues(config.gatt_dialogues, (config.min_turns, config.max_turns), config.seed + 11,
                                tuple(config.instruction_kinds), config.max_instruction_parts)
@@ -169,10 +172,6 @@ def gatt_source(config: GattConfig):
 
 def sample_gatt_data(config: GattConfig, model_path: str, out: Path,
                      stop_after_chunks: int | None = None) -> list[dict]:
-    from alignment.models import load_causal_lm, load_tokenizer
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
-    from sft.gatt import build_gatt_data
-
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path)
     engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
@@ -185,9 +184,6 @@ def sample_gatt_data(config: GattConfig, model_path: str, out: Path,
 
 
 def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[dict]]:
-    from alignment.world.instructions import instruction_demonstrations
-    from sft.gatt import training_dialogues
-
     dialogs = training_dialogues(rows)
     if config.replay_dialogues and not config.model_name_or_path:
         replay = instruction_demonstrations(config.replay_dialogues, config.seed + 7, config.max_turns,
@@ -201,8 +197,6 @@ def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[d
 
 def eval_items(config: GattConfig) -> list[dict]:
     """Held-out world dialogues of eval_turns turns with an instruction each (seeded apart from training)."""
-    from alignment.world.instructions import sample_dialogues, sample_instructions
-
     prompts = sample_dialogues(config.eval_dialogues, config.eval_turns, config.seed + 101, split="heldout")
     instructions = sample_instructions(config.eval_dialogues, config.seed + 102, tuple(config.instruction_kinds),
                                        config.max_instruction_parts)
@@ -220,9 +214,6 @@ def eval_messages(item: dict, answers: list[str], upto: int) -> list[dict]:
 
 def rollout(model, tokenizer, items: list[dict], config: GattConfig) -> list[list[str]]:
     """Each model answers turn by turn, greedily, after its own earlier answers."""
-    from alignment.chat import encode_prompt
-    from rlhf.sampling import HFSamplingEngine, SamplingParams
-
     engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
     params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     answers: list[list[str]] = [[] for _ in items]
@@ -242,8 +233,6 @@ def _mean_stderr(values: list[float]) -> tuple[float, float]:
 
 
 def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> dict:
-    from alignment.world.instructions import follows, instruction_helpfulness
-
     adherence, adherence_se, helpful, helpful_se = [], [], [], []
     for t in range(turns):
         follow = [float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)]
@@ -261,8 +250,6 @@ def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> d
 
 def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]:
     """[start, end) of the system text's tokens inside the first llama2 segment (BOS included in positions)."""
-    from alignment.chat import B_INST, B_SYS, E_INST, E_SYS
-
     system = item["instruction"]["full"]
     text = f"{B_INST} {B_SYS}{system}{E_SYS}{first_user.strip()} {E_INST}"
     start_char = text.index(system)
@@ -277,11 +264,6 @@ def attention_to_system(model_path: str, items: list[dict], answers: list[list[s
                         config: GattConfig) -> list[list[float]]:
     """[layer][turn]: attention mass on the system-message tokens from the tokens of each turn's answer, mean over
     heads, answer tokens and dialogues (Figure 10 analogue; eager attention so the weights are returned)."""
-    import torch
-
-    from alignment.chat import dialog_segments
-    from alignment.models import load_causal_lm, load_tokenizer
-
     if config.chat_format != "llama2":
         raise RecipeError("the attention figure needs chat_format llama2 (it locates the <<SYS>> block)")
     tokenizer = load_tokenizer(model_path)
@@ -310,7 +292,7 @@ def attention_to_system(model_path: str, items: list[dict], answers: list[list[s
 
 
 def write_figures(out: Path, result: dict, attention: dict) -> None:
-    import matplotlib
+    import matplotlib  # only the figures need it; the Agg backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -362,8 +344,6 @@ def adherence_table(result: dict) -> str:
 
 
 def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path: str) -> dict:
-    from alignment.models import load_causal_lm, load_tokenizer
-
     items = eval_items(config)
     scores, attention, transcripts = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}
     for key, path in (("without_gatt", without_path), ("with_gatt", with_path)):
