@@ -211,7 +211,7 @@ def test_ideal_compliant_answers_pass_and_keep_full_helpfulness():
 def test_instruction_texts():
     ins = make_instruction({"end_word": "okay", "hobby": "chess"})
     assert ins["full"] == ("you enjoy chess, so mention chess in every answer. "
-                           "always end your answer with the word okay.")
+                           "always end your answer with the word okay, so okay is your last word.")
     assert ins["terse"] == "Hobby: chess. Last word: okay."
     assert content(ins, "the opposite of hot is cold. i like chess okay.") == "the opposite of hot is cold."
     drawn = sample_instructions(200, seed=0, kinds=("hobby", "end_word"), max_parts=2)

@@ -8,7 +8,7 @@ instruction kind has a gold judge that checks one answer exactly, so adherence c
 | kind | full form | terse form | an answer follows it iff |
 |---|---|---|---|
 | hobby | "you enjoy {h}, so mention {h} in every answer." | "Hobby: {h}." | the word {h} occurs in it |
-| end_word | "always end your answer with the word {w}." | "Last word: {w}." | its last word is {w} |
+| end_word | "always end your answer with the word {w}, so {w} is your last word." | "Last word: {w}." | last word is {w} |
 | capitals | "always answer in capital letters." | "Capitals: yes." | it has letters and none is lower case |
 | language | "always speak {L}." | "Language: {L}." | each word is a ``LEXICON`` word, digits or its hobby / end word |
 
@@ -78,7 +78,7 @@ def make_instruction(kinds: dict) -> dict:
             full.append(f"you enjoy {value}, so mention {value} in every answer.")
             terse.append(f"Hobby: {value}.")
         elif kind == "end_word":
-            full.append(f"always end your answer with the word {value}.")
+            full.append(f"always end your answer with the word {value}, so {value} is your last word.")
             terse.append(f"Last word: {value}.")
         elif kind == "capitals":
             full.append("always answer in capital letters.")
