@@ -8,7 +8,7 @@ instruction kind has a gold judge that checks one answer exactly, so adherence c
 | kind | full form | terse form | an answer follows it iff |
 |---|---|---|---|
 | hobby | "you enjoy {h}, so mention {h} in every answer." | "Hobby: {h}." | the word {h} occurs |
-| end_word | "always end your answer with the word {w}, so {w} is your last word." | "Last word: {w}." | ends with {w} |
+| end_word | "always end your answer with the word {w}, so {w} is your last word." | "Last word: {w}." | last is {w} |
 | capitals | "always answer in capital letters." | "Capitals: yes." | it has letters and none is lower case |
 | language | "always speak {L}." | "Language: {L}." | each word is a ``LEXICON`` word, digits or its hobby / end word |
 
