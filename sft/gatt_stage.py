@@ -261,15 +261,16 @@ def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]
 
 
 def attention_to_system(model_path: str, items: list[dict], answers: list[list[str]],
-                        config: GattConfig) -> list[list[float]]:
-    """[layer][turn]: attention mass on the system-message tokens from the tokens of each turn's answer, mean over
-    heads, answer tokens and dialogues (Figure 10 analogue; eager attention so the weights are returned)."""
+                        config: GattConfig) -> dict[str, list[list[float]]]:
+    """Attention mass on the system-message tokens from the tokens of each turn's answer, [layer][turn], averaged
+    over answer tokens and dialogues: "mean_heads" (all heads) and "max_heads" (the head that attends most, per
+    answer token: the paper's Figure 10 shows such maxima). Eager attention, so the weights are returned."""
     if config.chat_format != "llama2":
         raise RecipeError("the attention figure needs chat_format llama2 (it locates the <<SYS>> block)")
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, attn_implementation="eager").eval()
     layers = model.config.num_hidden_layers
-    total = [[0.0] * config.eval_turns for _ in range(layers)]
+    totals = {name: [[0.0] * config.eval_turns for _ in range(layers)] for name in ("mean_heads", "max_heads")}
     count = 0
     for item, dialogue_answers in list(zip(items, answers))[: config.attention_dialogues]:
         messages = eval_messages(item, dialogue_answers, config.eval_turns)
@@ -284,11 +285,12 @@ def attention_to_system(model_path: str, items: list[dict], answers: list[list[s
         with torch.no_grad():
             output = model(input_ids=torch.tensor([ids]), output_attentions=True)
         for layer, weights in enumerate(output.attentions):  # [1, heads, q, k]
-            mass = weights[0, :, :, sys_start:sys_end].sum(-1).mean(0)  # [q]
-            for turn, (a, b) in enumerate(answer_spans):
-                total[layer][turn] += float(mass[a:b].mean())
+            per_head = weights[0, :, :, sys_start:sys_end].sum(-1)  # [heads, q]
+            for name, mass in (("mean_heads", per_head.mean(0)), ("max_heads", per_head.max(0).values)):
+                for turn, (a, b) in enumerate(answer_spans):
+                    totals[name][layer][turn] += float(mass[a:b].mean())
         count += 1
-    return [[v / count for v in row] for row in total]
+    return {name: [[v / count for v in row] for row in total] for name, total in totals.items()}
 
 
 def write_figures(out: Path, result: dict, attention: dict) -> None:
@@ -316,15 +318,19 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
     fig.savefig(out / "adherence.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for axis, key, title in ((axes[0], "without_gatt", "without GAtt"), (axes[1], "with_gatt", "with GAtt")):
-        for layer, row in enumerate(attention[key]):
-            axis.plot(turns, row, "-o", label=f"layer {layer + 1}")
-        axis.set_title(f"{title}: attention on system-message tokens")
-        axis.set_xlabel("turn (answer tokens of that turn)")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"attention mass (mean of heads, tokens, {attention['n_dialogues']} dialogues)")
-    axes[1].legend()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row", sharex=True)
+    rows = ((axes[0], "max_heads", "most attentive head"), (axes[1], "mean_heads", "mean of heads"))
+    for row_axes, name, what in rows:
+        for axis, key, title in ((row_axes[0], "without_gatt", "without GAtt"),
+                                 (row_axes[1], "with_gatt", "with GAtt")):
+            for layer, values in enumerate(attention[key][name]):
+                axis.plot(turns, values, "-o", label=f"layer {layer + 1}")
+            axis.set_title(f"{title}: attention on the system message ({what})", fontsize=10)
+            axis.grid(alpha=0.3)
+        row_axes[0].set_ylabel(f"attention mass ({what})")
+    for axis in axes[1]:
+        axis.set_xlabel(f"turn (mean over its answer tokens, {attention['n_dialogues']} dialogues)")
+    axes[0][1].legend()
     fig.tight_layout()
     fig.savefig(out / "attention.png", dpi=110)
     plt.close(fig)

@@ -326,3 +326,16 @@ def test_gatt_logs_join_a_fine_tune_as_kept_rows_only(tmp_path):
     assert load_training_dialogues([str(log)]) == [row]
     with pytest.raises(DataError, match="GAtt data not found"):
         load_training_dialogues([str(tmp_path / "missing.jsonl")])
+
+
+def test_system_token_span_covers_exactly_the_instruction(tiny_tokenizer):
+    from alignment.chat import dialog_segments
+    from sft.gatt_stage import eval_messages, system_token_span
+
+    item = {"instruction": make_instruction({"hobby": "rocket"}),
+            "prompts": [{"prompt": "what is 1 plus 2?"}, {"prompt": "what is 2 plus 2?"}]}
+    ids = [i for seg, _ in dialog_segments(tiny_tokenizer, eval_messages(item, ["3."], 2)) for i in seg]
+    start, end = system_token_span(tiny_tokenizer, item, "what is 1 plus 2?")
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[start - 2:start]) == ["<<SYS>>", "\n"]
+    assert tiny_tokenizer.decode(ids[start:end]).strip() == item["instruction"]["full"]
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[end:end + 1]) == ["<</SYS>>"]  # the last piece holds the "\n"
