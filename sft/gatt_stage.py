@@ -32,6 +32,7 @@ from alignment.config import RecipeError, config_to_dict, parse_recipe
 from alignment.data import atomic_write_json, atomic_write_text
 from alignment.models import load_causal_lm, load_tokenizer, resolve_model_path
 from alignment.tiny import TinyLlamaSpec, init_llama
+from alignment.world import ideal_response
 from alignment.world.instructions import (
     INSTRUCTION_KINDS,
     follows,
@@ -225,6 +226,20 @@ def rollout(model, tokenizer, items: list[dict], config: GattConfig) -> list[lis
     return answers
 
 
+def plain_context_adherence(model, tokenizer, items: list[dict], config: GattConfig) -> list[float]:
+    """Per dialogue, whether the answer at the last turn follows the instruction when every earlier answer is the
+    plain ideal one (not following it): the instruction can then only come from the system message, not from
+    copying the model's own earlier answers."""
+    engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
+    params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
+    prompts = []
+    for item in items:
+        plain = [ideal_response(p) for p in item["prompts"][: config.eval_turns - 1]]
+        prompts.append(encode_prompt(tokenizer, eval_messages(item, plain, config.eval_turns), config.chat_format))
+    samples = sorted(engine.generate(prompts, params), key=lambda s: s.prompt_index)
+    return [float(follows(item["instruction"], s.text)) for item, s in zip(items, samples)]
+
+
 def _mean_stderr(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -346,23 +361,32 @@ def adherence_table(result: dict) -> str:
             f"| {result['with_gatt'][t]:.3f} +- {result['with_gatt_stderr'][t]:.3f} "
             f"| {h['without_gatt'][t]:.3f} +- {h['without_gatt_stderr'][t]:.3f} "
             f"| {h['with_gatt'][t]:.3f} +- {h['with_gatt_stderr'][t]:.3f} |")
+    plain = result.get("last_turn_plain_context")
+    if plain:
+        lines.append("")
+        lines.append(f"Turn {result['turns']} after plain (non-following) earlier answers: without GAtt "
+                     f"{plain['without_gatt']['mean']:.3f} +- {plain['without_gatt']['stderr']:.3f}, with GAtt "
+                     f"{plain['with_gatt']['mean']:.3f} +- {plain['with_gatt']['stderr']:.3f} "
+                     f"(n={result['n_dialogues']}).")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path: str) -> dict:
     items = eval_items(config)
-    scores, attention, transcripts = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}
+    scores, attention, plain = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}
     for key, path in (("without_gatt", without_path), ("with_gatt", with_path)):
         cache = out / f"eval_{key}.json"
         if cache.exists():
             saved = json.loads(cache.read_text())
         else:
             tokenizer = load_tokenizer(path)
-            answers = rollout(load_causal_lm(path), tokenizer, items, config)
+            model = load_causal_lm(path)
+            answers = rollout(model, tokenizer, items, config)
             saved = {"answers": answers, "scores": score_rollouts(items, answers, config.eval_turns),
+                     "plain_context": plain_context_adherence(model, tokenizer, items, config),
                      "attention": attention_to_system(path, items, answers, config), "model": path}
             atomic_write_json(cache, saved)
-        scores[key], attention[key], transcripts[key] = saved["scores"], saved["attention"], saved["answers"]
+        scores[key], attention[key], plain[key] = saved["scores"], saved["attention"], saved["plain_context"]
     result = {
         "turns": config.eval_turns,
         "n_dialogues": len(items),
@@ -376,6 +400,8 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
             "with_gatt_stderr": scores["with_gatt"]["helpfulness_stderr"],
             "without_gatt_stderr": scores["without_gatt"]["helpfulness_stderr"],
         },
+        # Adherence at the last turn when every earlier answer is the plain (non-following) ideal answer.
+        "last_turn_plain_context": {key: dict(zip(("mean", "stderr"), _mean_stderr(plain[key]))) for key in plain},
         "models": {"without_gatt": without_path, "with_gatt": with_path},
         "instruction_kinds": list(config.instruction_kinds),
     }
