@@ -106,9 +106,18 @@ def dialog_segments(tokenizer, messages: list[dict], chat_format: str = "llama2"
 
 
 def encode_dialog(tokenizer, messages: list[dict], chat_format: str = "llama2") -> dict:
-    """input_ids and labels for SFT: labels are -100 on every prompt token, in every turn (sec. 3.1)."""
+    """input_ids and labels for SFT: labels are -100 on every prompt token, in every turn (sec. 3.1).
+
+    An assistant message with ``"loss": False`` is context only: its tokens are -100 too. Ghost Attention
+    (sec. 3.3) trains on dialogues whose earlier answers carry no loss (``sft.gatt``).
+    """
+    trained = [m.get("loss", True) is not False for m in messages if m["role"] == "assistant"]
     input_ids, labels = [], []
+    answer_index = 0
     for ids, is_answer in dialog_segments(tokenizer, messages, chat_format):
+        if is_answer:
+            is_answer = trained[answer_index]
+            answer_index += 1
         input_ids += ids
         labels += ids if is_answer else [IGNORE_INDEX] * len(ids)
     return {"input_ids": input_ids, "labels": labels}

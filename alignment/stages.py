@@ -58,6 +58,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ppo", "ppo.py", ("rlhf.ppo_config:PPOConfig",), ("ppo",), "PPO on the safety-gated reward"),
     StageSpec("evaluate", "evaluate.py", ("rlhf.evaluate:EvaluateConfig",), ("evaluate",),
               "gold and reward-model judgement of a model version"),
+    StageSpec("gatt", "gatt.py", ("sft.gatt_stage:GattConfig",), ("gatt",),
+              "Ghost Attention: multi-turn data with the instruction kept in the first turn only (sec. 3.3)"),
     # Its pipeline section also names the versions to evaluate (evals/pipeline.py reads it).
     StageSpec("safety-eval", "safety_eval.py", ("evals.config:SafetyEvalConfig",), (),
               "TruthfulQA, ToxiGen and BOLD, the paper's safety benchmarks (sec. 4.1, 4.4)"),

@@ -71,6 +71,7 @@ from rlhf.rs_select import (
 )
 from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams, make_sampling_engine
 from rlhf.scoring import Scorer, score_samples
+from sft.gatt import load_training_dialogues
 from sft.trainer import run_sft, validate_sft_inputs
 
 SAMPLES_FILE = "samples.jsonl"
@@ -147,6 +148,10 @@ class RejectionSamplingArguments:
         default=True,
         metadata={"help": "Leave answers cut at max_new_tokens out of best-of-K and the pool (the RMs would score a "
                           "cut answer as finished, and fine-tuning would teach it to stop there)."},
+    )
+    extra_dialogues: list[str] = field(
+        default_factory=list,
+        metadata={"help": "JSONL logs of extra fine-tuning rows joined to the pool (GAtt data: kept rows' messages)."},
     )
     temperature_sweep: list[float] = field(
         default_factory=list,
@@ -566,6 +571,8 @@ class RejectionSampler:
         if not dialogs:
             raise RecipeError("the pool holds no non-empty, finished answer to fine-tune on "
                               "(raise max_new_tokens, or set drop_unfinished: false)")
+        if self.rs_args.extra_dialogues:
+            dialogs += load_training_dialogues(self.rs_args.extra_dialogues)
         sft_done = json.loads(marker.read_text()) if marker.exists() else None
         if sft_done is None:
             sft_done = run_sft(self.model_args, self.data_args, self.training_args, dialogs=dialogs)

@@ -105,6 +105,10 @@ class PipelineConfig:
         metadata={"help": "TruthfulQA/ToxiGen/BOLD (evals/pipeline.py): 'versions' to evaluate (base, SFT, "
                           "RLHF-V<n>) and any recipes/safety_eval.py settings."},
     )
+    gatt_from_iteration: int | None = field(default=None, metadata={
+        "help": "Ghost Attention from this iteration on (sec. 3.3: after RLHF-V3): the latest model samples GAtt "
+                "dialogues, which join that iteration's rejection-sampling fine-tune. None: off."})
+    gatt: dict = field(default_factory=dict, metadata={"help": "recipes/gatt.py settings of the GAtt data."})
 
 
 WORLD_DEFAULTS = {
@@ -254,8 +258,18 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
                      "safety_model": rm_s, "prompts_name": data[f"rs_v{v}"], "previous_samples": list(rs_runs)}
         if config.rs_fine_tunes == "sft":
             rs_config.update(model_name_or_path=sft_model, policy_model_name_or_path=latest)
+        gatt_deps = []
+        if config.gatt_from_iteration is not None and v >= config.gatt_from_iteration:
+            # GAtt (sec. 3.3): the latest model answers with the instruction in every user message; the rows
+            # (instruction in the first turn only, loss on the last answer) join this iteration's fine-tune.
+            stages.append(Stage(f"{it}/gatt", "gatt.py", {**config.gatt, **fmt, "model_name_or_path": latest,
+                                                          "data_only": True, "seed": config.seed + v},
+                                [latest_stage]))
+            rs_config["extra_dialogues"] = [str(Path(out(f"{it}/gatt")) / "gatt_data.jsonl")]
+            gatt_deps = [f"{it}/gatt"]
         rs = Stage(f"{it}/rejection_sampling", "rejection_sampling.py", rs_config,
-                   [latest_stage, "SFT/sft"] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)])
+                   [latest_stage, "SFT/sft"] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)]
+                   + gatt_deps)
         stages.append(rs)
         rs_runs.append(out(rs.name))
         new_model, new_stage = out(rs.name), rs.name
