@@ -12,15 +12,12 @@ import sys
 # Python puts this script's folder first on sys.path, where recipes/sft.py would shadow the `sft` package.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 
-from alignment.config import run_cli  # noqa: E402
-from sft.gatt_stage import parse_gatt_config, recipe_help, run_gatt  # noqa: E402
+from alignment.config import parse_recipe, run_cli  # noqa: E402
+from sft.gatt_stage import GattConfig, run_gatt  # noqa: E402
 
 
 def main() -> None:
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(__doc__ + "\n" + recipe_help())
-        return
-    config = parse_gatt_config()
+    (config,) = parse_recipe((GattConfig,), description=__doc__)
     result = run_gatt(config)
     if config.data_only:
         print(f"GAtt data: {result['gatt_rows']['kept']} of {result['gatt_rows']['sampled']} dialogues kept, "

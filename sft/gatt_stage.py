@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -101,20 +101,6 @@ class GattConfig:
             raise RecipeError(f"terse_share must lie in [0, 1], got {self.terse_share}")
         if self.eval_turns < 1 or self.eval_dialogues < 1:
             raise RecipeError("eval_turns and eval_dialogues must be at least 1")
-
-
-def recipe_help() -> str:
-    """Every recipe key with its help and default (parse_recipe's parser rejects --help)."""
-    lines = ["Recipe keys (YAML or --key value):"]
-    for f in fields(GattConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        lines.append(f"  --{f.name}: {f.metadata.get('help', '')} (default: {default!r})")
-    return "\n".join(lines)
-
-
-def parse_gatt_config(argv: list[str] | None = None) -> GattConfig:
-    (config,) = parse_recipe((GattConfig,), argv)
-    return config
 
 
 def sft_args(section: dict, model: str, output_dir: Path, chat_format: str, seed: int):

@@ -43,11 +43,11 @@ def test_gatt_row_masks_every_earlier_turn_and_the_instruction(tiny_tokenizer):
     expected = [
         ("<s>", P), ("[INST]", P), ("▁", P), ("<<SYS>>", P), ("\n", P), ("7", P), ("\n", P), ("<</SYS>>", P),
         ("\n\n", P), ("1", P), ("▁", P), ("[/INST]", P),
-        ("▁", P), ("2", P), ("</s>", P),  # an earlier answer: context, no loss
+        ("▁", P), ("2", P), ("▁", P), ("</s>", P),  # an earlier answer: context, no loss
         ("<s>", P), ("[INST]", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
-        ("▁", P), ("4", P), ("</s>", P),
+        ("▁", P), ("4", P), ("▁", P), ("</s>", P),
         ("<s>", P), ("[INST]", P), ("▁", P), ("5", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("6", A), ("▁", A), ("8", A), ("</s>", A),  # exactly the last answer and its EOS
+        ("▁", A), ("6", A), ("▁", A), ("8", A), ("▁", A), ("</s>", A),  # exactly the last answer and its EOS
     ]
     assert tiny_tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [piece for piece, _ in expected]
     assert encoded["labels"] == [i if kind == A else IGNORE_INDEX
@@ -55,7 +55,7 @@ def test_gatt_row_masks_every_earlier_turn_and_the_instruction(tiny_tokenizer):
     assert [m.get("loss", True) for m in row if m["role"] == "assistant"] == [False, False, True]
     # Without the flags, ordinary SFT trains every answer.
     plain = [{k: v for k, v in m.items() if k != "loss"} for m in row]
-    assert sum(label != IGNORE_INDEX for label in encode_dialog(tiny_tokenizer, plain)["labels"]) == 3 + 3 + 5
+    assert sum(label != IGNORE_INDEX for label in encode_dialog(tiny_tokenizer, plain)["labels"]) == 4 + 4 + 6
 
 
 class InstructionFollowingEngine:
@@ -295,7 +295,7 @@ def test_killed_gatt_stage_resumes(tmp_path):
 def test_pipeline_applies_gatt_from_the_given_iteration(tmp_path):
     from tests.test_pipeline import planned, write_recipe
 
-    from rlhf.pipeline import validate_stages
+    from alignment.pipeline.runner import validate_stages
 
     path = write_recipe(tmp_path, iterations=3, ppo_from_iteration=4, gatt_from_iteration=2,
                         gatt={"num_samples": 2, "max_new_tokens": 8})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.stages import BY_NAME
+from alignment.stages import BY_NAME, STAGES
 from alignment import cli
 from alignment.config import RecipeError, Range, check_recipe_keys, parse_recipe
 from alignment.pipeline.runner import (
@@ -25,9 +25,8 @@ from alignment.pipeline.runner import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_SCRIPTS = {"pretrain": "pretrain.py", "sft": "sft.py", "reward": "reward.py",
-                 "rejection_sampling": "rejection_sampling.py", "ppo": "ppo.py", "collect": "collect.py",
-                 "evaluate": "evaluate.py"}
+# Every stage of the registry, by its recipe file's stem (recipes/<preset>/<stem>.yaml).
+STAGE_SCRIPTS = {Path(spec.script).stem: spec.script for spec in STAGES if spec.name != "pipeline"}
 
 
 def run_script(monkeypatch, script: str, args: list[str]) -> int:

@@ -291,8 +291,8 @@ def test_tiny_stage_writes_the_output_contract(tmp_path):
 def test_pipeline_plans_safety_stages_and_reports_the_table(tmp_path):
     import yaml
 
-    from rlhf.pipeline import load_pipeline_config, plan_stages, validate_stages, write_world_data
-    from rlhf.report import write_report
+    from alignment.pipeline.runner import load_pipeline_config, plan_stages, validate_stages, write_world_data
+    from alignment.pipeline.report import write_report
     from tests.test_pipeline import SHORT
 
     recipe = {**SHORT, "run_dir": str(tmp_path / "run"),
