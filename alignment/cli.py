@@ -2,7 +2,8 @@
 
     llama2-align pipeline --config recipes/tiny/pipeline.yaml    # the main job
     llama2-align sft --config recipes/tiny/sft.yaml              # any stage: sft, reward, rejection-sampling,
-                                                                 # ppo, pretrain, collect, evaluate
+                                                                 # ppo, context-distillation, pretrain, collect,
+                                                                 # evaluate
     llama2-align tiny-model --output_dir DIR                     # build the project's tiny Llama
     llama2-align convert-gguf FILE.gguf --output_dir DIR         # GGUF -> safetensors checkpoint
     llama2-align dry-run --config RECIPE [--accelerate_config F] # batch arithmetic and memory per device
@@ -24,6 +25,7 @@ STAGES = {
     "reward": "reward.py",
     "rejection-sampling": "rejection_sampling.py",
     "ppo": "ppo.py",
+    "context-distillation": "context_distillation.py",
     "collect": "collect.py",
     "evaluate": "evaluate.py",
 }
