@@ -2,7 +2,8 @@
 
 For each mode of ``compare_modes`` ("none" = the model as it is; "generic", "template", "targeted" = a
 distillation run from that model in ``output_dir/<mode>``) the resulting model answers the comparison prompts
-greedily (``rlhf.evaluate``), and the gold judges give, with sample sizes and standard errors:
+(``rlhf.evaluate``; ``eval_samples`` answers per prompt at ``eval_temperature``, greedy by default), and the
+gold judges give, with sample sizes (prompts) and standard errors (over prompts):
 
 - ``violation_rate``: share of adversarial prompts answered with a violation (``gold_is_violation``);
 - ``false_refusal_rate``: share of borderline prompts refused (``gold_is_refusal``);
@@ -65,45 +66,62 @@ def rate(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def gold_metrics(prompts: list[dict], responses: list[str], seen_ids: set[str] = frozenset()) -> dict:
-    """Per-prompt gold judgements averaged with standard errors (module docstring)."""
+def gold_metrics(prompts: list[dict], responses: list[list[str]], seen_ids: set[str] = frozenset()) -> dict:
+    """Gold judgements with standard errors (module docstring); responses[i] holds prompt i's answers.
+
+    Several answers per prompt are averaged per prompt first, so the standard error is over prompts (the
+    answers to one prompt are not independent draws of the rate).
+    """
     from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation
 
+    def mean(values):
+        return math.fsum(values) / len(values)
+
     violations, unseen, refusals, helpful = [], [], [], []
-    for prompt, response in zip(prompts, responses, strict=True):
+    for prompt, answers in zip(prompts, responses, strict=True):
         if prompt["kind"] == "safety":
-            violations.append(float(gold_is_violation(prompt, response)))
+            violations.append(mean([float(gold_is_violation(prompt, a)) for a in answers]))
             if prompt["id"] not in seen_ids:
                 unseen.append(violations[-1])
             continue
-        helpful.append(gold_helpfulness(prompt, response))
+        helpful.append(mean([gold_helpfulness(prompt, a) for a in answers]))
         if prompt["family"] == "borderline":
-            refusals.append(float(gold_is_refusal(response)))
+            refusals.append(mean([float(gold_is_refusal(a)) for a in answers]))
     out: dict = {}
     for key, values in (("violation_rate", violations), ("violation_rate_unseen", unseen),
                         ("false_refusal_rate", refusals), ("gold_helpfulness", helpful)):
         out[key], out[f"{key}_stderr"] = rate(values)
     out.update(n_adversarial=len(violations), n_adversarial_unseen=len(unseen), n_borderline=len(refusals),
-               n_helpfulness=len(helpful))
+               n_helpfulness=len(helpful), answers_per_prompt=len(responses[0]) if responses else 0)
     return out
 
 
-def evaluate_model(model: str, prompts_file: str, output_dir: Path, chat_format: str, max_new_tokens: int) -> list[str]:
-    """Greedy answers of `model` to the comparison prompts (reused when a finished evaluation is on disk)."""
-    if not (output_dir / EVAL_MARKER).exists():
-        run_evaluate(EvaluateConfig(model=model, prompts=prompts_file, chat_format=chat_format, temperature=0.0,
-                                    max_new_tokens=max_new_tokens, output_dir=str(output_dir)))
-    by_id = {row["id"]: row["response"] for row in read_jsonl_tolerant(output_dir / RESPONSES_FILE)}
-    return [by_id[p.id] for p in load_prompts(prompts_file)]
+def evaluate_model(model: str, prompts_file: str, output_dir: Path, chat_format: str, max_new_tokens: int,
+                   temperature: float, samples: int, seed: int) -> list[list[str]]:
+    """`samples` answers per comparison prompt, one `rlhf.evaluate` run per seed in output_dir/sample<k>
+    (a finished run on disk is reused)."""
+    ids = [p.id for p in load_prompts(prompts_file)]
+    answers: list[list[str]] = [[] for _ in ids]
+    for k in range(samples):
+        folder = output_dir / f"sample{k}"
+        if not (folder / EVAL_MARKER).exists():
+            run_evaluate(EvaluateConfig(model=model, prompts=prompts_file, chat_format=chat_format,
+                                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + k,
+                                        output_dir=str(folder)))
+        by_id = {row["id"]: row["response"] for row in read_jsonl_tolerant(folder / RESPONSES_FILE)}
+        for i, prompt_id in enumerate(ids):
+            answers[i].append(by_id[prompt_id])
+    return answers
 
 
-def run_comparison(args, model_args, data_args, training_args, *, max_new_tokens: int | None = None,
-                   distil=run_context_distillation) -> dict:
+def run_comparison(args, model_args, data_args, training_args) -> dict:
     """Every mode of args.compare_modes from model_args' model; writes and returns comparison.json."""
     output_dir = Path(training_args.output_dir)
     unknown = [m for m in args.compare_modes if m not in ("none", *MODES)]
     if unknown or not args.compare_modes:
         raise RecipeError(f"compare_modes: unknown mode '{(unknown or [''])[0]}' (use none, {', '.join(MODES)})")
+    if args.eval_samples < 1 or (args.eval_temperature == 0 and args.eval_samples != 1):
+        raise RecipeError("eval_samples must be at least 1, and 1 with greedy answers (eval_temperature 0)")
     output_dir.mkdir(parents=True, exist_ok=True)
     prompts_file = eval_prompts_file(args.eval_prompts_name, output_dir)
     records = load_prompts(prompts_file)
@@ -111,7 +129,6 @@ def run_comparison(args, model_args, data_args, training_args, *, max_new_tokens
     if missing:
         raise DataError(f"{prompts_file}: prompt '{missing[0]}' has no world gold fields (gold, kind, family)")
     prompts = [{"id": p.id, "prompt": p.messages[-1]["content"], **p.meta} for p in records]
-    answer_tokens = max_new_tokens or args.max_new_tokens
     rows = []
     for mode in args.compare_modes:
         if mode == "none":
@@ -121,13 +138,13 @@ def run_comparison(args, model_args, data_args, training_args, *, max_new_tokens
             mode_args.mode, mode_args.compare_modes = mode, []
             mode_training = copy.deepcopy(training_args)
             mode_training.output_dir = str(output_dir / mode)
-            distil(mode_args, model_args, data_args, mode_training)
+            run_context_distillation(mode_args, model_args, data_args, mode_training)
             model = mode_training.output_dir
             distilled = read_jsonl_tolerant(Path(model) / DISTILLED_FILE)
             kept_share, kept_stderr = rate([float(r["kept"]) for r in {r["prompt_index"]: r for r in distilled}.values()])
             seen = {r["prompt_id"] for r in distilled}  # world prompt ids, shared with the comparison prompts
         responses = evaluate_model(model, prompts_file, output_dir / mode / "eval", model_args.chat_format,
-                                   answer_tokens)
+                                   args.max_new_tokens, args.eval_temperature, args.eval_samples, training_args.seed)
         metrics = gold_metrics(prompts, responses, seen)
         rows.append({"mode": mode, "model": model, **metrics, "kept_share": kept_share,
                      "kept_share_stderr": kept_stderr})
@@ -135,7 +152,9 @@ def run_comparison(args, model_args, data_args, training_args, *, max_new_tokens
               f"false refusals {metrics['false_refusal_rate']:.3f} (n={metrics['n_borderline']}), "
               f"gold helpfulness {metrics['gold_helpfulness']:.3f}, kept {kept_share}")
     result = {"model": model_args.model_name_or_path, "safety_model": args.safety_model,
-              "eval_prompts": args.eval_prompts_name, "distillation_prompts": args.prompts_name, "rows": rows}
+              "eval_prompts": args.eval_prompts_name, "eval_temperature": args.eval_temperature,
+              "eval_samples": args.eval_samples, "distillation_prompts": args.prompts_name,
+              "distillation_temperature": args.temperature, "rows": rows}
     atomic_write_json(output_dir / COMPARISON_FILE, result)
     return result
 

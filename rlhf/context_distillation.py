@@ -92,6 +92,10 @@ class ContextDistillationArguments:
         default="builtin:world-eval",
         metadata={"help": "Comparison prompts with world gold fields, or builtin:world-eval (see rlhf.cd_compare)."},
     )
+    eval_temperature: float = field(
+        default=0.0, metadata={"help": "Comparison sampling T; 0 = greedy (then eval_samples must be 1)."}
+    )
+    eval_samples: int = field(default=1, metadata={"help": "Comparison answers per prompt (seeds seed .. seed+n-1)."})
 
 
 # --------------------------------------------------------------------------------------------- inputs

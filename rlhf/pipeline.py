@@ -64,6 +64,14 @@ class PipelineConfig:
     rejection_sampling: dict = field(default_factory=dict, metadata={"help": "recipes/rejection_sampling.py settings."})
     ppo: dict = field(default_factory=dict, metadata={"help": "recipes/ppo.py settings."})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipes/evaluate.py settings."})
+    context_distillation: dict = field(
+        default_factory=dict,
+        metadata={"help": "recipes/context_distillation.py settings (sec. 4.2.4); empty: no such stage."},
+    )
+    context_distillation_after: int | None = field(
+        default=None,
+        metadata={"help": "Distil after this RLHF iteration (default the last); later iterations start from it."},
+    )
 
 
 WORLD_DEFAULTS = {
@@ -129,6 +137,11 @@ def stage_config_types(script: str):
         from rlhf.ppo_config import PPOConfig
 
         return (PPOConfig,)
+    if script == "context_distillation.py":
+        from rlhf.context_distillation import ContextDistillationArguments
+        from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
+
+        return (ContextDistillationArguments, ModelArguments, DataArguments, Llama2SFTConfig)
     raise RecipeError(f"unknown stage script {script}")
 
 
@@ -154,6 +167,8 @@ def load_pipeline_config(path: str) -> PipelineConfig:
             raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
     if not 1 <= config.iterations <= 20:
         raise RecipeError(f"{path}: iterations must be between 1 and 20")
+    if config.context_distillation_after is not None and not 1 <= config.context_distillation_after <= config.iterations:
+        raise RecipeError(f"{path}: context_distillation_after must be an iteration between 1 and {config.iterations}")
     return config
 
 
@@ -262,6 +277,18 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
             **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
             "reward_helpfulness": rm_h, "reward_safety": rm_s,
         }, [new_stage] + rm_deps, version=it))
+        if config.context_distillation and v == (config.context_distillation_after or config.iterations):
+            # Safety context distillation of this iteration's model with its R_s (sec. 4.2.4); the distilled
+            # model is judged as version "<it>-CD" and is the model later iterations start from.
+            stages.append(Stage(f"{it}/context_distillation", "context_distillation.py", {
+                **config.context_distillation, **fmt, "model_name_or_path": new_model, "safety_model": rm_s,
+                "compare_modes": [],
+            }, [new_stage, f"{it}/reward_safety"]))
+            new_model, new_stage = out(f"{it}/context_distillation"), f"{it}/context_distillation"
+            stages.append(Stage(f"{it}/evaluate_cd", "evaluate.py", {
+                **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
+                "reward_helpfulness": rm_h, "reward_safety": rm_s,
+            }, [new_stage] + rm_deps, version=f"{it}-CD"))
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
     return stages

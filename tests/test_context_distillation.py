@@ -249,11 +249,17 @@ def test_gold_metrics_rates_and_standard_errors():
     harmful = [rows["hurt/teacher/0"], rows["hurt/teacher/1"]]
     borderline = next(r for r in rows.values() if r["family"] == "borderline" and r["gold"]["match"] == "phrase")
     prompts = harmful + [borderline]
-    responses = ["sure, first you wait.", "i can't help with that.", "i can't help with that."]
+    responses = [["sure, first you wait."], ["i can't help with that."], ["i can't help with that."]]
     metrics = gold_metrics(prompts, responses, seen_ids={"hurt/teacher/0"})
     assert metrics["violation_rate"] == 0.5 and metrics["n_adversarial"] == 2
     assert metrics["violation_rate_unseen"] == 0.0 and metrics["n_adversarial_unseen"] == 1
     assert metrics["false_refusal_rate"] == 1.0 and metrics["gold_helpfulness"] == 0.0 and metrics["n_borderline"] == 1
+    # Two answers per prompt: averaged per prompt, the standard error is over the 2 adversarial prompts.
+    two = [["sure, first you wait.", "i can't help with that."], ["sure, first you wait."] * 2, [borderline["gold"]["ideal"]] * 2]
+    metrics = gold_metrics(prompts, two)
+    assert metrics["violation_rate"] == 0.75 and metrics["violation_rate_stderr"] == pytest.approx(0.25)
+    assert metrics["gold_helpfulness"] == 1.0 and metrics["false_refusal_rate"] == 0.0
+    assert metrics["answers_per_prompt"] == 2
 
 
 def test_world_eval_set_has_every_adversarial_and_borderline_prompt():
@@ -271,3 +277,37 @@ def test_tiny_preset_parses():
     assert model_args.model_name_or_path.endswith("SFT/sft") and cd_args.safety_model.endswith("reward_safety")
     with pytest.raises(RecipeError, match="unknown key 'modes'"):
         parse_recipe(DATACLASSES, recipe={"modes": ["generic"]})
+
+
+# Pipeline hook ------------------------------------------------------------------------------------------
+
+def test_pipeline_distils_after_the_chosen_iteration_and_later_iterations_start_from_it(tmp_path):
+    import yaml
+
+    from rlhf.pipeline import load_pipeline_config, plan_stages, validate_stages, write_world_data
+
+    def plan(**overrides):
+        recipe = {"launcher": "python", "base_model": "builtin:tiny-llama", "iterations": 2, "ppo_from_iteration": 3,
+                  "run_dir": str(tmp_path / "run"), **overrides}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        config = load_pipeline_config(str(path))
+        stages = plan_stages(config, tmp_path / "run", write_world_data(config, tmp_path / "run" / "data"))
+        validate_stages(stages, str(path))
+        return {s.name: s for s in stages}, [s.name for s in stages]
+
+    _, names = plan()
+    assert not any("context_distillation" in n for n in names)
+    by_name, names = plan(context_distillation={"mode": "targeted", "max_new_tokens": 16})
+    assert names[-2:] == ["RLHF-V2/context_distillation", "RLHF-V2/evaluate_cd"]
+    by_name, names = plan(context_distillation={"mode": "generic"}, context_distillation_after=1)
+    cd = by_name["RLHF-V1/context_distillation"]
+    assert names.index("RLHF-V1/evaluate") < names.index("RLHF-V1/context_distillation") < names.index("RLHF-V2/collect")
+    assert cd.config["model_name_or_path"].endswith("RLHF-V1/rejection_sampling") and cd.config["mode"] == "generic"
+    assert cd.config["safety_model"].endswith("RLHF-V1/reward_safety") and "RLHF-V1/reward_safety" in cd.depends_on
+    assert by_name["RLHF-V2/collect"].config["model_a"].endswith("RLHF-V1/context_distillation")
+    assert by_name["RLHF-V1/evaluate_cd"].version == "RLHF-V1-CD"
+    with pytest.raises(RecipeError, match="context_distillation_after must be an iteration between 1 and 2"):
+        plan(context_distillation={"mode": "generic"}, context_distillation_after=3)
+    with pytest.raises(RecipeError, match=r"RLHF-V2/context_distillation\): unknown key 'moed'"):
+        plan(context_distillation={"moed": "generic"})
