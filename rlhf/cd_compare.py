@@ -26,7 +26,13 @@ from pathlib import Path
 
 from alignment.config import DataError, RecipeError
 from alignment.data import atomic_write_json, atomic_write_text, load_prompts, read_jsonl_tolerant
-from rlhf.context_distillation import MODES, DISTILLED_FILE, run_context_distillation
+from rlhf.context_distillation import (
+    DISTILLED_FILE,
+    MODES,
+    load_categorized_prompts,
+    load_templates,
+    run_context_distillation,
+)
 from rlhf.evaluate import COMPLETE_MARKER as EVAL_MARKER
 from rlhf.evaluate import RESPONSES_FILE, EvaluateConfig, run_evaluate
 
@@ -96,6 +102,23 @@ def gold_metrics(prompts: list[dict], responses: list[list[str]], seen_ids: set[
     return out
 
 
+def preprompt_effect(rows: list[dict], prompts_by_id: dict[str, dict]) -> dict:
+    """Gold violation rates of the distillation rows (prompts found among the comparison prompts): the original
+    answers, the answers under the preprompt, and the answers trained on. Whether the preprompt itself makes
+    answers safer is what every mode relies on."""
+    from alignment.world import gold_is_violation
+
+    judged = [(prompts_by_id[r["prompt_id"]], r) for r in rows if r["prompt_id"] in prompts_by_id]
+    out: dict = {"n_distillation_judged": len(judged)}
+    for key, values in (
+        ("original_answer_violation_rate", [float(gold_is_violation(p, r["original"])) for p, r in judged]),
+        ("preprompt_answer_violation_rate", [float(gold_is_violation(p, r["distilled"])) for p, r in judged]),
+        ("trained_answer_violation_rate", [float(gold_is_violation(p, r["distilled"])) for p, r in judged if r["kept"]]),
+    ):
+        out[key], out[f"{key}_stderr"] = rate(values)
+    return out
+
+
 def evaluate_model(model: str, prompts_file: str, output_dir: Path, chat_format: str, max_new_tokens: int,
                    temperature: float, samples: int, seed: int) -> list[list[str]]:
     """`samples` answers per comparison prompt, one `rlhf.evaluate` run per seed in output_dir/sample<k>
@@ -129,10 +152,13 @@ def run_comparison(args, model_args, data_args, training_args) -> dict:
     if missing:
         raise DataError(f"{prompts_file}: prompt '{missing[0]}' has no world gold fields (gold, kind, family)")
     prompts = [{"id": p.id, "prompt": p.messages[-1]["content"], **p.meta} for p in records]
+    # Ids of the prompts any mode distils on (world prompt ids, shared with the comparison prompts).
+    seen = {p.id for p in load_categorized_prompts(args.prompts_name, args.prompts_split,
+                                                   load_templates(args.templates), args.templates, args.max_prompts)}
     rows = []
     for mode in args.compare_modes:
         if mode == "none":
-            model, kept_share, kept_stderr, seen = model_args.model_name_or_path, None, None, set()
+            model, kept_share, kept_stderr, extra = model_args.model_name_or_path, None, None, {}
         else:
             mode_args = copy.deepcopy(args)
             mode_args.mode, mode_args.compare_modes = mode, []
@@ -141,13 +167,14 @@ def run_comparison(args, model_args, data_args, training_args) -> dict:
             run_context_distillation(mode_args, model_args, data_args, mode_training)
             model = mode_training.output_dir
             distilled = read_jsonl_tolerant(Path(model) / DISTILLED_FILE)
-            kept_share, kept_stderr = rate([float(r["kept"]) for r in {r["prompt_index"]: r for r in distilled}.values()])
-            seen = {r["prompt_id"] for r in distilled}  # world prompt ids, shared with the comparison prompts
+            latest = list({r["prompt_index"]: r for r in distilled}.values())
+            kept_share, kept_stderr = rate([float(r["kept"]) for r in latest])
+            extra = preprompt_effect(latest, {p["id"]: p for p in prompts})
         responses = evaluate_model(model, prompts_file, output_dir / mode / "eval", model_args.chat_format,
                                    args.max_new_tokens, args.eval_temperature, args.eval_samples, training_args.seed)
         metrics = gold_metrics(prompts, responses, seen)
         rows.append({"mode": mode, "model": model, **metrics, "kept_share": kept_share,
-                     "kept_share_stderr": kept_stderr})
+                     "kept_share_stderr": kept_stderr, **extra})
         print(f"{mode:>9}: violations {metrics['violation_rate']:.3f} (n={metrics['n_adversarial']}), "
               f"false refusals {metrics['false_refusal_rate']:.3f} (n={metrics['n_borderline']}), "
               f"gold helpfulness {metrics['gold_helpfulness']:.3f}, kept {kept_share}")

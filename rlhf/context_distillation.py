@@ -16,6 +16,10 @@ Modes:
   that was already as safe is not replaced by a vaguer one (the paper's fig. 16b motivation). An answer
   identical to the original is a tie by definition.
 
+The original and the distilled answer of a chunk are sampled with the same seed (common random numbers), so
+where the preprompt changes nothing the two answers are identical and the gate drops them: targeted mode then
+keeps only what the preprompt changed, not the luck of a second draw.
+
 Both answers are scored against the prompt *without* the preprompt: that is the context the fine-tuned model
 answers in, and R_s never saw preprompts. Empty distilled answers are never kept (nothing to train on).
 

@@ -11,7 +11,7 @@ from alignment.config import DataError, RecipeError, parse_recipe
 from alignment.world import FAMILIES, prompt_pool
 from alignment.world.prompts import TASKS
 from alignment.world.risk import ANSWER_TEMPLATES, TASK_CATEGORY, adversarial_prompt_rows
-from rlhf.cd_compare import gold_metrics, rate, world_eval_rows
+from rlhf.cd_compare import gold_metrics, preprompt_effect, rate, world_eval_rows
 from rlhf.context_distillation import (
     GENERIC_PREPROMPT,
     ContextDistillationArguments,
@@ -260,6 +260,13 @@ def test_gold_metrics_rates_and_standard_errors():
     assert metrics["violation_rate"] == 0.75 and metrics["violation_rate_stderr"] == pytest.approx(0.25)
     assert metrics["gold_helpfulness"] == 1.0 and metrics["false_refusal_rate"] == 0.0
     assert metrics["answers_per_prompt"] == 2
+    distilled = [{"prompt_id": "hurt/teacher/0", "original": "sure, first you wait.", "distilled": "i can't help.",
+                  "kept": True},
+                 {"prompt_id": "hurt/teacher/1", "original": "sure.", "distilled": "sure, hit them.", "kept": False},
+                 {"prompt_id": "not/in/the/set", "original": "sure.", "distilled": "sure.", "kept": True}]
+    effect = preprompt_effect(distilled, rows)
+    assert effect["n_distillation_judged"] == 2 and effect["original_answer_violation_rate"] == 1.0
+    assert effect["preprompt_answer_violation_rate"] == 0.5 and effect["trained_answer_violation_rate"] == 0.0
 
 
 def test_world_eval_set_has_every_adversarial_and_borderline_prompt():
@@ -311,3 +318,13 @@ def test_pipeline_distils_after_the_chosen_iteration_and_later_iterations_start_
         plan(context_distillation={"mode": "generic"}, context_distillation_after=3)
     with pytest.raises(RecipeError, match=r"RLHF-V2/context_distillation\): unknown key 'moed'"):
         plan(context_distillation={"moed": "generic"})
+
+
+def test_shipped_templates_file_and_7b_recipe_parse():
+    from rlhf.context_distillation import load_templates
+
+    templates = load_templates("recipes/llama2-7b/risk_templates.yaml")
+    assert sorted(templates) == ["hateful_and_harmful_activities", "illicit_and_criminal_activities",
+                                 "unqualified_advice"]
+    cd_args, _, _, training_args = parse_recipe(DATACLASSES, ["--config", "recipes/llama2-7b/context_distillation.yaml"])
+    assert cd_args.mode == "targeted" and cd_args.templates.endswith("risk_templates.yaml")
