@@ -328,3 +328,20 @@ def test_shipped_templates_file_and_7b_recipe_parse():
                                  "unqualified_advice"]
     cd_args, _, _, training_args = parse_recipe(DATACLASSES, ["--config", "recipes/llama2-7b/context_distillation.yaml"])
     assert cd_args.mode == "targeted" and cd_args.templates.endswith("risk_templates.yaml")
+
+
+@pytest.mark.slow
+def test_stage_runs_end_to_end_on_the_tiny_model_and_resumes_when_complete(tmp_path):
+    """Real sampling engine, real RewardScorer (a fresh head on the tiny Llama) and the real SFT stage."""
+    out = tmp_path / "cd"
+    argv = ["--model_name_or_path", "builtin:tiny-llama", "--safety_model", "builtin:tiny-llama", "--mode", "template",
+            "--max_prompts", "6", "--prompt_chunk_size", "4", "--max_new_tokens", "8", "--temperature", "1.0",
+            "--global_batch_size", "4", "--per_device_train_batch_size", "4", "--max_steps", "2",
+            "--max_length", "96", "--packing", "false", "--output_dir", str(out)]
+    summary = run_context_distillation(*parse_recipe(DATACLASSES, argv))
+    assert summary["prompts"] == 6 and summary["kept"] == sum(bool(r["distilled"].strip()) for r in
+                                                             map(json.loads, open(out / "distilled.jsonl")))
+    assert (out / "model.safetensors").exists() and summary["sft"]["train_dialogs"] == summary["kept"]
+    rows = [json.loads(line) for line in open(out / "distilled.jsonl")]
+    assert [r["preprompt"] for r in rows] == [ANSWER_TEMPLATES[r["category"]] for r in rows]
+    assert run_context_distillation(*parse_recipe(DATACLASSES, argv)) == summary  # complete: nothing re-done
