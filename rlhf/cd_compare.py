@@ -113,7 +113,8 @@ def preprompt_effect(rows: list[dict], prompts_by_id: dict[str, dict]) -> dict:
     for key, values in (
         ("original_answer_violation_rate", [float(gold_is_violation(p, r["original"])) for p, r in judged]),
         ("preprompt_answer_violation_rate", [float(gold_is_violation(p, r["distilled"])) for p, r in judged]),
-        ("trained_answer_violation_rate", [float(gold_is_violation(p, r["distilled"])) for p, r in judged if r["kept"]]),
+        ("trained_answer_violation_rate",
+         [float(gold_is_violation(p, r["distilled"])) for p, r in judged if r["kept"]]),
     ):
         out[key], out[f"{key}_stderr"] = rate(values)
     return out

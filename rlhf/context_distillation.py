@@ -38,7 +38,15 @@ from typing import Callable
 
 from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import DataError, RecipeError, config_to_dict, load_yaml, require_file
-from alignment.data import PromptRecord, append_jsonl, atomic_write_json, atomic_write_text, load_rows, read_jsonl_tolerant, row_to_prompt
+from alignment.data import (
+    PromptRecord,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_rows,
+    read_jsonl_tolerant,
+    row_to_prompt,
+)
 from rlhf.rejection_sampling import COMPLETE_MARKER, Lazy, check_model_path, check_sampling_manifest, hf_engine_factory
 from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams
 from rlhf.scoring import Scorer
@@ -361,7 +369,7 @@ def run_context_distillation(
     }
     if args.fine_tune:
         if not dialogs:
-            raise RecipeError("no distilled answer was kept: nothing to fine-tune on (fine_tune: false to only distil)")
+            raise RecipeError("no distilled answer was kept, nothing to fine-tune on (fine_tune: false only distils)")
         if done is None:  # run_sft's own marker means training finished before a kill
             if train is None:
                 from sft.trainer import run_sft as train

@@ -167,7 +167,8 @@ def load_pipeline_config(path: str) -> PipelineConfig:
             raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
     if not 1 <= config.iterations <= 20:
         raise RecipeError(f"{path}: iterations must be between 1 and 20")
-    if config.context_distillation_after is not None and not 1 <= config.context_distillation_after <= config.iterations:
+    after = config.context_distillation_after
+    if after is not None and not 1 <= after <= config.iterations:
         raise RecipeError(f"{path}: context_distillation_after must be an iteration between 1 and {config.iterations}")
     return config
 

@@ -117,8 +117,6 @@ def test_preprompt_is_in_generation_and_absent_from_every_training_row(tmp_path,
     for text, preprompt, i in zip(prefixed, expected, range(5)):
         assert f"<<SYS>>\n{preprompt}\n<</SYS>>" in text and f"bad thing {i}?" in text
     # R_s scores both answers against the prompt alone.
-    assert all(m == [[{"role": "user", "content": m[0][0]["content"]}]] or len(m[0]) == 1
-               for prompts, _ in scorer.calls for m in [prompts])
     assert all(len(messages) == 1 for prompts, _ in scorer.calls for messages in prompts)
     (dialogs,) = trained
     rows = [json.loads(line) for line in open(tmp_path / mode / "distilled.jsonl")]
@@ -162,13 +160,15 @@ def test_gate_keeps_exactly_the_rows_where_r_s_improved_and_drops_ties():
 def test_targeted_run_trains_on_exactly_the_improved_rows(tmp_path, tokenizer):
     write_prompts(tmp_path, 9)
     trained = []
-    summary = run_with(tmp_path, tmp_path / "t", FakeEngine(tokenizer), TableScorer(score_of), "--mode", "targeted",
+    coarse = lambda text: float(int(text.split()[1]) % 3)  # noqa: E731 - three levels, so some pairs tie
+    summary = run_with(tmp_path, tmp_path / "t", FakeEngine(tokenizer), TableScorer(coarse), "--mode", "targeted",
                        train=lambda *a, dialogs: trained.append(dialogs) or {})
     rows = [json.loads(line) for line in open(tmp_path / "t" / "distilled.jsonl")]
     better = [r for r in rows if r["r_s_distilled"] > r["r_s_original"]]
-    assert [r["r_s_original"] for r in rows] == [score_of(r["original"]) for r in rows]
-    assert [r["r_s_distilled"] for r in rows] == [score_of(r["distilled"]) for r in rows]
-    assert 0 < len(better) < 9 and any(r["r_s_distilled"] == r["r_s_original"] for r in rows) is not None
+    assert [r["r_s_original"] for r in rows] == [coarse(r["original"]) for r in rows]
+    assert [r["r_s_distilled"] for r in rows] == [coarse(r["distilled"]) for r in rows]
+    ties = [r for r in rows if r["r_s_distilled"] == r["r_s_original"]]
+    assert 0 < len(better) < 9 and ties and not any(r["kept"] for r in ties)
     assert trained[0] == training_dialogs(better) and summary["kept_share"] == len(better) / 9
     assert [r["kept"] for r in rows] == [r["r_s_distilled"] > r["r_s_original"] for r in rows]
 
@@ -236,7 +236,8 @@ def test_killed_run_resumes_without_regenerating(tmp_path, tokenizer):
     assert again.calls == []
     with pytest.raises(RecipeError, match="different settings .*mode"):
         (tmp_path / "whole" / "stage_complete.json").unlink()
-        run_with(tmp_path, tmp_path / "whole", again, TableScorer(score_of), "--fine_tune", "false", "--mode", "generic")
+        run_with(tmp_path, tmp_path / "whole", again, TableScorer(score_of), "--fine_tune", "false",
+                 "--mode", "generic")
 
 
 # Comparison ---------------------------------------------------------------------------------------------
@@ -255,7 +256,8 @@ def test_gold_metrics_rates_and_standard_errors():
     assert metrics["violation_rate_unseen"] == 0.0 and metrics["n_adversarial_unseen"] == 1
     assert metrics["false_refusal_rate"] == 1.0 and metrics["gold_helpfulness"] == 0.0 and metrics["n_borderline"] == 1
     # Two answers per prompt: averaged per prompt, the standard error is over the 2 adversarial prompts.
-    two = [["sure, first you wait.", "i can't help with that."], ["sure, first you wait."] * 2, [borderline["gold"]["ideal"]] * 2]
+    two = [["sure, first you wait.", "i can't help with that."], ["sure, first you wait."] * 2,
+           [borderline["gold"]["ideal"]] * 2]
     metrics = gold_metrics(prompts, two)
     assert metrics["violation_rate"] == 0.75 and metrics["violation_rate_stderr"] == pytest.approx(0.25)
     assert metrics["gold_helpfulness"] == 1.0 and metrics["false_refusal_rate"] == 0.0
@@ -309,7 +311,8 @@ def test_pipeline_distils_after_the_chosen_iteration_and_later_iterations_start_
     assert names[-2:] == ["RLHF-V2/context_distillation", "RLHF-V2/evaluate_cd"]
     by_name, names = plan(context_distillation={"mode": "generic"}, context_distillation_after=1)
     cd = by_name["RLHF-V1/context_distillation"]
-    assert names.index("RLHF-V1/evaluate") < names.index("RLHF-V1/context_distillation") < names.index("RLHF-V2/collect")
+    order = [names.index(n) for n in ("RLHF-V1/evaluate", "RLHF-V1/context_distillation", "RLHF-V2/collect")]
+    assert order == sorted(order)
     assert cd.config["model_name_or_path"].endswith("RLHF-V1/rejection_sampling") and cd.config["mode"] == "generic"
     assert cd.config["safety_model"].endswith("RLHF-V1/reward_safety") and "RLHF-V1/reward_safety" in cd.depends_on
     assert by_name["RLHF-V2/collect"].config["model_a"].endswith("RLHF-V1/context_distillation")
@@ -326,7 +329,7 @@ def test_shipped_templates_file_and_7b_recipe_parse():
     templates = load_templates("recipes/llama2-7b/risk_templates.yaml")
     assert sorted(templates) == ["hateful_and_harmful_activities", "illicit_and_criminal_activities",
                                  "unqualified_advice"]
-    cd_args, _, _, training_args = parse_recipe(DATACLASSES, ["--config", "recipes/llama2-7b/context_distillation.yaml"])
+    cd_args, _, _, _ = parse_recipe(DATACLASSES, ["--config", "recipes/llama2-7b/context_distillation.yaml"])
     assert cd_args.mode == "targeted" and cd_args.templates.endswith("risk_templates.yaml")
 
 
