@@ -19,10 +19,17 @@ from rlhf.context_distillation import ContextDistillationArguments, run_context_
 from sft.config import DataArguments, Llama2SFTConfig, ModelArguments  # noqa: E402
 
 
+DATACLASSES = (ContextDistillationArguments, ModelArguments, DataArguments, Llama2SFTConfig)
+
+
 def main() -> None:
-    cd_args, model_args, data_args, training_args = parse_recipe(
-        (ContextDistillationArguments, ModelArguments, DataArguments, Llama2SFTConfig)
-    )
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        from transformers import HfArgumentParser
+
+        print(__doc__)
+        HfArgumentParser(DATACLASSES).print_help()
+        return
+    cd_args, model_args, data_args, training_args = parse_recipe(DATACLASSES)
     if cd_args.compare_modes:
         result = run_comparison(cd_args, model_args, data_args, training_args)
         print(f"comparison of {len(result['rows'])} modes in {training_args.output_dir}/comparison.json")
