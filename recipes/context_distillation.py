@@ -36,7 +36,7 @@ def main() -> None:
         return
     summary = run_context_distillation(cd_args, model_args, data_args, training_args)
     print(f"context distillation ({summary['mode']}) done: kept {summary['kept']} of {summary['prompts']} "
-          f"distilled answers, mean R_s {summary['mean_r_s_original']:.3f} -> {summary['mean_r_s_trained']:.3f}, "
+          f"distilled answers, mean R_s {summary['mean_r_s_original']:.3f} -> {summary['mean_r_s_after_gate']:.3f}, "
           f"output in {training_args.output_dir}")
 
 

@@ -330,10 +330,14 @@ def run_context_distillation(
     `scorer` (R_s), `engine_factory` (model name -> (engine, tokenizer)) and `train` (run_sft's signature)
     replace the reward model, the HF policy and the SFT stage, for tests and callers that hold them already.
     """
+    from accelerate import PartialState
+
     templates = validate_cd_inputs(args, model_args, data_args, training_args, have_scorer=scorer is not None)
     output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    check_sampling_manifest(output_dir, distillation_manifest(args, model_args, training_args.seed))
+    state = PartialState()
+    with state.main_process_first():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        check_sampling_manifest(output_dir, distillation_manifest(args, model_args, training_args.seed))
     marker = output_dir / COMPLETE_MARKER
     done = json.loads(marker.read_text()) if marker.exists() else None
     if done and done.get("stage") == STAGE:
@@ -345,13 +349,16 @@ def run_context_distillation(
     factory = engine_factory or hf_engine_factory(args, model_args)
     engine = Lazy(lambda: factory(model_args.model_name_or_path))
     safety = Lazy(lambda: scorer if scorer is not None else load_safety_scorer(args, model_args))
-    rows = distil_rows(prompts, output_dir / DISTILLED_FILE, args, templates, engine, safety,
-                       model_args.chat_format, training_args.seed)
+    # The main process generates; the others wait, then find every chunk on disk and generate nothing.
+    with state.main_process_first():
+        rows = distil_rows(prompts, output_dir / DISTILLED_FILE, args, templates, engine, safety,
+                           model_args.chat_format, training_args.seed)
     engine.release()
     safety.release()
     dialogs = training_dialogs(rows)
-    atomic_write_text(output_dir / TRAIN_FILE, "".join(json.dumps({"messages": d}, ensure_ascii=False) + "\n"
-                                                       for d in dialogs))
+    if state.is_main_process:
+        atomic_write_text(output_dir / TRAIN_FILE, "".join(json.dumps({"messages": d}, ensure_ascii=False) + "\n"
+                                                           for d in dialogs))
     n = len(rows)
     summary: dict = {
         "stage": STAGE, "mode": args.mode, "policy": model_args.model_name_or_path, "prompts": n,
@@ -360,7 +367,8 @@ def run_context_distillation(
         "identical_answers": sum(r["distilled"] == r["original"] for r in rows),
         "mean_r_s_original": sum(r["r_s_original"] for r in rows) / n,
         "mean_r_s_distilled": sum(r["r_s_distilled"] for r in rows) / n,
-        "mean_r_s_trained": (sum(r["r_s_distilled"] if r["kept"] else r["r_s_original"] for r in rows) / n),
+        # Per prompt, the answer the model is pushed towards: the distilled one where kept, else its own.
+        "mean_r_s_after_gate": sum(r["r_s_distilled"] if r["kept"] else r["r_s_original"] for r in rows) / n,
         "per_category": {
             c: {"prompts": sum(r["category"] == c for r in rows),
                 "kept": sum(r["category"] == c and r["kept"] for r in rows)}
@@ -376,5 +384,7 @@ def run_context_distillation(
             done = train(model_args, data_args, training_args, dialogs=dialogs)
         summary["sft"] = done
     summary["config"] = config_to_dict(args)
-    atomic_write_json(marker, summary)
+    if state.is_main_process:
+        atomic_write_json(marker, summary)
+    state.wait_for_everyone()
     return summary
