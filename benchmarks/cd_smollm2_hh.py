@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignment.config import parse_recipe  # noqa: E402
+from alignment.config import DataError, parse_recipe  # noqa: E402
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant, read_records  # noqa: E402
 from reward.data import split_hh_transcript  # noqa: E402
 from rlhf.cd_compare import rate  # noqa: E402
@@ -48,7 +48,10 @@ def hh_prompts(path: Path) -> list[str]:
     """First user turns of a held_out.jsonl (the project's comparison rows) or of raw HH rows, seeded order."""
     seen: dict[str, None] = {}
     for number, row in read_records(path):
-        prompt = row["prompt"] if "prompt" in row else split_hh_transcript(row["chosen"], f"{path}:{number}", "chosen")
+        try:
+            prompt = row.get("prompt") or split_hh_transcript(row["chosen"], f"{path}:{number}", "chosen")
+        except DataError:  # HH holds a few malformed transcripts (BENCHMARKS.md counts 9): skipped
+            continue
         first = prompt if isinstance(prompt, str) else next(m["content"] for m in prompt if m["role"] == "user")
         seen.setdefault(first.strip(), None)
     prompts = [p for p in seen if p]
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--modes", nargs="+", default=["none", "generic", "template", "targeted"])
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
     args = parser.parse_args(argv)
     out = Path(args.out)
     prompts = hh_prompts(Path(args.held_out or Path(args.safety_model) / "held_out.jsonl"))
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                 "--templates", str(templates), "--temperature", "0.6", "--top_p", "0.9",
                 "--max_new_tokens", str(args.max_new_tokens), "--generation_batch_size", str(args.batch_size),
                 "--prompt_chunk_size", "64", "--global_batch_size", "8", "--per_device_train_batch_size", "8",
-                "--learning_rate", "5e-5", "--num_train_epochs", "2", "--max_length", "256", "--packing", "false",
+                "--learning_rate", str(args.learning_rate), "--num_train_epochs", str(args.epochs),
+                "--max_length", "256", "--packing", "false",
                 "--bf16", "false", "--save_steps", "1000", "--logging_steps", "5", "--seed", "0",
                 "--output_dir", model]), scorer=scorer)
             kept_rows = [float(r["kept"]) for r in read_jsonl_tolerant(Path(model) / "distilled.jsonl")]
