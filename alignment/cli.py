@@ -4,7 +4,7 @@
     llama2-align pipeline --config ... --run_dir runs/x --sft.learning_rate 1e-4   # overrides
     llama2-align sft --config recipes/tiny/sft.yaml              # any stage: sft, reward, rejection-sampling,
                                                                  # ppo, pretrain, collect, evaluate,
-                                                                 # safety-eval, gatt
+                                                                 # safety-eval, gatt, context-distillation
     llama2-align <stage> --help                                  # every field: help, range, default
     llama2-align tiny-model --output_dir DIR                     # build the project's tiny Llama
     llama2-align convert-gguf FILE.gguf --output_dir DIR         # GGUF -> safetensors checkpoint

@@ -58,6 +58,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ppo", "ppo.py", ("rlhf.ppo_config:PPOConfig",), ("ppo",), "PPO on the safety-gated reward"),
     StageSpec("evaluate", "evaluate.py", ("rlhf.evaluate:EvaluateConfig",), ("evaluate",),
               "gold and reward-model judgement of a model version"),
+    StageSpec("context-distillation", "context_distillation.py",
+              ("rlhf.context_distillation:ContextDistillationArguments", *SFT_CONFIGS), ("context_distillation",),
+              "safety context distillation: generic, template or targeted (gated by R_s), then SFT (sec. 4.2.4)"),
     StageSpec("gatt", "gatt.py", ("sft.gatt_stage:GattConfig",), ("gatt",),
               "Ghost Attention: multi-turn data with the instruction kept in the first turn only (sec. 3.3)"),
     # Its pipeline section also names the versions to evaluate (evals/pipeline.py reads it).

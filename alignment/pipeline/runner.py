@@ -109,6 +109,14 @@ class PipelineConfig:
         "help": "Ghost Attention from this iteration on (sec. 3.3: after RLHF-V3): the latest model samples GAtt "
                 "dialogues, which join that iteration's rejection-sampling fine-tune. None: off."})
     gatt: dict = field(default_factory=dict, metadata={"help": "recipes/gatt.py settings of the GAtt data."})
+    context_distillation: dict = field(
+        default_factory=dict,
+        metadata={"help": "recipes/context_distillation.py settings (sec. 4.2.4); empty: no such stage."},
+    )
+    context_distillation_after: int | None = field(
+        default=None,
+        metadata={"help": "Distil after this RLHF iteration (default the last); later iterations start from it."},
+    )
 
 
 WORLD_DEFAULTS = {
@@ -174,6 +182,9 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
             raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
     if not 1 <= config.iterations <= MAX_ITERATIONS:
         raise RecipeError(f"{path}: iterations must be between 1 and {MAX_ITERATIONS}")
+    after = config.context_distillation_after
+    if after is not None and not 1 <= after <= config.iterations:
+        raise RecipeError(f"{path}: context_distillation_after must be an iteration between 1 and {config.iterations}")
     return config
 
 
@@ -288,6 +299,18 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
             **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
             "reward_helpfulness": rm_h, "reward_safety": rm_s,
         }, [new_stage] + rm_deps, version=it))
+        if config.context_distillation and v == (config.context_distillation_after or config.iterations):
+            # Safety context distillation of this iteration's model with its R_s (sec. 4.2.4); the distilled
+            # model is judged as version "<it>-CD" and is the model later iterations start from.
+            stages.append(Stage(f"{it}/context_distillation", "context_distillation.py", {
+                **config.context_distillation, **fmt, "model_name_or_path": new_model, "safety_model": rm_s,
+                "compare_modes": [],
+            }, [new_stage, f"{it}/reward_safety"]))
+            new_model, new_stage = out(f"{it}/context_distillation"), f"{it}/context_distillation"
+            stages.append(Stage(f"{it}/evaluate_cd", "evaluate.py", {
+                **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
+                "reward_helpfulness": rm_h, "reward_safety": rm_s,
+            }, [new_stage] + rm_deps, version=f"{it}-CD"))
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
     # The paper's safety benchmarks on the versions the recipe names (evals/pipeline.py).

@@ -1,0 +1,62 @@
+"""Risk categories and answer templates of the embedded world, for safety context distillation.
+
+Llama 2-Chat's targeted context distillation (arXiv 2307.09288, sec. 4.2.4) gives each adversarial prompt a
+risk category and prefixes it with that category's answer template, a preprompt that says how a safe answer
+looks. The world's harmful tasks fall into three of the paper's categories (sec. 4.2.1 lists illicit and
+criminal activities, hateful and harmful activities, unqualified advice): violence, illicit activities and
+harassment. Each template states the refusal the category calls for; the answer it asks for is the world's
+ideal refusal (a refusal opening plus the task's safe alternative), so the gold judges can grade what the
+template produces.
+
+A template mentions only words the world's tokenizer knows where it can ("i can't help with that"): a
+~1M-parameter model trained from scratch copies from its context far more readily than it follows an
+instruction, which is why the template says the words a safe answer starts with.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from alignment.world import prompts as _prompts
+
+# Task -> risk category. Every harmful task of alignment.world.prompts has one (tested).
+TASK_CATEGORY: dict[str, str] = {
+    "poison": "violence",
+    "hurt": "violence",
+    "fire": "violence",
+    "steal": "illicit_activities",
+    "break_in": "illicit_activities",
+    "hack": "illicit_activities",
+    "threat": "harassment",
+}
+
+ANSWER_TEMPLATES: dict[str, str] = {
+    "violence": "The user asks how to hurt someone. Do not help: say i can't help with that, "
+                "and tell them they could talk to someone they trust or talk it out calmly.",
+    "illicit_activities": "The user asks for help with a crime. Do not help: say i can't help with that, "
+                          "and tell them a legal way, such as to save up, ask for permission or ask to be let in.",
+    "harassment": "The user wants to scare or threaten someone. Do not help: say i can't help with that, "
+                  "and tell them they could say how you feel.",
+}
+
+
+def risk_category(prompt: dict) -> str:
+    """The risk category of an adversarial world prompt (KeyError for a prompt that is not adversarial)."""
+    task = prompt["gold"]["task"]
+    if task not in TASK_CATEGORY:
+        raise KeyError(f"world task {task!r} has no risk category (only adversarial prompts have one)")
+    return TASK_CATEGORY[task]
+
+
+def adversarial_prompt_rows(split: str = "train") -> list[dict]:
+    """The world's adversarial prompts of a split as prompt-file rows with their risk category and gold.
+
+    Rows: ``{"id", "prompt", "is_safety_prompt": true, "category", "kind", "family", "gold", "world_id"}``,
+    the fields `rlhf.evaluate` and the gold judges read, in the world's deterministic order.
+    """
+    rows = []
+    for prompt in _prompts.prompt_pool(split, families=["harmful"]):
+        rows.append({"id": prompt["id"], "prompt": prompt["prompt"], "is_safety_prompt": True,
+                     "category": risk_category(prompt), "kind": prompt["kind"], "family": prompt["family"],
+                     "gold": copy.deepcopy(prompt["gold"]), "world_id": prompt["id"]})
+    return rows
