@@ -293,7 +293,7 @@ def test_tiny_preset_parses():
 def test_pipeline_distils_after_the_chosen_iteration_and_later_iterations_start_from_it(tmp_path):
     import yaml
 
-    from rlhf.pipeline import load_pipeline_config, plan_stages, validate_stages, write_world_data
+    from alignment.pipeline.runner import load_pipeline_config, plan_stages, validate_stages, write_world_data
 
     def plan(**overrides):
         recipe = {"launcher": "python", "base_model": "builtin:tiny-llama", "iterations": 2, "ppo_from_iteration": 3,

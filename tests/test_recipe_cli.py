@@ -320,8 +320,9 @@ def test_pipeline_stage_section_out_of_range_fails_in_validation(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ shipped recipes
 
+# Stage presets (a preset folder may also hold data a recipe reads, e.g. llama2-7b/risk_templates.yaml).
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
-                       if p.parent.name != "accelerate" and p.stem != "pipeline")
+                       if p.parent.name != "accelerate" and p.stem in STAGE_SCRIPTS)
 PIPELINE_RECIPES = sorted((REPO / "recipes").glob("*/pipeline.yaml"))
 
 
