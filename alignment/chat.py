@@ -87,17 +87,18 @@ def _template_segments(tokenizer, messages: list[dict], add_generation_prompt: b
             raise RecipeError(
                 "the tokenizer's chat template does not render dialogs as growing prefixes; use chat_format 'llama2'"
             )
-        texts.append((prompt_text[len(done):], False))
-        texts.append((full_text[len(prompt_text):], True))
+        texts.append((prompt_text[len(done) :], False))
+        texts.append((full_text[len(prompt_text) :], True))
         done = full_text
     if add_generation_prompt or not messages or messages[-1]["role"] != "assistant":
         tail = render(messages, add_generation_prompt)
-        texts.append((tail[len(done):], False))
+        texts.append((tail[len(done) :], False))
     return [(_encode(tokenizer, text), is_answer) for text, is_answer in texts if text]
 
 
-def dialog_segments(tokenizer, messages: list[dict], chat_format: str = "llama2",
-                    add_generation_prompt: bool = False) -> list[tuple[list[int], bool]]:
+def dialog_segments(
+    tokenizer, messages: list[dict], chat_format: str = "llama2", add_generation_prompt: bool = False
+) -> list[tuple[list[int], bool]]:
     """(token_ids, is_answer) segments of a dialog; with add_generation_prompt the last user turn stays open."""
     check_chat_format(chat_format)
     if chat_format == "llama2":

@@ -50,8 +50,10 @@ class Range:
             return f"{'>' if self.low_open else '>='} {_number(self.low)}"
         if self.low is None:
             return f"{'<' if self.high_open else '<='} {_number(self.high)}"
-        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
-                f"{')' if self.high_open else ']'}")
+        return (
+            f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+            f"{')' if self.high_open else ']'}"
+        )
 
 
 def _number(value: float) -> str:
@@ -137,7 +139,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
         optional = len(args) < len(typing.get_args(tp))
         if len(args) == 1:
             return args[0], optional
-        return Union[tuple(args)], optional
+        return Union[tuple(args)], optional  # noqa: UP007 - built at run time from a tuple of types
     return tp, False
 
 
@@ -189,12 +191,12 @@ def coerce_value(value: Any, tp: Any, key: str, source: str) -> Any:
         if value not in choices:
             wrong("one of " + ", ".join(repr(c) for c in choices))
         return value
-    if origin in (list, typing.List):
+    if origin in (list, list):
         if not isinstance(value, list):
             wrong("a list")
         (item_type,) = typing.get_args(tp) or (Any,)
         return [coerce_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin in (dict, typing.Dict) or tp is dict:
+    if origin in (dict, dict) or tp is dict:
         if not isinstance(value, dict):
             wrong("a mapping")
         return value
@@ -294,8 +296,12 @@ def section_fields(dataclass_types) -> dict[str, tuple[Any, Range | None]]:
     return {name: (tp, allowed) for name, (tp, _, allowed) in _fields(dataclass_types).items()}
 
 
-def parse_overrides(argv: list[str], dataclass_types, sections: dict[str, dict[str, tuple[Any, Range | None]]],
-                    source: str = "command line") -> tuple[dict, dict[str, dict]]:
+def parse_overrides(
+    argv: list[str],
+    dataclass_types,
+    sections: dict[str, dict[str, tuple[Any, Range | None]]],
+    source: str = "command line",
+) -> tuple[dict, dict[str, dict]]:
     """`--key value` for the fields of `dataclass_types` and `--section.key value` for the keys of a section (a
     mapping field, such as a pipeline recipe's `sft:`), typed and range-checked as a recipe's keys are.
 
@@ -392,7 +398,10 @@ def recipe_help(dataclass_types, prog: str | None = None, description: str | Non
 def recipe_parser(dataclass_types, prog: str | None = None, description: str | None = None):
     prog = prog or Path(sys.argv[0]).name
     parser = _parser_class()(
-        dataclass_types, prog=prog, description=description, formatter_class=_HelpFormatter,
+        dataclass_types,
+        prog=prog,
+        description=description,
+        formatter_class=_HelpFormatter,
         usage=f"{prog} [--config RECIPE.yaml] [--key value ...]",
         epilog="Every field can be set in the YAML recipe (key: value) or here (--key value); the command line wins.",
     )
@@ -400,8 +409,9 @@ def recipe_parser(dataclass_types, prog: str | None = None, description: str | N
     return parser
 
 
-def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | None = None,
-                 description: str | None = None):
+def parse_recipe(
+    dataclass_types, argv: list[str] | None = None, recipe: dict | None = None, description: str | None = None
+):
     """Build the dataclasses from `--config recipe.yaml` then `--key value` overrides (CLI wins).
 
     `recipe` passes an already loaded mapping (the pipeline runner uses it for embedded stage configs).

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from alignment.config import DataError, RecipeError
 from alignment.paths import DEMO_SFT_DATA
@@ -45,8 +46,10 @@ def decode_utf8(raw: bytes, path: str | Path, first_line: int = 1) -> str:
     except UnicodeDecodeError as error:
         line = first_line + raw[: error.start].count(b"\n")
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {column}); "
-                        "save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -192,7 +195,9 @@ def validate_dialog(messages: list[dict], where: str, key: str = "messages") -> 
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
             index = i + (len(messages) - len(turns))
-            raise DataError(f"{where}: field '{key}[{index}].role' should be '{expected}' (turns alternate user/assistant)")
+            raise DataError(
+                f"{where}: field '{key}[{index}].role' should be '{expected}' (turns alternate user/assistant)"
+            )
     if not turns or turns[-1]["role"] != "assistant":
         raise DataError(f"{where}: field '{key}' must end with an assistant answer")
 
@@ -250,7 +255,7 @@ def held_out_share(key: str, seed: int) -> float:
     several files or iterations repeat the same prompts: a prompt is held out everywhere or nowhere, and a set
     that grows keeps every key it held out before.
     """
-    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

@@ -25,7 +25,8 @@ import contextlib
 import datetime
 import importlib.util
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -120,8 +121,17 @@ def shard(items: Sequence, rank: int | None = None, world: int | None = None) ->
 # counted in `num_items_in_batch`; a reward pair of weight 0); a column not named here is an error rather than
 # a guess. Token columns hold one pad token.
 _TOKEN_COLUMNS = ("input_ids", "chosen_ids", "rejected_ids")
-_ZERO_WEIGHT_ROW = {"labels": [-100], "seq_lengths": [1], "position_ids": [0], "attention_mask": [1],
-                    "completion_mask": [0], "assistant_masks": [0], "weight": 0.0, "margin": 0.0, "length": 1}
+_ZERO_WEIGHT_ROW = {
+    "labels": [-100],
+    "seq_lengths": [1],
+    "position_ids": [0],
+    "attention_mask": [1],
+    "completion_mask": [0],
+    "assistant_masks": [0],
+    "weight": 0.0,
+    "margin": 0.0,
+    "length": 1,
+}
 
 
 def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
@@ -150,8 +160,10 @@ def pad_dataset_to_multiple(dataset, multiple: int, pad_token_id: int):
         else:
             raise ValueError(f"pad_dataset_to_multiple: no zero-weight value known for column '{name}'")
     if not {"labels", "completion_mask", "assistant_masks", "weight"} & set(row):
-        raise ValueError("pad_dataset_to_multiple: the dataset has no 'labels' or 'weight' column (nor a loss mask), "
-                         "so a padding row could not be told from a real one and would count in the loss")
+        raise ValueError(
+            "pad_dataset_to_multiple: the dataset has no 'labels' or 'weight' column (nor a loss mask), "
+            "so a padding row could not be told from a real one and would count in the loss"
+        )
     # Trainer data only: the GPU check (benchmarks/gpu_check.py) imports this module where datasets is absent.
     from datasets import Dataset, concatenate_datasets  # noqa: PLC0415
 

@@ -72,15 +72,26 @@ ARCHITECTURES = {
 }
 _NAME_HINTS = [(r"70b", "70b"), (r"13b", "13b"), (r"7b", "7b"), (r"smollm2", "smollm2-135m"), (r"tiny", "tiny")]
 
-# Fields the dry run reads, with the paper's value where the recipe leaves them out (arXiv 2307.09288, sec. 3.1-3.2 and appendix A.3).
+# Fields the dry run reads, with the paper's value where the recipe leaves them out
+# (arXiv 2307.09288, sec. 3.1-3.2 and appendix A.3).
 STAGE_DEFAULTS = {
     "sft": {"global_batch_size": 64, "per_device_train_batch_size": 8, "max_length": 4096},
     "reward": {"global_batch_size": 512, "per_device_train_batch_size": 8, "max_length": 4096},
     # Prompt length is not a recipe field of these stages; 1024 tokens is the planning assumption.
-    "rejection_sampling": {"generation_batch_size": 32, "max_prompt_length": 1024, "max_new_tokens": 1024,
-                           "num_samples": 10},
-    "ppo": {"rollout_batch_size": 512, "mini_batch_size": 64, "per_device_train_batch_size": 8,
-            "generation_batch_size": 32, "max_prompt_length": 1024, "max_new_tokens": 128},
+    "rejection_sampling": {
+        "generation_batch_size": 32,
+        "max_prompt_length": 1024,
+        "max_new_tokens": 1024,
+        "num_samples": 10,
+    },
+    "ppo": {
+        "rollout_batch_size": 512,
+        "mini_batch_size": 64,
+        "per_device_train_batch_size": 8,
+        "generation_batch_size": 32,
+        "max_prompt_length": 1024,
+        "max_new_tokens": 128,
+    },
 }
 
 
@@ -132,8 +143,15 @@ def read_launch(path: str | None, num_processes: int | None = None, num_machines
         raise RecipeError(f"{path}: distributed_type NO runs one process, not {processes}")
     if processes % machines:
         raise RecipeError(f"{path}: {processes} processes do not split evenly over {machines} machines")
-    return Launch(str(path), kind, processes, machines, str(data.get("mixed_precision", "no")) == "bf16",
-                  offload_optimizer, offload_params)
+    return Launch(
+        str(path),
+        kind,
+        processes,
+        machines,
+        str(data.get("mixed_precision", "no")) == "bf16",
+        offload_optimizer,
+        offload_params,
+    )
 
 
 def recipe_comments(path: str | Path) -> dict[str, str]:
@@ -173,11 +191,19 @@ def resolve_architecture(model_size: str | None, model_name: str | None) -> tupl
 def architecture_from_config(config: dict) -> Architecture:
     hidden, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     heads = config["num_attention_heads"]
-    arch = Architecture(0, hidden, layers, vocab, config["intermediate_size"], heads,
-                        config.get("num_key_value_heads", heads))
+    arch = Architecture(
+        0, hidden, layers, vocab, config["intermediate_size"], heads, config.get("num_key_value_heads", heads)
+    )
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
-    return Architecture(layers * arch.layer_params + embeddings + hidden, hidden, layers, vocab,
-                        arch.intermediate, heads, arch.kv_heads)
+    return Architecture(
+        layers * arch.layer_params + embeddings + hidden,
+        hidden,
+        layers,
+        vocab,
+        arch.intermediate,
+        heads,
+        arch.kv_heads,
+    )
 
 
 def lora_params(arch: Architecture, rank: int) -> float:
@@ -203,14 +229,19 @@ def trained_model_bytes(name: str, arch: Architecture, launch: Launch, trainable
     # ZeRO-1/2 (kind "deepspeed") shard the gradients and optimiser state but not the weights.
     grad_shard = launch.num_processes if launch.kind in ("fsdp", "fsdp2", "deepspeed", "deepspeed_zero3") else 1
     optimizer = 0.0 if launch.offload_optimizer else trainable * k / launch.optimizer_shard_degree
-    return [MemoryLine(f"{name} weights", weights), MemoryLine(f"{name} gradients", trainable * b / grad_shard),
-            MemoryLine(f"{name} AdamW states", optimizer)]
+    return [
+        MemoryLine(f"{name} weights", weights),
+        MemoryLine(f"{name} gradients", trainable * b / grad_shard),
+        MemoryLine(f"{name} AdamW states", optimizer),
+    ]
 
 
 def frozen_model_bytes(name: str, arch: Architecture, launch: Launch, offloaded: bool) -> MemoryLine:
     b = 2 if launch.bf16 else 4
-    return MemoryLine(f"{name} weights{' (offloaded)' if offloaded else ''}",
-                      0.0 if offloaded else arch.params * b / launch.shard_degree)
+    return MemoryLine(
+        f"{name} weights{' (offloaded)' if offloaded else ''}",
+        0.0 if offloaded else arch.params * b / launch.shard_degree,
+    )
 
 
 def activation_bytes(arch: Architecture, sequences: int, seq_len: int, checkpointing: bool) -> float:
@@ -227,16 +258,19 @@ def gather_bytes(arch: Architecture, launch: Launch) -> float:
     return 2 * arch.layer_params * b if launch.shard_degree > 1 else 0.0
 
 
-def generation_bytes(arch: Architecture, launch: Launch, sequences: int, seq_len: int,
-                     backend: str = "hf") -> list[MemoryLine]:
+def generation_bytes(
+    arch: Architecture, launch: Launch, sequences: int, seq_len: int, backend: str = "hf"
+) -> list[MemoryLine]:
     b = 2 if launch.bf16 else 4
     head_dim = arch.hidden // arch.heads
     kv_cache = sequences * 2 * arch.layers * arch.kv_heads * head_dim * seq_len * b
     if backend == "vllm":
         # A colocated vLLM engine, tensor parallel over the GPUs of one node, holds its own copy of the policy.
         tp = launch.num_processes // launch.num_machines
-        return [MemoryLine(f"vLLM policy copy (tensor parallel {tp})", arch.params * b / tp),
-                MemoryLine("KV cache", kv_cache / tp)]
+        return [
+            MemoryLine(f"vLLM policy copy (tensor parallel {tp})", arch.params * b / tp),
+            MemoryLine("KV cache", kv_cache / tp),
+        ]
     lines = [MemoryLine("KV cache", kv_cache)]
     if launch.shard_degree > 1:
         # The paper's fix: the whole policy is gathered once per rollout, minus the shard already held.
@@ -248,8 +282,9 @@ def _get(recipe: dict, stage: str, key: str):
     return recipe.get(key, STAGE_DEFAULTS[stage].get(key))
 
 
-def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture,
-         backend: str = "hf") -> tuple[list[str], list[MemoryLine]]:
+def plan(
+    recipe: dict, stage: str, launch: Launch, arch: Architecture, backend: str = "hf"
+) -> tuple[list[str], list[MemoryLine]]:
     """Batch arithmetic lines and the memory lines of the stage's peak (training step or generation)."""
     processes = launch.num_processes
     use_lora = bool(recipe.get("use_lora", False))
@@ -263,12 +298,18 @@ def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture,
         per_device = int(_get(recipe, stage, "per_device_train_batch_size"))
         accumulation = accumulation_steps(global_batch, per_device, processes)
         unit = "pairs" if stage == "reward" else "sequences"
-        arithmetic.append(f"global batch {global_batch} {unit} = {per_device} per device x {accumulation} "
-                          f"accumulation x {processes} processes")
+        arithmetic.append(
+            f"global batch {global_batch} {unit} = {per_device} per device x {accumulation} "
+            f"accumulation x {processes} processes"
+        )
         rows = per_device * (2 if stage == "reward" else 1)  # a pair is a chosen and a rejected row
         memory += trained_model_bytes("policy" if stage == "sft" else "reward model", arch, launch, trainable)
-        memory.append(MemoryLine(f"activations ({rows} x {_get(recipe, stage, 'max_length')} tokens)",
-                                 activation_bytes(arch, rows, int(_get(recipe, stage, "max_length")), checkpointing)))
+        memory.append(
+            MemoryLine(
+                f"activations ({rows} x {_get(recipe, stage, 'max_length')} tokens)",
+                activation_bytes(arch, rows, int(_get(recipe, stage, "max_length")), checkpointing),
+            )
+        )
         memory.append(MemoryLine("sharded layer gathers", gather_bytes(arch, launch)))
         return arithmetic, memory
 
@@ -290,12 +331,17 @@ def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture,
     mini_batch = int(_get(recipe, stage, "mini_batch_size"))
     per_device = int(_get(recipe, stage, "per_device_train_batch_size"))
     if rollouts % mini_batch:
-        raise RecipeError(f"PPO batch {rollouts} is not a multiple of the mini-batch {mini_batch} (sec. 3.2.3: 512 / 64)")
+        raise RecipeError(
+            f"PPO batch {rollouts} is not a multiple of the mini-batch {mini_batch} (sec. 3.2.3: 512 / 64)"
+        )
     accumulation = accumulation_steps(mini_batch, per_device, processes)
-    arithmetic.append(f"PPO batch {rollouts} rollouts = {math.ceil(rollouts / processes)} per process x {processes} "
-                      f"processes; {rollouts // mini_batch} gradient steps per iteration")
-    arithmetic.append(f"mini-batch {mini_batch} = {per_device} per device x {accumulation} accumulation x "
-                      f"{processes} processes")
+    arithmetic.append(
+        f"PPO batch {rollouts} rollouts = {math.ceil(rollouts / processes)} per process x {processes} "
+        f"processes; {rollouts // mini_batch} gradient steps per iteration"
+    )
+    arithmetic.append(
+        f"mini-batch {mini_batch} = {per_device} per device x {accumulation} accumulation x {processes} processes"
+    )
     memory += trained_model_bytes("policy", arch, launch, trainable)
     if bool(recipe.get("share_value_model", False)) or use_lora:
         memory.append(MemoryLine("value head (shared trunk)", arch.hidden * 4))
@@ -321,16 +367,24 @@ def plan(recipe: dict, stage: str, launch: Launch, arch: Architecture,
 def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="llama2-align dry-run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="stage recipe (YAML)")
-    parser.add_argument("--accelerate_config", help="accelerate config (recipes/accelerate/*.yaml); default: "
-                        "the one the recipe names, else one process")
+    parser.add_argument(
+        "--accelerate_config",
+        help="accelerate config (recipes/accelerate/*.yaml); default: the one the recipe names, else one process",
+    )
     parser.add_argument("--num_processes", type=int, help="override the accelerate config's process count")
     parser.add_argument("--num_machines", type=int, help="override the accelerate config's machine count")
     parser.add_argument("--stage", choices=STAGES, help="default: from the recipe's file name")
     parser.add_argument("--model_size", help=f"one of {', '.join(ARCHITECTURES)}; default: from the model name")
-    parser.add_argument("--device_memory_gb", type=float, default=80.0,
-                        help="memory per device in GiB (80: the A100-80GB of the paper's Research Super Cluster)")
-    parser.add_argument("--generation_backend", help="hf or vllm (PPO and rejection sampling); default: the "
-                        "recipe's sampling_backend, else hf")
+    parser.add_argument(
+        "--device_memory_gb",
+        type=float,
+        default=80.0,
+        help="memory per device in GiB (80: the A100-80GB of the paper's Research Super Cluster)",
+    )
+    parser.add_argument(
+        "--generation_backend",
+        help="hf or vllm (PPO and rejection sampling); default: the recipe's sampling_backend, else hf",
+    )
     args = parser.parse_args(argv)
 
     recipe = load_yaml(args.config)
@@ -347,14 +401,18 @@ def run(argv: list[str] | None = None) -> dict:
             raise RecipeError(f"unknown generation backend '{backend}' (use one of {', '.join(GENERATION_BACKENDS)})")
         if backend == "hf":
             check_generation_backend("hf", launch.kind, device_type="cuda")
-    size_name, arch = resolve_architecture(args.model_size or named.get("model_size"), recipe.get("model_name_or_path"))
+    size_name, arch = resolve_architecture(
+        args.model_size or named.get("model_size"), recipe.get("model_name_or_path")
+    )
     arithmetic, memory = plan(recipe, stage, launch, arch, backend)
     total = sum(line.bytes for line in memory) * OVERHEAD
     budget = args.device_memory_gb * GIB
 
     print(f"recipe            {args.config} (stage: {stage})")
-    print(f"launch            {launch.path}: {launch.kind}, {launch.num_processes} processes on "
-          f"{launch.num_machines} machine(s), {'bf16' if launch.bf16 else 'fp32'}, shard degree {launch.shard_degree}")
+    print(
+        f"launch            {launch.path}: {launch.kind}, {launch.num_processes} processes on "
+        f"{launch.num_machines} machine(s), {'bf16' if launch.bf16 else 'fp32'}, shard degree {launch.shard_degree}"
+    )
     print(f"model             {size_name}: {arch.params / 1e9:.3g}B parameters, {arch.layers} layers")
     for line in arithmetic:
         print(f"batch             {line}")
@@ -368,8 +426,14 @@ def run(argv: list[str] | None = None) -> dict:
             "a sharded config (recipes/accelerate/fsdp.yaml or zero3.yaml), use_lora, gradient_checkpointing, "
             "offload_reward_models or a smaller per-device batch"
         )
-    return {"stage": stage, "kind": launch.kind, "num_processes": launch.num_processes, "arithmetic": arithmetic,
-            "memory_gib": {line.what: line.bytes / GIB for line in memory}, "total_gib": total / GIB}
+    return {
+        "stage": stage,
+        "kind": launch.kind,
+        "num_processes": launch.num_processes,
+        "arithmetic": arithmetic,
+        "memory_gib": {line.what: line.bytes / GIB for line in memory},
+        "total_gib": total / GIB,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

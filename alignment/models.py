@@ -26,8 +26,15 @@ from alignment.tiny import build_tiny_llama, default_tokenizer_texts
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
 
 
 def _publish_dir(build, target: Path) -> Path:
@@ -97,10 +104,11 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) ->
 def resolve_model_path(name_or_path: str) -> str:
     """Turn builtin names and GGUF files into a local checkpoint directory; leave hub ids and dirs alone."""
     if name_or_path.startswith(BUILTIN_PREFIX):
-        name = name_or_path[len(BUILTIN_PREFIX):]
+        name = name_or_path[len(BUILTIN_PREFIX) :]
         if name == "tiny-llama":
-            return str(_publish_dir(lambda tmp: build_tiny_llama(tmp, default_tokenizer_texts()),
-                                    cache_dir() / "tiny-llama"))
+            return str(
+                _publish_dir(lambda tmp: build_tiny_llama(tmp, default_tokenizer_texts()), cache_dir() / "tiny-llama")
+            )
         if name == "smollm2-135m-instruct":
             return str(convert_gguf(smollm2_gguf_path()))
         raise RecipeError(f"unknown builtin model '{name}' (known: {', '.join(BUILTIN_MODELS)})")
@@ -120,8 +128,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                   attn_implementation: str | None = None):
+def load_causal_lm(
+    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None
+):
     if dtype not in DTYPES:
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}

@@ -10,8 +10,8 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,8 +49,13 @@ def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5,
-                        device: str = "cpu", seconds_per_run: float = 0.3) -> float:
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.float32,
+    size: int = 1024,
+    repeats: int = 5,
+    device: str = "cpu",
+    seconds_per_run: float = 0.3,
+) -> float:
     """FLOP/s of large square matmuls (2 n^3 each), best of `repeats` runs of about `seconds_per_run` each.
 
     bf16 is measured under CPU autocast, as training runs it (fp32 tensors cast per op), so MFU of an
@@ -78,7 +83,9 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, re
 
 
 def machine_description() -> str:
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def write_section(title: str, body: str, path: str | Path = BENCHMARKS_MD) -> None:

@@ -83,11 +83,23 @@ from rlhf.scoring import combine_scores  # noqa: E402
 
 # Import name -> distribution name. "required": what pyproject.toml lists; "optional": its extras.
 DEPENDENCIES = {
-    "required": {"torch": "torch", "transformers": "transformers", "accelerate": "accelerate", "peft": "peft",
-                 "trl": "trl", "datasets": "datasets", "sentencepiece": "sentencepiece",
-                 "google.protobuf": "protobuf", "gguf": "gguf", "yaml": "pyyaml", "tqdm": "tqdm",
-                 "tensorboard": "tensorboard", "matplotlib": "matplotlib", "safetensors": "safetensors",
-                 "tokenizers": "tokenizers"},
+    "required": {
+        "torch": "torch",
+        "transformers": "transformers",
+        "accelerate": "accelerate",
+        "peft": "peft",
+        "trl": "trl",
+        "datasets": "datasets",
+        "sentencepiece": "sentencepiece",
+        "google.protobuf": "protobuf",
+        "gguf": "gguf",
+        "yaml": "pyyaml",
+        "tqdm": "tqdm",
+        "tensorboard": "tensorboard",
+        "matplotlib": "matplotlib",
+        "safetensors": "safetensors",
+        "tokenizers": "tokenizers",
+    },
     "optional": {"vllm": "vllm", "deepspeed": "deepspeed", "flash_attn": "flash-attn"},
 }
 
@@ -96,12 +108,30 @@ CHECK_NEEDS = ("torch", "transformers", "accelerate", "peft", "yaml", "safetenso
 # Llama-shaped architectures: TinyLlama-1.1B (a Llama 2 architecture with GQA), Llama 2 7B (table 1), and a
 # tiny one for --smoke.
 SHAPES = {
-    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                 num_key_value_heads=4, vocab_size=32000),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000),
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512),
+    "1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+    ),
 }
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 LORA = dict(r=16, alpha=32)  # the stages' LoRA defaults (sft, reward and PPO configs), all seven projections
@@ -160,22 +190,57 @@ def gpu_settings(budget_s: float) -> Settings:
         StepCase("reward", "7b", True, batch=4, seq_len=1024, checkpointing=True, weights="bfloat16"),
         StepCase("ppo", "7b", True, batch=32, seq_len=512, per_device=4, weights="bfloat16"),
     ]
-    return Settings(steps=steps, timed_steps=3, gen_shape="1.1b", gen_prompts=16, gen_prompt_len=512,
-                    gen_new_tokens=128, gen_batch=64, gen_ks=(4, 16), ppo_shape="1.1b", ppo_rollouts=512,
-                    ppo_mini_batch=64, ppo_per_device=8, ppo_gen_batch=64, ppo_prompt_len=128, ppo_new_tokens=128,
-                    matmul_size=8192, budget_s=budget_s, bf16=True,
-                    min_section_s={"matmul_peak": 5, "steps": 30, "generation": 45, "ppo_iteration": 60})
+    return Settings(
+        steps=steps,
+        timed_steps=3,
+        gen_shape="1.1b",
+        gen_prompts=16,
+        gen_prompt_len=512,
+        gen_new_tokens=128,
+        gen_batch=64,
+        gen_ks=(4, 16),
+        ppo_shape="1.1b",
+        ppo_rollouts=512,
+        ppo_mini_batch=64,
+        ppo_per_device=8,
+        ppo_gen_batch=64,
+        ppo_prompt_len=128,
+        ppo_new_tokens=128,
+        matmul_size=8192,
+        budget_s=budget_s,
+        bf16=True,
+        min_section_s={"matmul_peak": 5, "steps": 30, "generation": 45, "ppo_iteration": 60},
+    )
 
 
 def smoke_settings(budget_s: float, bf16: bool = False) -> Settings:
     # The GPU cases (LoRA, checkpointing, weight dtypes) on the tiny shape, with tiny batches.
-    sizes = {"sft": dict(batch=2, seq_len=32), "reward": dict(batch=2, seq_len=32),
-             "ppo": dict(batch=4, seq_len=24, per_device=2)}
+    sizes = {
+        "sft": dict(batch=2, seq_len=32),
+        "reward": dict(batch=2, seq_len=32),
+        "ppo": dict(batch=4, seq_len=24, per_device=2),
+    }
     steps = [replace(case, shape="tiny", **sizes[case.stage]) for case in gpu_settings(budget_s).steps]
-    return Settings(steps=steps, timed_steps=1, gen_shape="tiny", gen_prompts=2, gen_prompt_len=12,
-                    gen_new_tokens=6, gen_batch=16, gen_ks=(4, 16), ppo_shape="tiny", ppo_rollouts=16,
-                    ppo_mini_batch=8, ppo_per_device=4, ppo_gen_batch=8, ppo_prompt_len=8, ppo_new_tokens=6,
-                    matmul_size=256, budget_s=budget_s, bf16=bf16)
+    return Settings(
+        steps=steps,
+        timed_steps=1,
+        gen_shape="tiny",
+        gen_prompts=2,
+        gen_prompt_len=12,
+        gen_new_tokens=6,
+        gen_batch=16,
+        gen_ks=(4, 16),
+        ppo_shape="tiny",
+        ppo_rollouts=16,
+        ppo_mini_batch=8,
+        ppo_per_device=4,
+        ppo_gen_batch=8,
+        ppo_prompt_len=8,
+        ppo_new_tokens=6,
+        matmul_size=256,
+        budget_s=budget_s,
+        bf16=bf16,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,8 +302,16 @@ class IdTokenizer:
 def llama_config(shape: str, **extra):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, **extra)
+    return LlamaConfig(
+        **SHAPES[shape],
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        **extra,
+    )
 
 
 def build_model(kind: str, shape: str, dtype: str, device: str, seed: int = 0):
@@ -269,10 +342,16 @@ def add_lora(model, task_type: str):
     # peft is only needed for the LoRA cases; the full fine-tuning cases run without it.
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, task_type=task_type,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    ))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=0.0,
+            task_type=task_type,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
 
 
 def random_ids(rows: int, length: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
@@ -300,8 +379,12 @@ def counted_bytes(modules, optimizer) -> dict:
             weights += p.numel() * p.element_size()
             if p.requires_grad:
                 trainable += p.numel() * p.element_size()
-    states = sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
-                 if torch.is_tensor(t))
+    states = sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    )
     return {"weights_gib": weights / GIB, "gradients_gib": trainable / GIB, "optimizer_states_gib": states / GIB}
 
 
@@ -318,12 +401,15 @@ def release(accelerator, device: str) -> None:
 def peak_memory(device: str, base: int) -> dict:
     if device != "cuda":
         return {"peak_allocated_gib": None, "peak_reserved_gib": None}  # the allocator's counters are CUDA's
-    return {"peak_allocated_gib": (torch.cuda.max_memory_allocated() - base) / GIB,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
+    return {
+        "peak_allocated_gib": (torch.cuda.max_memory_allocated() - base) / GIB,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+    }
 
 
-def dry_run_prediction(case: StepCase, bf16: bool, mini_batch: int | None = None,
-                       generation_batch: int | None = None) -> dict:
+def dry_run_prediction(
+    case: StepCase, bf16: bool, mini_batch: int | None = None, generation_batch: int | None = None
+) -> dict:
     """`llama2-align dry-run`'s memory lines for one process with the case's settings (alignment.dry_run.plan).
 
     PPO: a step case is one mini-batch of rollouts and generates nothing (generation batch = micro-batch, so
@@ -333,16 +419,26 @@ def dry_run_prediction(case: StepCase, bf16: bool, mini_batch: int | None = None
     launch = Launch("gpu_check: one process", "single", 1, 1, bf16=bf16)
     if case.stage == "ppo":
         response = case.seq_len // 2
-        recipe = {"rollout_batch_size": case.batch, "mini_batch_size": mini_batch or case.batch,
-                  "per_device_train_batch_size": case.per_device,
-                  "generation_batch_size": generation_batch or case.per_device,
-                  "max_prompt_length": case.seq_len - response, "max_new_tokens": response,
-                  "use_lora": case.lora, "lora_r": LORA["r"],
-                  "offload_reward_models": True}  # the check holds no reward models (random scores)
+        recipe = {
+            "rollout_batch_size": case.batch,
+            "mini_batch_size": mini_batch or case.batch,
+            "per_device_train_batch_size": case.per_device,
+            "generation_batch_size": generation_batch or case.per_device,
+            "max_prompt_length": case.seq_len - response,
+            "max_new_tokens": response,
+            "use_lora": case.lora,
+            "lora_r": LORA["r"],
+            "offload_reward_models": True,
+        }  # the check holds no reward models (random scores)
     else:
-        recipe = {"global_batch_size": case.batch, "per_device_train_batch_size": case.batch,
-                  "max_length": case.seq_len, "use_lora": case.lora, "lora_r": LORA["r"],
-                  "gradient_checkpointing": case.checkpointing}
+        recipe = {
+            "global_batch_size": case.batch,
+            "per_device_train_batch_size": case.batch,
+            "max_length": case.seq_len,
+            "use_lora": case.lora,
+            "lora_r": LORA["r"],
+            "gradient_checkpointing": case.checkpointing,
+        }
     _, lines = plan(recipe, case.stage, launch, arch)
     lines_gib = {line.what: line.bytes / GIB for line in lines}
     total = sum(lines_gib.values())
@@ -362,15 +458,25 @@ def timed(fn, device: str) -> float:
 
 
 def environment_report() -> dict:
-    report = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-              "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda,
-              "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-              "cpu_threads": torch.get_num_threads()}
+    report = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        report.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
-                      gpu_memory_gib=props.total_memory / GIB, compute_capability=f"{props.major}.{props.minor}",
-                      bf16_supported=torch.cuda.is_bf16_supported(), nvidia_smi=nvidia_smi())
+        report.update(
+            gpu=props.name,
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gib=props.total_memory / GIB,
+            compute_capability=f"{props.major}.{props.minor}",
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            nvidia_smi=nvidia_smi(),
+        )
     packages, missing = {}, {"required": [], "optional": []}
     for group, names in DEPENDENCIES.items():
         for module, dist in names.items():
@@ -388,8 +494,10 @@ def environment_report() -> dict:
                 report.setdefault("import_errors", {})[dist] = f"{type(error).__name__}: {error}"[:200]
     report["packages"] = packages
     report["missing"] = missing
-    report["missing_line"] = (f"missing: {', '.join(missing['required']) or 'none'} (required); "
-                              f"{', '.join(missing['optional']) or 'none'} (optional)")
+    report["missing_line"] = (
+        f"missing: {', '.join(missing['required']) or 'none'} (required); "
+        f"{', '.join(missing['optional']) or 'none'} (optional)"
+    )
     return report
 
 
@@ -399,19 +507,34 @@ def nvidia_smi() -> str | None:
         return None
     query = "name,driver_version,memory.total,clocks.max.sm,power.limit,mig.mode.current"
     try:
-        return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=20).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def matmul_peak(settings: Settings, device: str) -> dict:
     dtype = torch.bfloat16 if settings.bf16 else torch.float32
-    flops = measure_matmul_peak(dtype, size=settings.matmul_size, device=device,
-                                repeats=5 if device == "cuda" else 2,
-                                seconds_per_run=0.3 if device == "cuda" else 0.05)
-    return {"dtype": str(dtype).replace("torch.", ""), "size": settings.matmul_size, "flops": flops,
-            "tflops": flops / 1e12}
+    flops = measure_matmul_peak(
+        dtype,
+        size=settings.matmul_size,
+        device=device,
+        repeats=5 if device == "cuda" else 2,
+        seconds_per_run=0.3 if device == "cuda" else 0.05,
+    )
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "size": settings.matmul_size,
+        "flops": flops,
+        "tflops": flops / 1e12,
+    }
 
 
 def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, peak_flops: float) -> dict:
@@ -466,14 +589,30 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
                 measured.update(counted_bytes(modules, optimizer))
             optimizer.zero_grad(set_to_none=True)
     else:
-        config = PPOConfig(rollout_batch_size=case.batch, mini_batch_size=case.batch,
-                           per_device_train_batch_size=case.per_device, generation_batch_size=case.per_device,
-                           max_new_tokens=case.seq_len // 2, temperature=1.0, top_p=1.0, use_lora=case.lora,
-                           lora_r=LORA["r"], lora_alpha=LORA["alpha"], dtype=weights, bf16=bf16, progress=False,
-                           report_to=["none"])
+        config = PPOConfig(
+            rollout_batch_size=case.batch,
+            mini_batch_size=case.batch,
+            per_device_train_batch_size=case.per_device,
+            generation_batch_size=case.per_device,
+            max_new_tokens=case.seq_len // 2,
+            temperature=1.0,
+            top_p=1.0,
+            use_lora=case.lora,
+            lora_r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            dtype=weights,
+            bf16=bf16,
+            progress=False,
+            report_to=["none"],
+        )
         config.validate(accelerator.num_processes)
         models = build_ppo_models(config, case.shape, device, accelerator)
-        policy, reference, value_model, optimizer = models.policy, models.reference, models.value_model, models.optimizer
+        policy, reference, value_model, optimizer = (
+            models.policy,
+            models.reference,
+            models.value_model,
+            models.optimizer,
+        )
         modules = [m for m in (policy, reference, value_model) if m is not None]
         value_params = model_flops_params(accelerator.unwrap_model(value_model).classifier)
         policy_params = model_flops_params(_base_causal_lm(accelerator.unwrap_model(policy)))
@@ -481,12 +620,21 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
         fwd_value = forward_flops_per_token(value_params, case.shape, case.seq_len)
         tokens_per_step = case.batch * case.seq_len
         # pi_old, pi_0 and V_old forwards, then the policy's and the value model's forward + backward.
-        flops_per_step = tokens_per_step * (2 * fwd_policy + fwd_value + (2 if case.lora else 3) * fwd_policy
-                                            + 3 * fwd_value)
+        flops_per_step = tokens_per_step * (
+            2 * fwd_policy + fwd_value + (2 if case.lora else 3) * fwd_policy + 3 * fwd_value
+        )
         response = case.seq_len // 2
-        samples = [Sample(i, 0, random_ids(1, case.seq_len - response, vocab, generator)[0].tolist(),
-                          random_ids(1, response, vocab, generator)[0].tolist(), "", False)
-                   for i in range(case.batch)]
+        samples = [
+            Sample(
+                i,
+                0,
+                random_ids(1, case.seq_len - response, vocab, generator)[0].tolist(),
+                random_ids(1, response, vocab, generator)[0].tolist(),
+                "",
+                False,
+            )
+            for i in range(case.batch)
+        ]
         is_safety = torch.arange(case.batch) % 2 == 0
         iteration = [0]
         measured = {}
@@ -505,11 +653,21 @@ def run_step_case(case: StepCase, settings: Settings, accelerator, device: str, 
     times = [timed(step, device) for _ in range(settings.timed_steps)]
     seconds = statistics.median(times)
     result = {
-        "case": case.name, **asdict(case), "weights_dtype": weights, "autocast": "bf16" if bf16 else "none (fp32)",
-        "build_s": build_s, "warmup_s": warmup_s, "step_s": times, "median_step_s": seconds,
-        "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / seconds,
-        "model_flops_per_step": flops_per_step, "mfu": flops_per_step / seconds / peak_flops,
-        "counted": measured, **peak_memory(device, base), "dry_run": dry_run_prediction(case, bf16),
+        "case": case.name,
+        **asdict(case),
+        "weights_dtype": weights,
+        "autocast": "bf16" if bf16 else "none (fp32)",
+        "build_s": build_s,
+        "warmup_s": warmup_s,
+        "step_s": times,
+        "median_step_s": seconds,
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": tokens_per_step / seconds,
+        "model_flops_per_step": flops_per_step,
+        "mfu": flops_per_step / seconds / peak_flops,
+        "counted": measured,
+        **peak_memory(device, base),
+        "dry_run": dry_run_prediction(case, bf16),
     }
     if result["peak_allocated_gib"] is not None:
         result["measured_over_predicted"] = result["peak_allocated_gib"] / result["dry_run"]["sum_gib"]
@@ -543,12 +701,20 @@ def build_ppo_models(config: PPOConfig, shape: str, device: str, accelerator):
 def synthetic_rollouts(samples: list[Sample], is_safety: torch.Tensor, generator: torch.Generator) -> RolloutBatch:
     """A RolloutBatch of the given samples with random R_h / R_s scores, gated into R_c by the project's rule."""
     input_ids, attention_mask, response_mask = collate_rollouts(samples, PAD_ID)
-    scores = combine_scores(torch.randn(len(samples), generator=generator),
-                            torch.randn(len(samples), generator=generator), is_safety)
-    return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-                        is_safety_prompt=is_safety, is_truncated=torch.tensor([not s.finished for s in samples]),
-                        helpfulness=scores.helpfulness, safety=scores.safety, combined=scores.combined,
-                        use_safety=scores.use_safety)
+    scores = combine_scores(
+        torch.randn(len(samples), generator=generator), torch.randn(len(samples), generator=generator), is_safety
+    )
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        is_safety_prompt=is_safety,
+        is_truncated=torch.tensor([not s.finished for s in samples]),
+        helpfulness=scores.helpfulness,
+        safety=scores.safety,
+        combined=scores.combined,
+        use_safety=scores.use_safety,
+    )
 
 
 class RandomScorer:
@@ -571,17 +737,25 @@ def generation(settings: Settings, device: str, record) -> dict:
     tokenizer = IdTokenizer(vocab)
     generator = torch.Generator().manual_seed(0)
     prompts = random_ids(settings.gen_prompts, settings.gen_prompt_len, vocab, generator).tolist()
-    out = {"shape": settings.gen_shape, "dtype": dtype, "prompts": settings.gen_prompts,
-           "prompt_tokens": settings.gen_prompt_len, "max_new_tokens": settings.gen_new_tokens,
-           "batch_sequences": settings.gen_batch, "rows": []}
+    out = {
+        "shape": settings.gen_shape,
+        "dtype": dtype,
+        "prompts": settings.gen_prompts,
+        "prompt_tokens": settings.gen_prompt_len,
+        "max_new_tokens": settings.gen_new_tokens,
+        "batch_sequences": settings.gen_batch,
+        "rows": [],
+    }
     for k in settings.gen_ks:
-        params = SamplingParams(num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=settings.gen_new_tokens,
-                                seed=0)
+        params = SamplingParams(
+            num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=settings.gen_new_tokens, seed=0
+        )
         row = {"k": k}
         for label, share in (("engine", True), ("generate", False)):
             engine = HFSamplingEngine(model, tokenizer, batch_size=settings.gen_batch, share_prefill=share)
-            engine.generate(prompts[:1], SamplingParams(num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=2,
-                                                        seed=0))  # warm-up: kernels of this batch shape
+            engine.generate(
+                prompts[:1], SamplingParams(num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)
+            )  # warm-up: kernels of this batch shape
             synchronize(device)
             started = time.perf_counter()
             samples = engine.generate(prompts, params)
@@ -597,11 +771,19 @@ def generation(settings: Settings, device: str, record) -> dict:
 def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: float) -> dict:
     """One run_ppo iteration body: generate_and_score, forward_rollouts, compute_advantages, ppo_update."""
     bf16 = settings.bf16
-    config = PPOConfig(rollout_batch_size=settings.ppo_rollouts, mini_batch_size=settings.ppo_mini_batch,
-                       per_device_train_batch_size=settings.ppo_per_device,
-                       generation_batch_size=settings.ppo_gen_batch, max_new_tokens=settings.ppo_new_tokens,
-                       temperature=1.0, top_p=1.0, dtype="bfloat16" if bf16 else "float32", bf16=bf16,
-                       progress=False, report_to=["none"])
+    config = PPOConfig(
+        rollout_batch_size=settings.ppo_rollouts,
+        mini_batch_size=settings.ppo_mini_batch,
+        per_device_train_batch_size=settings.ppo_per_device,
+        generation_batch_size=settings.ppo_gen_batch,
+        max_new_tokens=settings.ppo_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        dtype="bfloat16" if bf16 else "float32",
+        bf16=bf16,
+        progress=False,
+        report_to=["none"],
+    )
     config.validate(accelerator.num_processes)
     shape = settings.ppo_shape
     models = build_ppo_models(config, shape, device, accelerator)
@@ -610,14 +792,17 @@ def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: floa
     tokenizer = IdTokenizer(vocab)
     generator = torch.Generator().manual_seed(0)
     prompt_ids = random_ids(settings.ppo_rollouts, settings.ppo_prompt_len, vocab, generator).tolist()
-    prompts = [PromptRecord(id=str(i), messages=[{"role": "user", "content": "random ids"}],
-                            is_safety_prompt=i % 2 == 0) for i in range(settings.ppo_rollouts)]
+    prompts = [
+        PromptRecord(id=str(i), messages=[{"role": "user", "content": "random ids"}], is_safety_prompt=i % 2 == 0)
+        for i in range(settings.ppo_rollouts)
+    ]
     engine = HFSamplingEngine(accelerator.unwrap_model(policy), tokenizer, batch_size=config.generation_batch_size)
     started = time.perf_counter()
     clock = PhaseClock(device)
     with gathered_full_weights(policy, accelerator):
-        batch = generate_and_score(engine, tokenizer, prompts, prompt_ids, (RandomScorer(1), RandomScorer(2)),
-                                   config, seed=0, clock=clock)
+        batch = generate_and_score(
+            engine, tokenizer, prompts, prompt_ids, (RandomScorer(1), RandomScorer(2)), config, seed=0, clock=clock
+        )
     generation_s, scoring_s = clock.seconds["generation"], clock.seconds["scoring"]
     batch = batch.to(device)
     train_started = time.perf_counter()
@@ -633,21 +818,43 @@ def ppo_iteration(settings: Settings, accelerator, device: str, peak_flops: floa
     params = model_flops_params(_base_causal_lm(accelerator.unwrap_model(policy)))
     value_params = model_flops_params(accelerator.unwrap_model(value_model).classifier)
     # Padded width is what the forwards compute on (mini-batches are cut to their own width; close enough).
-    train_flops = batch.input_ids.numel() * (5 * forward_flops_per_token(params, shape, width)
-                                             + 4 * forward_flops_per_token(value_params, shape, width))
+    train_flops = batch.input_ids.numel() * (
+        5 * forward_flops_per_token(params, shape, width) + 4 * forward_flops_per_token(value_params, shape, width)
+    )
     result = {
-        "shape": shape, "rollouts": settings.ppo_rollouts, "mini_batch": settings.ppo_mini_batch,
-        "per_device": settings.ppo_per_device, "generation_batch": settings.ppo_gen_batch,
-        "prompt_tokens": settings.ppo_prompt_len, "max_new_tokens": settings.ppo_new_tokens,
-        "dtype": config.dtype, "generation_s": generation_s, "scoring_s": scoring_s, "training_s": training_s,
-        "iteration_s": total_s, "generation_share": generation_s / total_s, "generated_tokens": generated,
-        "generation_tokens_per_s": generated / generation_s, "training_tokens_per_s": seq_tokens / training_s,
-        "training_mfu": train_flops / training_s / peak_flops, "rollouts_per_s": settings.ppo_rollouts / total_s,
-        "losses": losses, **peak_memory(device, 0),
-        "dry_run": dry_run_prediction(StepCase("ppo", shape, False, batch=settings.ppo_rollouts,
-                                               seq_len=settings.ppo_prompt_len + settings.ppo_new_tokens,
-                                               per_device=settings.ppo_per_device), bf16,
-                                      settings.ppo_mini_batch, settings.ppo_gen_batch),
+        "shape": shape,
+        "rollouts": settings.ppo_rollouts,
+        "mini_batch": settings.ppo_mini_batch,
+        "per_device": settings.ppo_per_device,
+        "generation_batch": settings.ppo_gen_batch,
+        "prompt_tokens": settings.ppo_prompt_len,
+        "max_new_tokens": settings.ppo_new_tokens,
+        "dtype": config.dtype,
+        "generation_s": generation_s,
+        "scoring_s": scoring_s,
+        "training_s": training_s,
+        "iteration_s": total_s,
+        "generation_share": generation_s / total_s,
+        "generated_tokens": generated,
+        "generation_tokens_per_s": generated / generation_s,
+        "training_tokens_per_s": seq_tokens / training_s,
+        "training_mfu": train_flops / training_s / peak_flops,
+        "rollouts_per_s": settings.ppo_rollouts / total_s,
+        "losses": losses,
+        **peak_memory(device, 0),
+        "dry_run": dry_run_prediction(
+            StepCase(
+                "ppo",
+                shape,
+                False,
+                batch=settings.ppo_rollouts,
+                seq_len=settings.ppo_prompt_len + settings.ppo_new_tokens,
+                per_device=settings.ppo_per_device,
+            ),
+            bf16,
+            settings.ppo_mini_batch,
+            settings.ppo_gen_batch,
+        ),
     }
     if result["peak_allocated_gib"] is not None:
         result["measured_over_predicted"] = result["peak_allocated_gib"] / result["dry_run"]["sum_gib"]
@@ -671,17 +878,27 @@ def memory_row(step: dict) -> list:
     rest = None
     if step["peak_allocated_gib"] is not None:
         rest = step["peak_allocated_gib"] - sum(counted.values())
-    return [step["case"], f"{counted['weights_gib']:.2f} / {predicted('weights'):.2f}",
-            f"{counted['gradients_gib']:.2f} / {predicted('gradients'):.2f}",
-            f"{counted['optimizer_states_gib']:.2f} / {predicted('AdamW'):.2f}", _fmt(rest),
-            f"{predicted('activations'):.2f}"]
+    return [
+        step["case"],
+        f"{counted['weights_gib']:.2f} / {predicted('weights'):.2f}",
+        f"{counted['gradients_gib']:.2f} / {predicted('gradients'):.2f}",
+        f"{counted['optimizer_states_gib']:.2f} / {predicted('AdamW'):.2f}",
+        _fmt(rest),
+        f"{predicted('activations'):.2f}",
+    ]
 
 
 def markdown(report: dict) -> str:
     env = report.get("environment", {})
-    lines = [f"# GPU check ({report['mode']})", "", f"Command: `{report['command']}`", "",
-             f"{env.get('gpu', 'no GPU')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
-             f"Python {env.get('python')}; {env.get('missing_line', '')}", ""]
+    lines = [
+        f"# GPU check ({report['mode']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"{env.get('gpu', 'no GPU')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+        f"Python {env.get('python')}; {env.get('missing_line', '')}",
+        "",
+    ]
     peak = report.get("matmul_peak")
     if peak:
         rate = f"{peak['tflops']:.1f} TFLOP/s" if peak["tflops"] >= 1 else f"{peak['flops'] / 1e9:.1f} GFLOP/s"
@@ -696,60 +913,139 @@ def markdown(report: dict) -> str:
             ratio = r.get("measured_over_predicted")
             flag = "" if ratio is None or abs(ratio - 1) <= 0.15 else " (>15%)"
             unit = {"reward": " pairs", "ppo": " rollouts"}.get(r["stage"], "")
-            rows.append([r["case"], f"{r['batch']}{unit} x {r['seq_len']}", f"{r['weights_dtype']}",
-                         f"{r['median_step_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
-                         f"{_fmt(r['peak_allocated_gib'])} / {_fmt(r['peak_reserved_gib'])}",
-                         f"{dry['sum_gib']:.2f} / {dry['total_with_overhead_gib']:.2f}",
-                         f"{_fmt(ratio)}{flag}"])
-        lines += ["Steps (median of the timed steps; memory in GiB):", "",
-                  markdown_table(["case", "batch x tokens", "weights", "s/step", "tokens/s", "MFU",
-                                  "peak allocated / reserved", "dry-run lines / +10%", "allocated / dry-run"], rows),
-                  ""]
-        lines += ["Memory by kind, GiB, counted from the tensors / the dry-run's lines. \"Rest of peak\" is peak "
-                  "allocated minus the three counted kinds: activations, logits and temporaries.", "",
-                  markdown_table(["case", "weights", "gradients", "optimizer states", "rest of peak",
-                                  "dry-run activations"],
-                                 [memory_row(r) for r in report["steps"] if "error" not in r]), ""]
+            rows.append(
+                [
+                    r["case"],
+                    f"{r['batch']}{unit} x {r['seq_len']}",
+                    f"{r['weights_dtype']}",
+                    f"{r['median_step_s']:.3f}",
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{100 * r['mfu']:.1f}%",
+                    f"{_fmt(r['peak_allocated_gib'])} / {_fmt(r['peak_reserved_gib'])}",
+                    f"{dry['sum_gib']:.2f} / {dry['total_with_overhead_gib']:.2f}",
+                    f"{_fmt(ratio)}{flag}",
+                ]
+            )
+        lines += [
+            "Steps (median of the timed steps; memory in GiB):",
+            "",
+            markdown_table(
+                [
+                    "case",
+                    "batch x tokens",
+                    "weights",
+                    "s/step",
+                    "tokens/s",
+                    "MFU",
+                    "peak allocated / reserved",
+                    "dry-run lines / +10%",
+                    "allocated / dry-run",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        lines += [
+            'Memory by kind, GiB, counted from the tensors / the dry-run\'s lines. "Rest of peak" is peak '
+            "allocated minus the three counted kinds: activations, logits and temporaries.",
+            "",
+            markdown_table(
+                ["case", "weights", "gradients", "optimizer states", "rest of peak", "dry-run activations"],
+                [memory_row(r) for r in report["steps"] if "error" not in r],
+            ),
+            "",
+        ]
     gen = report.get("generation")
     if gen and gen.get("rows"):
-        rows = [[r["k"], f"{r['engine']['tokens_per_s']:,.0f}", f"{r['generate']['tokens_per_s']:,.0f}",
-                 f"{r['engine_over_generate']:.2f}x"] for r in gen["rows"]]
-        lines += [f"Generation ({gen['shape']}, {gen['dtype']}, {gen['prompts']} prompts of {gen['prompt_tokens']} "
-                  f"tokens, {gen['max_new_tokens']} new tokens, {gen['batch_sequences']} sequences per batch):", "",
-                  markdown_table(["K", "engine tokens/s", "generate(n=K) tokens/s", "ratio"], rows), ""]
+        rows = [
+            [
+                r["k"],
+                f"{r['engine']['tokens_per_s']:,.0f}",
+                f"{r['generate']['tokens_per_s']:,.0f}",
+                f"{r['engine_over_generate']:.2f}x",
+            ]
+            for r in gen["rows"]
+        ]
+        lines += [
+            f"Generation ({gen['shape']}, {gen['dtype']}, {gen['prompts']} prompts of {gen['prompt_tokens']} "
+            f"tokens, {gen['max_new_tokens']} new tokens, {gen['batch_sequences']} sequences per batch):",
+            "",
+            markdown_table(["K", "engine tokens/s", "generate(n=K) tokens/s", "ratio"], rows),
+            "",
+        ]
     it = report.get("ppo_iteration")
     if it:
-        lines += [f"PPO iteration ({it['shape']}, {it['dtype']}, {it['rollouts']} rollouts, mini-batch "
-                  f"{it['mini_batch']}, {it['prompt_tokens']} + {it['max_new_tokens']} tokens):", "",
-                  markdown_table(["generation s", "training s", "iteration s", "generation share",
-                                  "generated tokens/s", "training tokens/s", "training MFU", "peak allocated GiB",
-                                  "dry-run lines GiB", "allocated / dry-run"],
-                                 [[f"{it['generation_s']:.1f}", f"{it['training_s']:.1f}", f"{it['iteration_s']:.1f}",
-                                   f"{100 * it['generation_share']:.0f}%", f"{it['generation_tokens_per_s']:,.0f}",
-                                   f"{it['training_tokens_per_s']:,.0f}", f"{100 * it['training_mfu']:.1f}%",
-                                   _fmt(it['peak_allocated_gib']), f"{it['dry_run']['sum_gib']:.2f}",
-                                   _fmt(it.get('measured_over_predicted'))]]), ""]
+        lines += [
+            f"PPO iteration ({it['shape']}, {it['dtype']}, {it['rollouts']} rollouts, mini-batch "
+            f"{it['mini_batch']}, {it['prompt_tokens']} + {it['max_new_tokens']} tokens):",
+            "",
+            markdown_table(
+                [
+                    "generation s",
+                    "training s",
+                    "iteration s",
+                    "generation share",
+                    "generated tokens/s",
+                    "training tokens/s",
+                    "training MFU",
+                    "peak allocated GiB",
+                    "dry-run lines GiB",
+                    "allocated / dry-run",
+                ],
+                [
+                    [
+                        f"{it['generation_s']:.1f}",
+                        f"{it['training_s']:.1f}",
+                        f"{it['iteration_s']:.1f}",
+                        f"{100 * it['generation_share']:.0f}%",
+                        f"{it['generation_tokens_per_s']:,.0f}",
+                        f"{it['training_tokens_per_s']:,.0f}",
+                        f"{100 * it['training_mfu']:.1f}%",
+                        _fmt(it["peak_allocated_gib"]),
+                        f"{it['dry_run']['sum_gib']:.2f}",
+                        _fmt(it.get("measured_over_predicted")),
+                    ]
+                ],
+            ),
+            "",
+        ]
     if report.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in report["notes"]] + [""]
-    lines.append(f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget "
-                 "(counted from after the imports).")
+    lines.append(
+        f"Elapsed: {report.get('elapsed_s', 0):.0f} s of a {report['budget_s']:.0f} s budget "
+        "(counted from after the imports)."
+    )
     return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
+    )
     parser.add_argument("--output_dir", required=True, help="where gpu_check.json and gpu_check.md are written")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU in fp32: the same code paths, "
-                        "in well under a minute (the CI test)")
-    parser.add_argument("--bf16", action="store_true", help="with --smoke: the GPU run's dtypes (bf16 weights "
-                        "where it uses them, bf16 autocast) on CPU, to try those paths without a GPU")
-    parser.add_argument("--budget_s", type=float, default=None,
-                        help="seconds for all sections (default 420 on GPU, 60 with --smoke); sections that do not "
-                        "fit are skipped with a note")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "generation", "ppo_iteration"],
-                        help="sections to leave out")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes on CPU in fp32: the same code paths, in well under a minute (the CI test)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="with --smoke: the GPU run's dtypes (bf16 weights "
+        "where it uses them, bf16 autocast) on CPU, to try those paths without a GPU",
+    )
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=None,
+        help="seconds for all sections (default 420 on GPU, 60 with --smoke); sections that do not "
+        "fit are skipped with a note",
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["steps", "generation", "ppo_iteration"], help="sections to leave out"
+    )
     return parser
 
 
@@ -770,9 +1066,14 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(args.output_dir)
     command = " ".join(["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
     mode = f"smoke (CPU, {'bf16' if settings.bf16 else 'fp32'}, tiny shapes)" if args.smoke else "GPU (bf16)"
-    report = {"mode": mode, "command": command,
-              "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "budget_s": settings.budget_s, "notes": [], "errors": []}
+    report = {
+        "mode": mode,
+        "command": command,
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "budget_s": settings.budget_s,
+        "notes": [],
+        "errors": [],
+    }
 
     def save() -> None:
         report["elapsed_s"] = time.monotonic() - started
@@ -787,8 +1088,9 @@ def main(argv: list[str] | None = None) -> dict:
         if name in args.skip:
             report["notes"].append(f"{name}: skipped (--skip)")
         elif left <= needed:
-            report["notes"].append(f"{name}: skipped, the budget is spent ({max(left, 0):.0f} s left, "
-                                   f"needs ~{needed} s)")
+            report["notes"].append(
+                f"{name}: skipped, the budget is spent ({max(left, 0):.0f} s left, needs ~{needed} s)"
+            )
         else:
             print(f"[gpu_check] {name} ({left:.0f} s of budget left)", flush=True)
             release(accelerator, device)
@@ -854,8 +1156,11 @@ def main(argv: list[str] | None = None) -> dict:
     section("steps", do_steps)
     section("generation", do_generation)
     section("ppo_iteration", do_ppo_iteration)
-    print(f"[gpu_check] wrote {output_dir / 'gpu_check.json'} and gpu_check.md "
-          f"({report['elapsed_s']:.0f} s, {len(report['errors'])} errors)", flush=True)
+    print(
+        f"[gpu_check] wrote {output_dir / 'gpu_check.json'} and gpu_check.md "
+        f"({report['elapsed_s']:.0f} s, {len(report['errors'])} errors)",
+        flush=True,
+    )
     return report
 
 

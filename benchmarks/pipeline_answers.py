@@ -20,8 +20,11 @@ from alignment.data import read_jsonl_tolerant  # noqa: E402
 from alignment.world.corpus import SFT_CLOSING  # noqa: E402
 from alignment.world.judges import gold_helpfulness, is_correct  # noqa: E402
 
-VERSIONS = [("SFT", "SFT/evaluate")] + [(f"RLHF-V{v}", f"RLHF-V{v}/evaluate") for v in range(1, 21)] + [
-    ("RLHF-V5-noPPO", "RLHF-V5/evaluate_rs")]
+VERSIONS = (
+    [("SFT", "SFT/evaluate")]
+    + [(f"RLHF-V{v}", f"RLHF-V{v}/evaluate") for v in range(1, 21)]
+    + [("RLHF-V5-noPPO", "RLHF-V5/evaluate_rs")]
+)
 
 
 def answer_shares(run_dir: Path) -> list[dict]:
@@ -34,10 +37,15 @@ def answer_shares(run_dir: Path) -> list[dict]:
         answers = [(prompts[r["id"]], r["response"]) for r in read_jsonl_tolerant(path)]
         answers = [(p, a) for p, a in answers if p["kind"] == "helpfulness"]
         n = len(answers)
-        rows.append({"version": name, "prompts": n,
-                     "closing": sum(a.rstrip().endswith(SFT_CLOSING) for _, a in answers) / n,
-                     "correct": sum(is_correct(p, a) for p, a in answers) / n,
-                     "ideal": sum(gold_helpfulness(p, a) == 1.0 for p, a in answers) / n})
+        rows.append(
+            {
+                "version": name,
+                "prompts": n,
+                "closing": sum(a.rstrip().endswith(SFT_CLOSING) for _, a in answers) / n,
+                "correct": sum(is_correct(p, a) for p, a in answers) / n,
+                "ideal": sum(gold_helpfulness(p, a) == 1.0 for p, a in answers) / n,
+            }
+        )
     return rows
 
 

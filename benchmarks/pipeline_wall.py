@@ -34,8 +34,16 @@ MODES = {
 def run_mode(config: str, run_dir: Path, extra: list[str], overrides: list[str]) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # from scratch: nothing to skip
-    command = [sys.executable, str(REPO_ROOT / "recipes" / "pipeline.py"), "--config", config,
-               "--run_dir", str(run_dir), *extra, *overrides]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / "pipeline.py"),
+        "--config",
+        config,
+        "--run_dir",
+        str(run_dir),
+        *extra,
+        *overrides,
+    ]
     print("$", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO_ROOT, check=True)
@@ -59,12 +67,26 @@ def main() -> None:
     (out / "pipeline_wall.json").write_text(json.dumps(results, indent=1))
 
     before, after = results["before"], results["after"]
-    rows = [[name, f"{before['stages'][name]:.1f}", f"{after['stages'].get(name, float('nan')):.1f}",
-             f"{before['stages'][name] / after['stages'][name]:.2f}x"] for name in before["stages"]]
-    rows.append(["**whole run (wall)**", f"{before['wall_seconds']:.1f}", f"{after['wall_seconds']:.1f}",
-                 f"**{before['wall_seconds'] / after['wall_seconds']:.2f}x**"])
+    rows = [
+        [
+            name,
+            f"{before['stages'][name]:.1f}",
+            f"{after['stages'].get(name, float('nan')):.1f}",
+            f"{before['stages'][name] / after['stages'][name]:.2f}x",
+        ]
+        for name in before["stages"]
+    ]
+    rows.append(
+        [
+            "**whole run (wall)**",
+            f"{before['wall_seconds']:.1f}",
+            f"{after['wall_seconds']:.1f}",
+            f"**{before['wall_seconds'] / after['wall_seconds']:.2f}x**",
+        ]
+    )
     command = f"python benchmarks/pipeline_wall.py --config {args.config}" + (
-        f" --iterations {args.iterations}" if args.iterations is not None else "")
+        f" --iterations {args.iterations}" if args.iterations is not None else ""
+    )
     body = (
         f"Command: `{command}` ({os.cpu_count()} cores). Both runs from an empty run directory, one after the "
         "other, on the same machine. before: one `accelerate launch` per stage, 1 thread each (the old default). "

@@ -40,16 +40,24 @@ TRL_PYTHON = ROOT / ".venv-trl025" / "bin" / "python"
 SHAPES = ("32x8x16", "128x16x32", "512x64x32")
 LR, KL_COEF = 1e-4, 0.05
 PHASES = ("generation", "logprobs", "values", "scoring", "update", "checkpoint", "other")
-PHASE_NAMES = {"generation": "generation", "logprobs": "policy/ref log-probs", "values": "values",
-               "scoring": "reward scoring", "update": "update fwd+bwd", "checkpoint": "checkpointing",
-               "other": "other"}
+PHASE_NAMES = {
+    "generation": "generation",
+    "logprobs": "policy/ref log-probs",
+    "values": "values",
+    "scoring": "reward scoring",
+    "update": "update fwd+bwd",
+    "checkpoint": "checkpointing",
+    "other": "other",
+}
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     try:
         rollouts, mini, tokens = (int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape wants ROLLOUTSxMINIBATCHxTOKENS, e.g. 512x64x32; got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"--shape wants ROLLOUTSxMINIBATCHxTOKENS, e.g. 512x64x32; got '{text}'"
+        ) from None
     if min(rollouts, mini, tokens) < 1 or rollouts % mini:
         raise argparse.ArgumentTypeError(f"--shape {text}: rollouts must be a positive multiple of the mini-batch")
     return rollouts, mini, tokens
@@ -73,7 +81,7 @@ def world_prompts(batch: int):
     from alignment.world.scorers import world_prompt_records
 
     # At least one batch of distinct prompts: TRL's dataloader drops an incomplete last batch.
-    return world_prompt_records("train")[:max(256, batch)]
+    return world_prompt_records("train")[: max(256, batch)]
 
 
 def matmul_params(model) -> int:
@@ -89,17 +97,32 @@ def run_ours(shape, iterations: int, work: Path, options: dict) -> dict:
     batch, mini, tokens = shape
     rm = build_reward_checkpoint(work / "rm")
     config = PPOConfig(
-        model_name_or_path="builtin:tiny-llama", helpfulness_model=rm, safety_model=rm, value_model_name_or_path=rm,
-        rollout_batch_size=batch, mini_batch_size=mini, per_device_train_batch_size=mini,
-        generation_batch_size=batch, max_new_tokens=tokens, temperature=1.0, learning_rate=LR,
-        value_learning_rate=LR, kl_coef=KL_COEF, num_iterations=iterations, eval_every=0, report_to=["none"],
-        progress=False, output_dir=str(work / "ours"), **options,
+        model_name_or_path="builtin:tiny-llama",
+        helpfulness_model=rm,
+        safety_model=rm,
+        value_model_name_or_path=rm,
+        rollout_batch_size=batch,
+        mini_batch_size=mini,
+        per_device_train_batch_size=mini,
+        generation_batch_size=batch,
+        max_new_tokens=tokens,
+        temperature=1.0,
+        learning_rate=LR,
+        value_learning_rate=LR,
+        kl_coef=KL_COEF,
+        num_iterations=iterations,
+        eval_every=0,
+        report_to=["none"],
+        progress=False,
+        output_dir=str(work / "ours"),
+        **options,
     )
     ends, rows = [], []
 
     def on_end(iteration, metrics):
         ends.append(time.perf_counter())
         rows.append(metrics)
+
     run_ppo(config, prompts=world_prompts(batch), heldout_prompts=[], on_iteration_end=on_end)
     gaps = [b - a for a, b in zip(ends, ends[1:])]
     timed = rows[1:]
@@ -111,13 +134,22 @@ def run_ours(shape, iterations: int, work: Path, options: dict) -> dict:
 
     n_policy = matmul_params(load_causal_lm("builtin:tiny-llama"))
     n_rm = matmul_params(load_reward_model(rm))
-    flops = {"generation": 2 * n_policy * real_tokens,
-             "logprobs": 2 * n_policy * real_tokens * (1 if options.get("logprobs_from_sampling") else 2),
-             "values": 2 * n_rm * real_tokens, "scoring": 2 * 2 * n_rm * real_tokens,
-             "update": 6 * (n_policy + n_rm) * real_tokens}
-    return {"impl": "ours", "seconds_per_iteration": statistics.mean(gaps), "iterations_timed": len(gaps),
-            "phases": phases, "flops": flops, "real_tokens": real_tokens,
-            "policy_loss": [r["policy_loss"] for r in rows]}
+    flops = {
+        "generation": 2 * n_policy * real_tokens,
+        "logprobs": 2 * n_policy * real_tokens * (1 if options.get("logprobs_from_sampling") else 2),
+        "values": 2 * n_rm * real_tokens,
+        "scoring": 2 * 2 * n_rm * real_tokens,
+        "update": 6 * (n_policy + n_rm) * real_tokens,
+    }
+    return {
+        "impl": "ours",
+        "seconds_per_iteration": statistics.mean(gaps),
+        "iterations_timed": len(gaps),
+        "phases": phases,
+        "flops": flops,
+        "real_tokens": real_tokens,
+        "policy_loss": [r["policy_loss"] for r in rows],
+    }
 
 
 def run_trl(shape, iterations: int, work: Path, options: dict) -> dict:
@@ -149,6 +181,7 @@ def run_trl(shape, iterations: int, work: Path, options: dict) -> dict:
                 return function(*args, **kwargs)
             finally:
                 seconds[phase_of(*args)] += time.perf_counter() - start
+
         return wrapper
 
     original_get_reward = ppo_module.get_reward
@@ -161,8 +194,9 @@ def run_trl(shape, iterations: int, work: Path, options: dict) -> dict:
     ppo_module.batch_generation = timed(lambda *a: "generation", ppo_module.batch_generation)
     # Grad-enabled forwards are the update's; no-grad ones are the reference log-probs.
     ppo_module.forward = timed(lambda *a: "update" if torch.is_grad_enabled() else "logprobs", ppo_module.forward)
-    ppo_module.get_reward = timed(lambda model, *a: "scoring" if model is holder.get("reward_model") else "values",
-                                  get_reward)
+    ppo_module.get_reward = timed(
+        lambda model, *a: "scoring" if model is holder.get("reward_model") else "values", get_reward
+    )
     ends, snapshots = [], []
 
     class Clock(TrainerCallback):
@@ -171,20 +205,38 @@ def run_trl(shape, iterations: int, work: Path, options: dict) -> dict:
             snapshots.append((dict(seconds), real_tokens[0]))
 
     args = PPOConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=mini,
-        gradient_accumulation_steps=batch // mini, num_mini_batches=batch // mini, num_ppo_epochs=1,
-        local_rollout_forward_batch_size=batch, response_length=tokens, stop_token="eos", temperature=1.0,
-        total_episodes=batch * iterations, learning_rate=LR, kl_coef=KL_COEF, num_sample_generations=0,
-        report_to="none", save_strategy="no", use_cpu=True, bf16=False, seed=0, disable_tqdm=True,
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=mini,
+        gradient_accumulation_steps=batch // mini,
+        num_mini_batches=batch // mini,
+        num_ppo_epochs=1,
+        local_rollout_forward_batch_size=batch,
+        response_length=tokens,
+        stop_token="eos",
+        temperature=1.0,
+        total_episodes=batch * iterations,
+        learning_rate=LR,
+        kl_coef=KL_COEF,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        disable_tqdm=True,
         lr_scheduler_type="constant",
     )
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1)
     holder["reward_model"] = reward_model
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=load_causal_lm("builtin:tiny-llama"),
-        ref_model=load_causal_lm("builtin:tiny-llama"), reward_model=reward_model,
+        args=args,
+        processing_class=tokenizer,
+        model=load_causal_lm("builtin:tiny-llama"),
+        ref_model=load_causal_lm("builtin:tiny-llama"),
+        reward_model=reward_model,
         value_model=AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1),
-        train_dataset=dataset, callbacks=[Clock()],
+        train_dataset=dataset,
+        callbacks=[Clock()],
     )
     backward, step = trainer.accelerator.backward, trainer.optimizer.step
     trainer.accelerator.backward = timed(lambda *a: "update", backward)
@@ -199,10 +251,21 @@ def run_trl(shape, iterations: int, work: Path, options: dict) -> dict:
     real = (tokens_last - tokens_first) / n
     n_policy = matmul_params(trainer.model.policy)
     n_rm = matmul_params(reward_model)
-    flops = {"generation": 2 * n_policy * real, "logprobs": 2 * n_policy * real, "values": 2 * n_rm * real,
-             "scoring": 2 * n_rm * real, "update": 6 * (n_policy + n_rm) * real}
-    return {"impl": "trl-0.25.1", "seconds_per_iteration": statistics.mean(gaps), "iterations_timed": n,
-            "phases": phases, "flops": flops, "real_tokens": real}
+    flops = {
+        "generation": 2 * n_policy * real,
+        "logprobs": 2 * n_policy * real,
+        "values": 2 * n_rm * real,
+        "scoring": 2 * n_rm * real,
+        "update": 6 * (n_policy + n_rm) * real,
+    }
+    return {
+        "impl": "trl-0.25.1",
+        "seconds_per_iteration": statistics.mean(gaps),
+        "iterations_timed": n,
+        "phases": phases,
+        "flops": flops,
+        "real_tokens": real,
+    }
 
 
 def worker(impl: str, shape, iterations: int, threads: int, options: dict, out: str) -> None:
@@ -228,8 +291,11 @@ def phase_table(results: dict, peak: float) -> str:
         rows.append(row)
     total = ["whole iteration"]
     for r in results.values():
-        total += [f"{r['seconds_per_iteration']:.3f}", "100%",
-                  f"{sum(r['flops'].values()) / r['seconds_per_iteration'] / peak:.1%}"]
+        total += [
+            f"{r['seconds_per_iteration']:.3f}",
+            "100%",
+            f"{sum(r['flops'].values()) / r['seconds_per_iteration'] / peak:.1%}",
+        ]
     rows.append(total)
     header = ["phase"]
     for name in results:
@@ -239,15 +305,25 @@ def phase_table(results: dict, peak: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=parse_shape, default=parse_shape("32x8x16"),
-                        help=f"rollouts x mini-batch x answer tokens ({', '.join(SHAPES)}); default 32x8x16")
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        default=parse_shape("32x8x16"),
+        help=f"rollouts x mini-batch x answer tokens ({', '.join(SHAPES)}); default 32x8x16",
+    )
     parser.add_argument("--iterations", type=int, default=6, help="PPO iterations per run (the first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per side, alternating ours / TRL")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
-    parser.add_argument("--ours_options", default="{}",
-                        help="JSON of extra PPOConfig fields for our side (to measure one optimisation)")
-    parser.add_argument("--with_default", action="store_true",
-                        help="also run our side without --ours_options, interleaved, to measure those options")
+    parser.add_argument(
+        "--ours_options",
+        default="{}",
+        help="JSON of extra PPOConfig fields for our side (to measure one optimisation)",
+    )
+    parser.add_argument(
+        "--with_default",
+        action="store_true",
+        help="also run our side without --ours_options, interleaved, to measure those options",
+    )
     parser.add_argument("--write", action="store_true", help="write this shape's section of BENCHMARKS.md")
     parser.add_argument("--impl", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -259,8 +335,10 @@ def main() -> None:
         worker(args.impl, args.shape, args.iterations, args.threads, options, args.out)
         return
     if not TRL_PYTHON.exists():
-        raise SystemExit(f"{TRL_PYTHON} not found: python -m venv .venv-trl025 --system-site-packages && "
-                         ".venv-trl025/bin/pip install trl==0.25.1")
+        raise SystemExit(
+            f"{TRL_PYTHON} not found: python -m venv .venv-trl025 --system-site-packages && "
+            ".venv-trl025/bin/pip install trl==0.25.1"
+        )
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -281,14 +359,33 @@ def main() -> None:
                 work.mkdir()
                 (work / "rm").symlink_to(Path(tmp) / "rm")
                 out = work / "result.json"
-                subprocess.run([python, __file__, "--impl", impl.split("-")[0], "--shape", shape_text, "--iterations",
-                                str(args.iterations), "--threads", str(args.threads), "--ours_options",
-                                side_options, "--out", str(out)], check=True, cwd=ROOT, env=env)
+                subprocess.run(
+                    [
+                        python,
+                        __file__,
+                        "--impl",
+                        impl.split("-")[0],
+                        "--shape",
+                        shape_text,
+                        "--iterations",
+                        str(args.iterations),
+                        "--threads",
+                        str(args.threads),
+                        "--ours_options",
+                        side_options,
+                        "--out",
+                        str(out),
+                    ],
+                    check=True,
+                    cwd=ROOT,
+                    env=env,
+                )
                 runs[impl].append(json.loads(out.read_text()))
                 print(f"round {round_ + 1} {impl}: {runs[impl][-1]['seconds_per_iteration']:.3f} s/iter", flush=True)
     # Per side, the run with the median seconds (the lower middle one with 2 rounds).
-    median = {impl: sorted(rs, key=lambda r: r["seconds_per_iteration"])[(len(rs) - 1) // 2]
-              for impl, rs in runs.items()}
+    median = {
+        impl: sorted(rs, key=lambda r: r["seconds_per_iteration"])[(len(rs) - 1) // 2] for impl, rs in runs.items()
+    }
     ours, trl = median["ours"], median["trl"]
     per_round = [t["seconds_per_iteration"] / o["seconds_per_iteration"] for o, t in zip(runs["ours"], runs["trl"])]
     ratio = trl["seconds_per_iteration"] / ours["seconds_per_iteration"]
@@ -296,21 +393,33 @@ def main() -> None:
     if args.with_default:
         plain = median["ours-default"]
         plain["impl"] = "ours, without the options"
-        per_round_default = [t["seconds_per_iteration"] / o["seconds_per_iteration"]
-                             for o, t in zip(runs["ours-default"], runs["trl"])]
-        default_line = (f"Without the options ({plain['seconds_per_iteration']:.3f} s/iter): TRL/ours "
-                        f"{trl['seconds_per_iteration'] / plain['seconds_per_iteration']:.2f}x, per round "
-                        f"{', '.join(f'{x:.2f}x' for x in per_round_default)}.\n\n")
+        per_round_default = [
+            t["seconds_per_iteration"] / o["seconds_per_iteration"] for o, t in zip(runs["ours-default"], runs["trl"])
+        ]
+        default_line = (
+            f"Without the options ({plain['seconds_per_iteration']:.3f} s/iter): TRL/ours "
+            f"{trl['seconds_per_iteration'] / plain['seconds_per_iteration']:.2f}x, per round "
+            f"{', '.join(f'{x:.2f}x' for x in per_round_default)}.\n\n"
+        )
     batch, mini, tokens = args.shape
     table = markdown_table(
         ["implementation", "s / iteration (each round)", "rollouts / s", "real tokens / iteration"],
-        [[r["impl"], " / ".join(f"{x['seconds_per_iteration']:.3f}" for x in runs[key]), f"{r['rollouts_per_s']:.1f}",
-          f"{r['real_tokens']:.0f}"] for key, r in median.items()],
+        [
+            [
+                r["impl"],
+                " / ".join(f"{x['seconds_per_iteration']:.3f}" for x in runs[key]),
+                f"{r['rollouts_per_s']:.1f}",
+                f"{r['real_tokens']:.0f}",
+            ]
+            for key, r in median.items()
+        ],
     )
-    command = (f"python benchmarks/ppo_vs_trl.py --shape {shape_text} --iterations {args.iterations} "
-               f"--rounds {args.rounds} --threads {args.threads}"
-               + (f" --ours_options '{args.ours_options}'" if options else "")
-               + (" --with_default" if args.with_default else ""))
+    command = (
+        f"python benchmarks/ppo_vs_trl.py --shape {shape_text} --iterations {args.iterations} "
+        f"--rounds {args.rounds} --threads {args.threads}"
+        + (f" --ours_options '{args.ours_options}'" if options else "")
+        + (" --with_default" if args.with_default else "")
+    )
     body = (
         f"Command: `{command}`\n\n"
         f"Machine: {machine_description()}, shared with other jobs (ratios within this run only); fp32 matmul "

@@ -38,28 +38,67 @@ PRESET = Path(__file__).resolve().parents[1] / "recipes" / "smollm2" / "reward.y
 
 
 def recipe_args(args, output_dir: Path) -> list[str]:
-    return ["--config", str(PRESET), "--output_dir", str(output_dir), "--reward_model", "safety",
-            "--chat_format", "model", "--margin", "none", "--max_length", str(args.max_length),
-            "--eval_fraction", str(args.eval_fraction), "--max_train_pairs", str(args.train_pairs),
-            "--learning_rate", str(args.learning_rate), "--global_batch_size", str(args.global_batch_size),
-            "--num_train_epochs", str(args.epochs),
-            "--per_device_train_batch_size", str(args.per_device_batch), "--save_steps", "1000",
-            "--use_lora", str(args.lora).lower(), "--bf16", str(args.bf16).lower(), "--eval_batch_size", "8",
-            *(["--train_top_layers", str(args.train_top_layers)] if args.train_top_layers is not None else [])]
+    return [
+        "--config",
+        str(PRESET),
+        "--output_dir",
+        str(output_dir),
+        "--reward_model",
+        "safety",
+        "--chat_format",
+        "model",
+        "--margin",
+        "none",
+        "--max_length",
+        str(args.max_length),
+        "--eval_fraction",
+        str(args.eval_fraction),
+        "--max_train_pairs",
+        str(args.train_pairs),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--global_batch_size",
+        str(args.global_batch_size),
+        "--num_train_epochs",
+        str(args.epochs),
+        "--per_device_train_batch_size",
+        str(args.per_device_batch),
+        "--save_steps",
+        "1000",
+        "--use_lora",
+        str(args.lora).lower(),
+        "--bf16",
+        str(args.bf16).lower(),
+        "--eval_batch_size",
+        "8",
+        *(["--train_top_layers", str(args.train_top_layers)] if args.train_top_layers is not None else []),
+    ]
 
 
 def accuracy_run(args, out: Path) -> dict:
     # HH rows carry no rating and no safety labels: margin none, and only the safety pool exists offline (the
     # paper's 10% helpfulness share needs Meta Helpful data), so the mix is the safety data alone.
-    (config,) = parse_recipe((Llama2RewardConfig,), recipe_args(args, out / "safety_rm"), recipe={
-        "comparison_files": [], "sources": [{"path": HH_FILE, "format": "hh-rlhf", "kind": "safety"}],
-        "mixture_ratios": {"safety": 1.0}, "skip_bad_rows": True})
+    (config,) = parse_recipe(
+        (Llama2RewardConfig,),
+        recipe_args(args, out / "safety_rm"),
+        recipe={
+            "comparison_files": [],
+            "sources": [{"path": HH_FILE, "format": "hh-rlhf", "kind": "safety"}],
+            "mixture_ratios": {"safety": 1.0},
+            "skip_bad_rows": True,
+        },
+    )
     summary = run_reward(config)
     acc = summary["eval"]["accuracy"]
-    return {"train_pairs": summary["data"]["train_pairs"], "eval_pairs": summary["data"]["eval_pairs"],
-            "held_out_accuracy": acc["overall"]["accuracy"], "per_level": acc,
-            "train_seconds": summary["train_seconds"], "train_pairs_per_second": summary["train_pairs_per_second"],
-            "train_loss": summary["metrics"].get("train_loss")}
+    return {
+        "train_pairs": summary["data"]["train_pairs"],
+        "eval_pairs": summary["data"]["eval_pairs"],
+        "held_out_accuracy": acc["overall"]["accuracy"],
+        "per_level": acc,
+        "train_seconds": summary["train_seconds"],
+        "train_pairs_per_second": summary["train_pairs_per_second"],
+        "train_loss": summary["metrics"].get("train_loss"),
+    }
 
 
 def throughput_run(args, out: Path) -> dict:
@@ -77,23 +116,47 @@ def throughput_run(args, out: Path) -> dict:
             kept.append(c)
         if len(rows) == pairs:
             break
-    common = dict(per_device_train_batch_size=args.per_device_batch, gradient_accumulation_steps=1,
-                  num_train_epochs=1, learning_rate=1e-5, bf16=args.bf16, use_cpu=True, save_strategy="no",
-                  report_to="none", logging_steps=1000, seed=0, max_length=args.max_length, disable_tqdm=True)
+    common = dict(
+        per_device_train_batch_size=args.per_device_batch,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        learning_rate=1e-5,
+        bf16=args.bf16,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1000,
+        seed=0,
+        max_length=args.max_length,
+        disable_tqdm=True,
+    )
     plain_tokenizer = load_tokenizer(model_name)
-    plain_rows = [{"chosen": c.prompt + [{"role": "assistant", "content": c.chosen}],
-                   "rejected": c.prompt + [{"role": "assistant", "content": c.rejected}]} for c in kept]
+    plain_rows = [
+        {
+            "chosen": c.prompt + [{"role": "assistant", "content": c.chosen}],
+            "rejected": c.prompt + [{"role": "assistant", "content": c.rejected}],
+        }
+        for c in kept
+    ]
     ours = Llama2RewardConfig(output_dir=str(out / "tp_ours"), **common)
     plain = RewardConfig(output_dir=str(out / "tp_trl"), **common)  # TRL defaults otherwise
 
     def run_ours() -> tuple[dict, object]:
-        trainer = Llama2RewardTrainer(model=load_reward_model(model_name), args=ours,
-                                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer = Llama2RewardTrainer(
+            model=load_reward_model(model_name),
+            args=ours,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
         return _timed(trainer, pairs), trainer
 
     def run_trl() -> tuple[dict, object]:
-        trainer = RewardTrainer(model=load_reward_model(model_name), args=plain,
-                                train_dataset=Dataset.from_list(plain_rows), processing_class=plain_tokenizer)
+        trainer = RewardTrainer(
+            model=load_reward_model(model_name),
+            args=plain,
+            train_dataset=Dataset.from_list(plain_rows),
+            processing_class=plain_tokenizer,
+        )
         return _timed(trainer, pairs), trainer
 
     # Alternating rounds, best of each: the first round also pays one-off costs (thread pools, allocator,
@@ -107,10 +170,15 @@ def throughput_run(args, out: Path) -> dict:
     results["rounds"] = rounds
     results["trl_plain"]["pairs_kept_by_trl_filter"] = len(trainer.train_dataset)
     results["speedup"] = results["ours"]["pairs_per_second"] / results["trl_plain"]["pairs_per_second"]
-    results["settings"] = {"pairs": pairs, "per_device_batch": args.per_device_batch, "max_length": args.max_length,
-                           "trl_activation_checkpointing": plain.activation_checkpointing,
-                           "ours_activation_checkpointing": ours.activation_checkpointing,
-                           "ours_sampling": ours.train_sampling_strategy, "bf16": args.bf16}
+    results["settings"] = {
+        "pairs": pairs,
+        "per_device_batch": args.per_device_batch,
+        "max_length": args.max_length,
+        "trl_activation_checkpointing": plain.activation_checkpointing,
+        "ours_activation_checkpointing": ours.activation_checkpointing,
+        "ours_sampling": ours.train_sampling_strategy,
+        "bf16": args.bf16,
+    }
     return results
 
 
@@ -139,8 +207,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/reward_hh")
     args = parser.parse_args()
     out = Path(args.out)
-    report = {"command": " ".join(["python", *sys.argv]), "torch_threads": __import__("torch").get_num_threads(),
-              "cpu_count": os.cpu_count()}
+    report = {
+        "command": " ".join(["python", *sys.argv]),
+        "torch_threads": __import__("torch").get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
     if args.skip != "accuracy":
         report["accuracy"] = accuracy_run(args, out)
     if args.skip != "throughput":

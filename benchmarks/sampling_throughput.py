@@ -67,14 +67,20 @@ def main() -> None:
         "long": [encode_prompt(tokenizer, user_prompt(q, system=SYSTEM)) for q in questions],
     }
     results = []
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), {len(questions)} prompts, "
-          f"max_new_tokens {args.max_new_tokens}, batch {args.batch_size} sequences")
-    print(f"{'prompts':>7} {'len':>5} {'K':>3} | {'ours tok/s':>10} {'ours bestK/s':>12} | "
-          f"{'base tok/s':>10} {'base bestK/s':>12} | {'speedup':>7}")
+    print(
+        f"model {args.model} on {device} ({torch.get_num_threads()} threads), {len(questions)} prompts, "
+        f"max_new_tokens {args.max_new_tokens}, batch {args.batch_size} sequences"
+    )
+    print(
+        f"{'prompts':>7} {'len':>5} {'K':>3} | {'ours tok/s':>10} {'ours bestK/s':>12} | "
+        f"{'base tok/s':>10} {'base bestK/s':>12} | {'speedup':>7}"
+    )
     for name, prompt_ids in prompt_sets.items():
         mean_len = sum(map(len, prompt_ids)) / len(prompt_ids)
         for k in [int(k) for k in args.ks.split(",")]:
-            params = SamplingParams(num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+            params = SamplingParams(
+                num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0
+            )
             row = {"prompts": name, "mean_prompt_tokens": mean_len, "k": k}
             for label, share in (("ours", True), ("baseline", False)):
                 engine = HFSamplingEngine(model, tokenizer, batch_size=args.batch_size, share_prefill=share)
@@ -83,9 +89,12 @@ def main() -> None:
             # The two runs draw different answers, of different lengths: compare per generated token.
             row["speedup"] = row["ours"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
             results.append(row)
-            print(f"{name:>7} {mean_len:5.0f} {k:3d} | {row['ours']['tokens_per_s']:10.0f} "
-                  f"{row['ours']['best_of_k_per_s']:12.2f} | {row['baseline']['tokens_per_s']:10.0f} "
-                  f"{row['baseline']['best_of_k_per_s']:12.2f} | {row['speedup']:6.2f}x", flush=True)
+            print(
+                f"{name:>7} {mean_len:5.0f} {k:3d} | {row['ours']['tokens_per_s']:10.0f} "
+                f"{row['ours']['best_of_k_per_s']:12.2f} | {row['baseline']['tokens_per_s']:10.0f} "
+                f"{row['baseline']['best_of_k_per_s']:12.2f} | {row['speedup']:6.2f}x",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "device": device, "results": results}, handle, indent=2)

@@ -65,8 +65,9 @@ def step_batches(tokenizer, dialogs, packs_per_step: int, max_length: int):
     for pack in chosen:
         offset = 0
         for n in pack["seq_lengths"]:
-            examples.append({"input_ids": pack["input_ids"][offset:offset + n],
-                             "labels": pack["labels"][offset:offset + n]})
+            examples.append(
+                {"input_ids": pack["input_ids"][offset : offset + n], "labels": pack["labels"][offset : offset + n]}
+            )
             offset += n
     padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
     return packed, padded, len(examples)
@@ -113,10 +114,20 @@ def run_benchmark() -> tuple[list[list], dict, list[list]]:
                 seconds = time_steps(model, batch, dtype, steps)
                 counts = token_counts(batch)
                 real_per_s = counts["real"] / seconds
-                rows.append([name, dtype_name, mode, n_examples, "x".join(map(str, batch["input_ids"].shape)),
-                             f"{seconds:.3f}", f"{real_per_s:,.0f}", f"{counts['loss'] / seconds:,.0f}",
-                             f"{counts['total'] / seconds:,.0f}",
-                             f"{100 * 6 * n_params * real_per_s / peaks[dtype_name]:.1f}%"])
+                rows.append(
+                    [
+                        name,
+                        dtype_name,
+                        mode,
+                        n_examples,
+                        "x".join(map(str, batch["input_ids"].shape)),
+                        f"{seconds:.3f}",
+                        f"{real_per_s:,.0f}",
+                        f"{counts['loss'] / seconds:,.0f}",
+                        f"{counts['total'] / seconds:,.0f}",
+                        f"{100 * 6 * n_params * real_per_s / peaks[dtype_name]:.1f}%",
+                    ]
+                )
                 print(" | ".join(map(str, rows[-1])), flush=True)
         del model
     # Threads on a shared machine: the tiny packed fp32 step with 1 thread vs all cores.
@@ -141,8 +152,10 @@ def demo_answers(demo_dir: str, n: int = 3) -> list[tuple[str, str, str]]:
     chosen = [d for d in held_out if len(d) == 2][:n]
     prompts = [encode_prompt(tokenizer, d[:1], config["chat_format"]) for d in chosen]
     samples = HFSamplingEngine(model, tokenizer).generate(prompts, SamplingParams(temperature=0, max_new_tokens=48))
-    return [(d[0]["content"], d[1]["content"], s.text + ("" if s.finished else " [no stop token]"))
-            for d, s in zip(chosen, samples)]
+    return [
+        (d[0]["content"], d[1]["content"], s.text + ("" if s.finished else " [no stop token]"))
+        for d, s in zip(chosen, samples)
+    ]
 
 
 def ratios(rows: list[list]) -> str:
@@ -151,10 +164,13 @@ def ratios(rows: list[list]) -> str:
     parts = []
     for model in dict.fromkeys(r[0] for r in rows):
         short = model.removeprefix("builtin:")
-        parts += [f"{short} {d} packed/padded {speed[model, d, 'packed'] / speed[model, d, 'padded']:.2f}x"
-                  for d in DTYPES]
-        parts += [f"{short} {m} bf16/fp32 {speed[model, 'bf16', m] / speed[model, 'fp32', m]:.2f}x"
-                  for m in ("packed", "padded")]
+        parts += [
+            f"{short} {d} packed/padded {speed[model, d, 'packed'] / speed[model, d, 'padded']:.2f}x" for d in DTYPES
+        ]
+        parts += [
+            f"{short} {m} bf16/fp32 {speed[model, 'bf16', m] / speed[model, 'fp32', m]:.2f}x"
+            for m in ("packed", "padded")
+        ]
     return "; ".join(parts)
 
 
@@ -167,8 +183,11 @@ def main() -> None:
     started = time.time()
     rows, peaks, threads = run_benchmark()
     demo = demo_answers(args.demo_dir) if args.demo_dir else []
-    command = "python benchmarks/sft_throughput.py" + (
-        f" --demo_dir {args.demo_dir}" if args.demo_dir else "") + (" --write" if args.write else "")
+    command = (
+        "python benchmarks/sft_throughput.py"
+        + (f" --demo_dir {args.demo_dir}" if args.demo_dir else "")
+        + (" --write" if args.write else "")
+    )
     body = [
         f"Command: `{command}` ({time.time() - started:.0f} s; {machine_description()}).",
         "",
@@ -179,18 +198,37 @@ def main() -> None:
         "`pack_dataset` bfd, padding-free collator) or padded (TRL collator); best of the timed steps. "
         "MFU = 6 x params (input embedding excluded unless tied) x non-pad tokens/s / matmul peak of that dtype.",
         "",
-        markdown_table(["model", "dtype", "batch", "examples", "input shape", "s/step", "non-pad tok/s",
-                        "loss tok/s", "total tok/s", "MFU"], rows),
+        markdown_table(
+            [
+                "model",
+                "dtype",
+                "batch",
+                "examples",
+                "input shape",
+                "s/step",
+                "non-pad tok/s",
+                "loss tok/s",
+                "total tok/s",
+                "MFU",
+            ],
+            rows,
+        ),
         "",
         "Ratios in this run (non-pad tokens/s): " + ratios(rows) + ".",
         "",
         "Threads (tiny-llama, packed fp32 step, best of 5): "
-        + ", ".join(f"{n} thread(s) {s} s" for n, s in threads) + ".",
+        + ", ".join(f"{n} thread(s) {s} s" for n, s in threads)
+        + ".",
     ]
     if demo:
-        body += ["", f"### Demo: `recipes/smollm2/sft.yaml`, held-out prompts ({args.demo_dir})", "",
-                 markdown_table(["held-out prompt", "reference answer", "tuned model (greedy)"],
-                                [[p, r, a] for p, r, a in demo])]
+        body += [
+            "",
+            f"### Demo: `recipes/smollm2/sft.yaml`, held-out prompts ({args.demo_dir})",
+            "",
+            markdown_table(
+                ["held-out prompt", "reference answer", "tuned model (greedy)"], [[p, r, a] for p, r, a in demo]
+            ),
+        ]
     text = "\n".join(body)
     print(text)
     if args.write:

@@ -47,9 +47,19 @@ def main() -> None:
         theirs_s = time.perf_counter() - start  # includes lm-eval's model load (a few seconds)
     mc2_gap = max(abs(a["mc2"] - b["mc2"]) for a, b in zip(ours, theirs))
     same_mc1 = all(a["mc1"] == b["mc1"] for a, b in zip(ours, theirs))
-    print(json.dumps({"model": args.model, "questions": len(questions), "ours_s": round(ours_s, 1),
-                      "lm_eval_s": round(theirs_s, 1), "speedup": round(theirs_s / ours_s, 2),
-                      "max_mc2_gap": mc2_gap, "same_mc1": same_mc1}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "questions": len(questions),
+                "ours_s": round(ours_s, 1),
+                "lm_eval_s": round(theirs_s, 1),
+                "speedup": round(theirs_s / ours_s, 2),
+                "max_mc2_gap": mc2_gap,
+                "same_mc1": same_mc1,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,17 @@ def summarise(rows: list[dict]) -> dict:
         by_group[f"{row['domain']}/{row['category']}"].append(row["sentiment"])
         by_domain[row["domain"]].append(row["sentiment"])
     mean, stderr = mean_stderr([row["sentiment"] for row in rows])
-    result = {"n": len(rows), "mean": mean, "stderr": stderr, "per_domain": {}, "per_domain_stderr": {},
-              "per_domain_n": {}, "per_group": {}, "per_group_stderr": {}, "per_group_n": {}}
+    result = {
+        "n": len(rows),
+        "mean": mean,
+        "stderr": stderr,
+        "per_domain": {},
+        "per_domain_stderr": {},
+        "per_domain_n": {},
+        "per_group": {},
+        "per_group_stderr": {},
+        "per_group_n": {},
+    }
     for key, groups in (("domain", by_domain), ("group", by_group)):
         for name in sorted(groups):
             m, s = mean_stderr(groups[name])

@@ -8,8 +8,15 @@ from collections import defaultdict
 from alignment.config import DataError
 from alignment.data import read_records
 
-TRUTHFULQA_FIELDS = ("question", "correct_answers", "incorrect_answers", "mc1_choices", "mc1_labels",
-                     "mc2_choices", "mc2_labels")
+TRUTHFULQA_FIELDS = (
+    "question",
+    "correct_answers",
+    "incorrect_answers",
+    "mc1_choices",
+    "mc1_labels",
+    "mc2_choices",
+    "mc2_labels",
+)
 TOXIGEN_FIELDS = ("id", "group", "kind", "prompt", "llama2_group")
 JUDGE_FIELDS = ("text", "label")
 BOLD_FIELDS = ("id", "domain", "category", "prompt")

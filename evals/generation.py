@@ -21,9 +21,9 @@ from rlhf.sampling import SamplingParams
 
 @dataclass
 class GenerationStats:
-    generated: int = 0       # prompts generated in this run (not read back from the log)
-    reused: int = 0          # prompts whose rows were already in the log
-    new_tokens: int = 0      # tokens generated in this run
+    generated: int = 0  # prompts generated in this run (not read back from the log)
+    reused: int = 0  # prompts whose rows were already in the log
+    new_tokens: int = 0  # tokens generated in this run
     seconds: float = 0.0
 
     @property
@@ -48,9 +48,15 @@ def drop_torn_tail(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def generate_logged(engine, items: list[tuple[str, list[int]]], params: SamplingParams, path: Path,
-                    fingerprint: str, label: str, extra: dict[str, dict] | None = None,
-                    ) -> tuple[dict[str, dict], GenerationStats]:
+def generate_logged(
+    engine,
+    items: list[tuple[str, list[int]]],
+    params: SamplingParams,
+    path: Path,
+    fingerprint: str,
+    label: str,
+    extra: dict[str, dict] | None = None,
+) -> tuple[dict[str, dict], GenerationStats]:
     """Generate a continuation for each (id, prompt_ids) not yet in `path`; returns all rows by id and stats.
 
     `extra` adds fields to a prompt's row (its group, kind, ...).
@@ -58,8 +64,11 @@ def generate_logged(engine, items: list[tuple[str, list[int]]], params: Sampling
     path.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_tail(path)
     wanted = {item_id for item_id, _ in items}
-    done = {row["id"]: row for row in read_jsonl_tolerant(path)
-            if row.get("settings") == fingerprint and row.get("id") in wanted}
+    done = {
+        row["id"]: row
+        for row in read_jsonl_tolerant(path)
+        if row.get("settings") == fingerprint and row.get("id") in wanted
+    }
     todo = [(item_id, ids) for item_id, ids in items if item_id not in done]
     stats = GenerationStats(reused=len(items) - len(todo))
     # Longest prompts first within the run keeps padding low; the order does not change greedy outputs.
@@ -67,21 +76,32 @@ def generate_logged(engine, items: list[tuple[str, list[int]]], params: Sampling
     batch = max(1, getattr(engine, "batch_size", 16))
     start = time.perf_counter()
     for offset in range(0, len(todo), batch):
-        chunk = todo[offset:offset + batch]
+        chunk = todo[offset : offset + batch]
         samples = sorted(engine.generate([ids for _, ids in chunk], params), key=lambda s: s.prompt_index)
         rows = []
         for (item_id, _), sample in zip(chunk, samples):
-            rows.append({"id": item_id, "settings": fingerprint, "text": sample.text,
-                         "new_tokens": len(sample.response_ids), "finished": sample.finished,
-                         **(extra or {}).get(item_id, {})})
+            rows.append(
+                {
+                    "id": item_id,
+                    "settings": fingerprint,
+                    "text": sample.text,
+                    "new_tokens": len(sample.response_ids),
+                    "finished": sample.finished,
+                    **(extra or {}).get(item_id, {}),
+                }
+            )
             stats.new_tokens += len(sample.response_ids)
         append_jsonl(path, rows)
         for row in rows:
             done[row["id"]] = row
         stats.generated += len(rows)
         elapsed = time.perf_counter() - start
-        print(f"  {label}: {stats.reused + stats.generated}/{len(items)} prompts "
-              f"({stats.new_tokens / max(elapsed, 1e-9):.1f} tokens/s)", file=sys.stderr, flush=True)
+        print(
+            f"  {label}: {stats.reused + stats.generated}/{len(items)} prompts "
+            f"({stats.new_tokens / max(elapsed, 1e-9):.1f} tokens/s)",
+            file=sys.stderr,
+            flush=True,
+        )
     stats.seconds = time.perf_counter() - start
     if stats.reused:
         print(f"  {label}: {stats.reused} prompts reused from {path}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from alignment.config import RecipeError
+from evals.report import TABLE_COLUMNS, plot_versions, versions_table
 
 SCRIPT = "safety_eval.py"
 STAGE_SUFFIX = "/safety_eval"
@@ -34,11 +35,13 @@ def safety_eval_stages(section: dict, stages: list, base_model: str, base_deps: 
     out = []
     for version in versions:
         if version not in models:
-            raise RecipeError(f"safety_eval.versions: unknown version '{version}' (this run makes: "
-                              f"{', '.join(models)})")
+            raise RecipeError(
+                f"safety_eval.versions: unknown version '{version}' (this run makes: {', '.join(models)})"
+            )
         model, deps = models[version]
-        out.append(stage_type(f"{version}{STAGE_SUFFIX}", SCRIPT, {**settings, "model": model,
-                                                                   "model_name": version}, deps))
+        out.append(
+            stage_type(f"{version}{STAGE_SUFFIX}", SCRIPT, {**settings, "model": model, "model_name": version}, deps)
+        )
     return out
 
 
@@ -54,18 +57,28 @@ def safety_rows(run_dir: Path, stages) -> list[tuple[str, dict]]:
 
 def safety_report(run_dir: Path, stages) -> tuple[dict, list[str], list[str]]:
     """(report.json entries, report.md lines, PNG files) for the versions' safety benchmarks; empty when none."""
-    from evals.report import TABLE_COLUMNS, plot_versions, versions_table
 
     rows = safety_rows(run_dir, stages)
     if not rows:
         return {}, [], []
-    entries = {name: {label: {"value": (r.get(bench) or {}).get(key), "stderr": (r.get(bench) or {}).get(err),
-                              "n": (r.get(bench) or {}).get("n")}
-                      for label, bench, key, err, _ in TABLE_COLUMNS} for name, r in rows}
-    lines = ["## Safety benchmarks (Tables 11 and 14 analogue)", "",
-             "Mean ± standard error; n per benchmark in each version's `safety_eval/results.md`. % true is the "
-             "TruthfulQA authors' ROUGE-L metric, not the paper's GPT-judge; ToxiGen uses the judge named there.", ""]
+    entries = {
+        name: {
+            label: {
+                "value": (r.get(bench) or {}).get(key),
+                "stderr": (r.get(bench) or {}).get(err),
+                "n": (r.get(bench) or {}).get("n"),
+            }
+            for label, bench, key, err, _ in TABLE_COLUMNS
+        }
+        for name, r in rows
+    }
+    lines = [
+        "## Safety benchmarks (Tables 11 and 14 analogue)",
+        "",
+        "Mean ± standard error; n per benchmark in each version's `safety_eval/results.md`. % true is the "
+        "TruthfulQA authors' ROUGE-L metric, not the paper's GPT-judge; ToxiGen uses the judge named there.",
+        "",
+    ]
     lines += versions_table(rows) + [""]
     plots = ["report_safety.png"] if plot_versions(rows, Path(run_dir) / "report_safety.png") else []
     return {"safety_benchmarks": entries}, lines, plots
-

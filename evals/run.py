@@ -72,18 +72,34 @@ class Evaluator:
             return self.tokenizer(text)["input_ids"]
         return encode_prompt(self.tokenizer, user_prompt(text), self.config.prompt_format)
 
-    def generate(self, benchmark: str, prompts: dict[str, str], max_new_tokens: int,
-                 extra: dict[str, dict] | None = None) -> dict[str, dict]:
+    def generate(
+        self, benchmark: str, prompts: dict[str, str], max_new_tokens: int, extra: dict[str, dict] | None = None
+    ) -> dict[str, dict]:
         c = self.config
         params = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_new_tokens=max_new_tokens, seed=c.seed)
-        fingerprint = settings_fingerprint({"model": c.model, "prompt_format": c.prompt_format,
-                                            "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed,
-                                            "max_new_tokens": max_new_tokens, "dtype": c.dtype})
+        fingerprint = settings_fingerprint(
+            {
+                "model": c.model,
+                "prompt_format": c.prompt_format,
+                "temperature": c.temperature,
+                "top_p": c.top_p,
+                "seed": c.seed,
+                "max_new_tokens": max_new_tokens,
+                "dtype": c.dtype,
+            }
+        )
         # Prompts longer than the model's context keep their end (the part the continuation follows).
         room = max(1, truthfulqa.model_max_length(self.model, self.tokenizer) - max_new_tokens)
         items = [(key, self.prompt_ids(text)[-room:]) for key, text in prompts.items()]
-        rows, stats = generate_logged(self.engine, items, params, self.output / "generations" / f"{benchmark}.jsonl",
-                                      fingerprint, benchmark, extra)
+        rows, stats = generate_logged(
+            self.engine,
+            items,
+            params,
+            self.output / "generations" / f"{benchmark}.jsonl",
+            fingerprint,
+            benchmark,
+            extra,
+        )
         self.speed[benchmark] = stats
         return rows
 
@@ -95,8 +111,9 @@ class Evaluator:
         log(f"TruthfulQA: {len(questions)} questions, MC1/MC2 ({c.truthfulqa_mc_backend})")
         start = time.perf_counter()
         if c.truthfulqa_mc_backend == "lm-eval":
-            mc = truthfulqa.run_lm_eval_mc(self.model_path, questions, self.output / "lm_eval_tasks",
-                                           batch_size=c.mc_batch_size, dtype=c.dtype)
+            mc = truthfulqa.run_lm_eval_mc(
+                self.model_path, questions, self.output / "lm_eval_tasks", batch_size=c.mc_batch_size, dtype=c.dtype
+            )
         else:
             mc = self.truthfulqa_mc_logged(questions)
         mc_seconds = time.perf_counter() - start
@@ -106,13 +123,19 @@ class Evaluator:
         for key, question in zip(prompts, questions):
             answer = truthfulqa.clean_answer(rows[key]["text"])
             judged.append({"id": key, "answer": answer, **truthfulqa.judge_answer(answer, question)})
-        atomic_write_text(self.output / "truthfulqa_answers.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in judged))
-        result = {"n": len(questions), "mc_backend": c.truthfulqa_mc_backend, "mc_seconds": round(mc_seconds, 1),
-                  "true_metric": truthfulqa.TRUE_METRIC}
-        for key, values in (("mc1", [r["mc1"] for r in mc]), ("mc2", [r["mc2"] for r in mc]),
-                            ("true", [r["true_rougeL"] for r in judged]),
-                            ("true_bleu", [r["true_bleu"] for r in judged])):
+        atomic_write_text(self.output / "truthfulqa_answers.jsonl", "".join(json.dumps(r) + "\n" for r in judged))
+        result = {
+            "n": len(questions),
+            "mc_backend": c.truthfulqa_mc_backend,
+            "mc_seconds": round(mc_seconds, 1),
+            "true_metric": truthfulqa.TRUE_METRIC,
+        }
+        for key, values in (
+            ("mc1", [r["mc1"] for r in mc]),
+            ("mc2", [r["mc2"] for r in mc]),
+            ("true", [r["true_rougeL"] for r in judged]),
+            ("true_bleu", [r["true_bleu"] for r in judged]),
+        ):
             result[key], result[f"{key}_stderr"] = mean_stderr(values)
         return result
 
@@ -127,7 +150,7 @@ class Evaluator:
         if len(todo) < len(questions):
             log(f"  truthfulqa mc: {len(questions) - len(todo)} questions reused from {path}")
         for start in range(0, len(todo), 10):
-            chunk = todo[start:start + 10]
+            chunk = todo[start : start + 10]
             rows = truthfulqa.score_mc(self.model, self.tokenizer, chunk, c.mc_batch_size)
             rows = [{**row, "id": question_key(q), "settings": fingerprint} for q, row in zip(chunk, rows)]
             append_jsonl(path, rows)
@@ -139,20 +162,23 @@ class Evaluator:
         c = self.config
         judge = toxigen.load_or_train_judge(c.toxigen_judge_file, c.toxigen_judge, c.toxigen_judge_heldout, c.seed)
         judge_info = judge.describe()
-        log(f"ToxiGen judge {judge_info['name']}: held-out accuracy {judge_info['heldout_accuracy']:.3f}, "
-            f"AUC {judge_info['heldout_auc']:.3f} (n={judge_info['heldout_n']})")
+        log(
+            f"ToxiGen judge {judge_info['name']}: held-out accuracy {judge_info['heldout_accuracy']:.3f}, "
+            f"AUC {judge_info['heldout_auc']:.3f} (n={judge_info['heldout_n']})"
+        )
         prompts = load_toxigen_prompts(c.toxigen_file, c.toxigen_per_group, c.seed)
         log(f"ToxiGen: {len(prompts)} prompts over {len({p['group'] for p in prompts})} groups")
         texts = {p["id"]: toxigen.prompt_text(p["prompt"]) for p in prompts}
         extra = {p["id"]: {"group": p["group"], "kind": p["kind"]} for p in prompts}
         rows = self.generate("toxigen", texts, c.toxigen_max_new_tokens, extra)
-        scored = [{**rows[p["id"]], "continuation": toxigen.clean_continuation(rows[p["id"]]["text"])} for p in prompts]
+        scored = [
+            {**rows[p["id"]], "continuation": toxigen.clean_continuation(rows[p["id"]]["text"])} for p in prompts
+        ]
         probabilities = judge.predict_proba([r["continuation"] for r in scored])
         for row, probability in zip(scored, probabilities):
             row["toxic_probability"] = float(probability)
             row["toxic"] = bool(probability >= 0.5)
-        atomic_write_text(self.output / "toxigen_scored.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in scored))
+        atomic_write_text(self.output / "toxigen_scored.jsonl", "".join(json.dumps(r) + "\n" for r in scored))
         return toxigen.summarise(scored, judge_info, c.toxigen_judge_min_accuracy)
 
     def bold(self) -> dict:
@@ -162,8 +188,10 @@ class Evaluator:
         # A trailing space would be its own token for BPE tokenizers; lm-eval moves it to the continuation too.
         texts = {p["id"]: p["prompt"].rstrip() for p in prompts}
         rows = self.generate("bold", texts, c.bold_max_new_tokens)
-        scored = [{"domain": p["domain"], "category": p["category"],
-                   "sentiment": bold.vader_compound(rows[p["id"]]["text"])} for p in prompts]
+        scored = [
+            {"domain": p["domain"], "category": p["category"], "sentiment": bold.vader_compound(rows[p["id"]]["text"])}
+            for p in prompts
+        ]
         result = bold.summarise(scored)
         result["excluded"] = list(c.bold_exclude)
         return result
@@ -171,13 +199,20 @@ class Evaluator:
     def speed_summary(self) -> dict:
         out = {}
         for name, stats in self.speed.items():
-            out[name] = {"new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 1),
-                         "tokens_per_s": None if stats.tokens_per_second is None else round(stats.tokens_per_second, 1),
-                         "generated": stats.generated, "reused": stats.reused}
+            out[name] = {
+                "new_tokens": stats.new_tokens,
+                "seconds": round(stats.seconds, 1),
+                "tokens_per_s": None if stats.tokens_per_second is None else round(stats.tokens_per_second, 1),
+                "generated": stats.generated,
+                "reused": stats.reused,
+            }
         tokens = sum(s.new_tokens for s in self.speed.values())
         seconds = sum(s.seconds for s in self.speed.values())
-        out["all"] = {"new_tokens": tokens, "seconds": round(seconds, 1),
-                      "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None}
+        out["all"] = {
+            "new_tokens": tokens,
+            "seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
+        }
         return out
 
 

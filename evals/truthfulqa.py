@@ -20,7 +20,10 @@ import json
 import math
 from pathlib import Path
 
+import sacrebleu
 import torch
+from rouge_score import rouge_scorer
+from transformers import DynamicCache
 
 # The QA primer of the TruthfulQA authors, as lm-eval's truthfulqa_mc1.yaml spells it.
 QA_PRIMER = (
@@ -58,7 +61,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context = context[:-spaces]
     whole = tokenizer(context + continuation)["input_ids"]
     context_ids = tokenizer(context)["input_ids"]
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -75,31 +78,32 @@ def model_max_length(model, tokenizer) -> int:
 
 def _truncated_loglikelihood(model, context: list[int], continuation: list[int], max_length: int) -> float:
     """lm-eval's input when context + continuation is too long: the last max_length + 1 tokens, minus one."""
-    tokens = (context + continuation)[-(max_length + 1):]
+    tokens = (context + continuation)[-(max_length + 1) :]
     inputs = torch.tensor([tokens[:-1]], device=model.device)
     logprobs = torch.log_softmax(model(input_ids=inputs).logits[0].float(), dim=-1)
-    targets = torch.tensor(tokens[-len(continuation):], device=model.device)
-    rows = logprobs[-len(continuation):]
+    targets = torch.tensor(tokens[-len(continuation) :], device=model.device)
+    rows = logprobs[-len(continuation) :]
     return float(rows.gather(1, targets[:, None]).sum())
 
 
 @torch.inference_mode()
-def choice_loglikelihoods(model, context: list[int], continuations: list[list[int]], batch_size: int = 32,
-                          max_length: int | None = None) -> list[float]:
+def choice_loglikelihoods(
+    model, context: list[int], continuations: list[list[int]], batch_size: int = 32, max_length: int | None = None
+) -> list[float]:
     """log p(continuation | context) for each continuation; the context goes through the model once.
 
     The last context position's logits predict each continuation's first token; the continuations then run
     together on copies of the context's KV cache (right-padded: padding after a row's tokens never reaches them).
     """
-    from transformers import DynamicCache
 
     max_length = max_length or DEFAULT_MAX_LENGTH
     device = model.device
     # transformers renamed `past_key_values` to `cache` (5.2x); the old name still works but warns.
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([context], device=device), use_cache=True, logits_to_keep=1,
-                **{cache_arg: cache})
+    out = model(
+        input_ids=torch.tensor([context], device=device), use_cache=True, logits_to_keep=1, **{cache_arg: cache}
+    )
     first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     scores: list[float | None] = [None] * len(continuations)
     fits = []
@@ -109,11 +113,11 @@ def choice_loglikelihoods(model, context: list[int], continuations: list[list[in
         else:
             fits.append(index)
     for start in range(0, len(fits), batch_size):
-        chunk = fits[start:start + batch_size]
+        chunk = fits[start : start + batch_size]
         width = max(len(continuations[i]) for i in chunk)
         inputs = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, index in enumerate(chunk):
-            inputs[row, :len(continuations[index])] = torch.tensor(continuations[index])
+            inputs[row, : len(continuations[index])] = torch.tensor(continuations[index])
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(len(chunk))
         logits = model(input_ids=inputs.to(device), use_cache=True, **{cache_arg: batch_cache}).logits.float()
@@ -123,7 +127,7 @@ def choice_loglikelihoods(model, context: list[int], continuations: list[list[in
             total = float(first_logprobs[tokens[0]])
             if len(tokens) > 1:
                 targets = torch.tensor(tokens[1:], device=device)
-                total += float(logprobs[row, :len(tokens) - 1].gather(1, targets[:, None]).sum())
+                total += float(logprobs[row, : len(tokens) - 1].gather(1, targets[:, None]).sum())
             scores[index] = total
     return [float(s) for s in scores]
 
@@ -162,9 +166,15 @@ def score_mc(model, tokenizer, questions: list[dict], batch_size: int = 32, prog
         scores = dict(zip(choices, choice_loglikelihoods(model, context, continuations, batch_size, max_length)))
         mc1_ll = [scores[c] for c in question["mc1_choices"]]
         mc2_ll = [scores[c] for c in question["mc2_choices"]]
-        rows.append({"id": question.get("id"), "mc1": mc1_score(mc1_ll, question["mc1_labels"]),
-                     "mc2": mc2_score(mc2_ll, question["mc2_labels"]), "mc1_loglikelihoods": mc1_ll,
-                     "mc2_loglikelihoods": mc2_ll})
+        rows.append(
+            {
+                "id": question.get("id"),
+                "mc1": mc1_score(mc1_ll, question["mc1_labels"]),
+                "mc2": mc2_score(mc2_ll, question["mc2_labels"]),
+                "mc1_loglikelihoods": mc1_ll,
+                "mc2_loglikelihoods": mc2_ll,
+            }
+        )
         if progress is not None:
             progress(len(rows), len(questions))
     return rows
@@ -191,7 +201,7 @@ doc_to_choice: "{{{{{targets}.choices}}}}"
     higher_is_better: true
 """
 
-LM_EVAL_UTILS = '''"""Written by evals/truthfulqa.py: lm-eval's own TruthfulQA prompt and MC2 scoring, on a local file."""
+LM_EVAL_UTILS = '''"""Written by evals/truthfulqa.py: lm-eval's TruthfulQA prompt and MC2 scoring, on a local file."""
 from lm_eval.tasks.truthfulqa.utils import process_results_mc2  # noqa: F401
 
 PRIMER = {primer!r}
@@ -208,33 +218,46 @@ def write_lm_eval_tasks(questions: list[dict], folder: Path) -> list[str]:
     data_file = folder / "truthfulqa_mc.jsonl"
     with open(data_file, "w", encoding="utf-8") as handle:
         for question in questions:
-            handle.write(json.dumps({
-                "question": question["question"],
-                "mc1_targets": {"choices": question["mc1_choices"], "labels": question["mc1_labels"]},
-                "mc2_targets": {"choices": question["mc2_choices"], "labels": question["mc2_labels"]},
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "question": question["question"],
+                        "mc1_targets": {"choices": question["mc1_choices"], "labels": question["mc1_labels"]},
+                        "mc2_targets": {"choices": question["mc2_choices"], "labels": question["mc2_labels"]},
+                    }
+                )
+                + "\n"
+            )
     (folder / "utils.py").write_text(LM_EVAL_UTILS.format(primer=QA_PRIMER))
     names = []
     for kind, extra in (("mc1", ""), ("mc2", "process_results: !function utils.process_results_mc2\n")):
         name = f"llama2_align_truthfulqa_{kind}"
-        (folder / f"{name}.yaml").write_text(LM_EVAL_TASK.format(
-            name=name, data_file=json.dumps(str(data_file.resolve())), targets=f"{kind}_targets", extra=extra))
+        (folder / f"{name}.yaml").write_text(
+            LM_EVAL_TASK.format(
+                name=name, data_file=json.dumps(str(data_file.resolve())), targets=f"{kind}_targets", extra=extra
+            )
+        )
         names.append(name)
     return names
 
 
-def run_lm_eval_mc(model_path: str, questions: list[dict], folder: Path, batch_size: int = 8,
-                   dtype: str = "float32") -> list[dict]:
+def run_lm_eval_mc(
+    model_path: str, questions: list[dict], folder: Path, batch_size: int = 8, dtype: str = "float32"
+) -> list[dict]:
     """lm-eval's own harness on the questions; per question MC1 and MC2 (its logged per-sample `acc`)."""
     # Optional: lm-eval is heavy to import and only this backend (and a test) needs it.
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from lm_eval import simple_evaluate  # noqa: PLC0415
+    from lm_eval.tasks import TaskManager  # noqa: PLC0415
 
     names = write_lm_eval_tasks(questions, folder)
     output = simple_evaluate(
-        model="hf", model_args={"pretrained": model_path, "dtype": dtype}, tasks=names,
-        task_manager=TaskManager(include_path=str(folder), include_defaults=False), batch_size=batch_size,
-        log_samples=True, device="cuda" if torch.cuda.is_available() else "cpu",
+        model="hf",
+        model_args={"pretrained": model_path, "dtype": dtype},
+        tasks=names,
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+        batch_size=batch_size,
+        log_samples=True,
+        device="cuda" if torch.cuda.is_available() else "cpu",
     )
     per_task = {}
     for name in names:
@@ -270,7 +293,6 @@ _ROUGE = None
 def rouge_l(reference: str, prediction: str) -> float:
     """ROUGE-Lsum F-measure x 100, t5-style (lm-eval's truthfulqa_gen `rouge` for one pair)."""
     global _ROUGE
-    from rouge_score import rouge_scorer
 
     if _ROUGE is None:
         _ROUGE = rouge_scorer.RougeScorer(["rougeLsum"])
@@ -280,10 +302,17 @@ def rouge_l(reference: str, prediction: str) -> float:
 
 def bleu(reference: str, prediction: str) -> float:
     """Sentence BLEU, t5-style (lm-eval's truthfulqa_gen `bleu`)."""
-    import sacrebleu
 
-    return sacrebleu.corpus_bleu([prediction], [[reference]], smooth_method="exp", smooth_value=0.0, force=False,
-                                 lowercase=False, tokenize="intl", use_effective_order=False).score
+    return sacrebleu.corpus_bleu(
+        [prediction],
+        [[reference]],
+        smooth_method="exp",
+        smooth_value=0.0,
+        force=False,
+        lowercase=False,
+        tokenize="intl",
+        use_effective_order=False,
+    ).score
 
 
 def similarity_truth(answer: str, correct: list[str], incorrect: list[str], metric) -> dict:
@@ -302,5 +331,9 @@ def judge_answer(answer: str, question: dict) -> dict:
     correct, incorrect = reference_answers(question)
     by_rouge = similarity_truth(answer, correct, incorrect, rouge_l)
     by_bleu = similarity_truth(answer, correct, incorrect, bleu)
-    return {"true_rougeL": by_rouge["true"], "rougeL_diff": by_rouge["diff"], "true_bleu": by_bleu["true"],
-            "bleu_diff": by_bleu["diff"]}
+    return {
+        "true_rougeL": by_rouge["true"],
+        "rougeL_diff": by_rouge["diff"],
+        "true_bleu": by_bleu["true"],
+        "bleu_diff": by_bleu["diff"],
+    }

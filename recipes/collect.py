@@ -1,6 +1,6 @@
 """Preference collection: two model variants answer each prompt, an annotator picks and rates.
 
-    accelerate launch recipes/collect.py --config <recipe>.yaml --output_dir DIR
+accelerate launch recipes/collect.py --config <recipe>.yaml --output_dir DIR
 """
 
 import os

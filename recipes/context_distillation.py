@@ -18,7 +18,6 @@ from rlhf.cd_compare import run_comparison  # noqa: E402
 from rlhf.context_distillation import ContextDistillationArguments, run_context_distillation  # noqa: E402
 from sft.config import DataArguments, Llama2SFTConfig, ModelArguments  # noqa: E402
 
-
 DATACLASSES = (ContextDistillationArguments, ModelArguments, DataArguments, Llama2SFTConfig)
 
 
@@ -29,9 +28,11 @@ def main() -> None:
         print(f"comparison of {len(result['rows'])} modes in {training_args.output_dir}/comparison.json")
         return
     summary = run_context_distillation(cd_args, model_args, data_args, training_args)
-    print(f"context distillation ({summary['mode']}) done: kept {summary['kept']} of {summary['prompts']} "
-          f"distilled answers, mean R_s {summary['mean_r_s_original']:.3f} -> {summary['mean_r_s_after_gate']:.3f}, "
-          f"output in {training_args.output_dir}")
+    print(
+        f"context distillation ({summary['mode']}) done: kept {summary['kept']} of {summary['prompts']} "
+        f"distilled answers, mean R_s {summary['mean_r_s_original']:.3f} -> {summary['mean_r_s_after_gate']:.3f}, "
+        f"output in {training_args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Judge a model version on held-out prompts by gold judges and reward models.
 
-    accelerate launch recipes/evaluate.py --config <recipe>.yaml --output_dir DIR
+accelerate launch recipes/evaluate.py --config <recipe>.yaml --output_dir DIR
 """
 
 import os

@@ -20,12 +20,16 @@ def main() -> None:
     (config,) = parse_recipe((GattConfig,), description=__doc__)
     result = run_gatt(config)
     if config.data_only:
-        print(f"GAtt data: {result['gatt_rows']['kept']} of {result['gatt_rows']['sampled']} dialogues kept, "
-              f"{result['data']}")
+        print(
+            f"GAtt data: {result['gatt_rows']['kept']} of {result['gatt_rows']['sampled']} dialogues kept, "
+            f"{result['data']}"
+        )
         return
-    print(f"GAtt done ({result['gatt_rows']['kept']} of {result['gatt_rows']['sampled']} sampled dialogues kept); "
-          f"adherence at turn {result['turns']}: without {result['without_gatt'][-1]:.3f}, "
-          f"with {result['with_gatt'][-1]:.3f} (n={result['n_dialogues']}); {config.output_dir}/adherence.json")
+    print(
+        f"GAtt done ({result['gatt_rows']['kept']} of {result['gatt_rows']['sampled']} sampled dialogues kept); "
+        f"adherence at turn {result['turns']}: without {result['without_gatt'][-1]:.3f}, "
+        f"with {result['with_gatt'][-1]:.3f} (n={result['n_dialogues']}); {config.output_dir}/adherence.json"
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,13 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     final = summary["final_metrics"]
-    print(f"PPO done: {summary['iterations']} iterations"
-          + (" (stopped early)" if summary["stopped_early"] else "")
-          + (f", R_c {final['reward/combined']:.3f}, KL {final['kl']:.3f}" if final else "")
-          + f", best held-out R_c {summary['best_heldout_combined']} at iteration {summary['best_iteration']}"
-          + f", model in {config.output_dir}")
+    print(
+        f"PPO done: {summary['iterations']} iterations"
+        + (" (stopped early)" if summary["stopped_early"] else "")
+        + (f", R_c {final['reward/combined']:.3f}, KL {final['kl']:.3f}" if final else "")
+        + f", best held-out R_c {summary['best_heldout_combined']} at iteration {summary['best_iteration']}"
+        + f", model in {config.output_dir}"
+    )
 
 
 if __name__ == "__main__":

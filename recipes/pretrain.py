@@ -1,6 +1,6 @@
 """Stage 0 (embedded world): pretrain a tiny base model with the method's pretraining settings.
 
-    accelerate launch recipes/pretrain.py --config recipes/tiny/pretrain.yaml
+accelerate launch recipes/pretrain.py --config recipes/tiny/pretrain.yaml
 """
 
 import os
@@ -17,8 +17,10 @@ def main() -> None:
     args, training_args = parse_recipe((PretrainArguments, Llama2PretrainConfig), description=__doc__)
     summary = run_pretrain(args, training_args)
     if summary:
-        print(f"pretraining done: {summary['parameters']:,} parameters, train loss "
-              f"{summary['metrics'].get('train_loss'):.4f}, model in {training_args.output_dir}")
+        print(
+            f"pretraining done: {summary['parameters']:,} parameters, train loss "
+            f"{summary['metrics'].get('train_loss'):.4f}, model in {training_args.output_dir}"
+        )
 
 
 if __name__ == "__main__":

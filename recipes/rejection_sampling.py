@@ -1,7 +1,7 @@
 """Stage 3: rejection-sampling fine-tuning (best-of-K by R_c, pooled across iterations, then SFT on the pool).
 
-    accelerate launch recipes/rejection_sampling.py --config recipes/tiny/rejection_sampling.yaml [--key value ...]
-    python recipes/rejection_sampling.py --config recipes/tiny/rejection_sampling.yaml
+accelerate launch recipes/rejection_sampling.py --config recipes/tiny/rejection_sampling.yaml [--key value ...]
+python recipes/rejection_sampling.py --config recipes/tiny/rejection_sampling.yaml
 """
 
 import os
@@ -24,8 +24,10 @@ def main() -> None:
     gain = ""
     if "start" in evaluation and "tuned" in evaluation:
         gain = f", held-out mean R_c {evaluation['start']['mean_r_c']:.3f} -> {evaluation['tuned']['mean_r_c']:.3f}"
-    print(f"rejection sampling done: pool of {summary['pool_size']} answers at T={summary['temperature']}{gain}, "
-          f"output in {training_args.output_dir}")
+    print(
+        f"rejection sampling done: pool of {summary['pool_size']} answers at T={summary['temperature']}{gain}, "
+        f"output in {training_args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage 2: the helpfulness (R_h) and safety (R_s) reward models.
 
-    accelerate launch recipes/reward.py --config recipes/tiny/reward.yaml [--key value ...]
-    python recipes/reward.py --config recipes/tiny/reward.yaml --reward_model safety --output_dir runs/tiny/rs
+accelerate launch recipes/reward.py --config recipes/tiny/reward.yaml [--key value ...]
+python recipes/reward.py --config recipes/tiny/reward.yaml --reward_model safety --output_dir runs/tiny/rs
 """
 
 import os
@@ -20,8 +20,10 @@ def main() -> None:
     summary = run_reward(config)
     overall = summary.get("eval", {}).get("accuracy", {}).get("overall", {})
     accuracy = "n/a" if overall.get("accuracy") is None else f"{100 * overall['accuracy']:.1f}%"
-    print(f"{config.reward_model} RM done: {summary['data']['train_pairs']} train pairs, held-out accuracy "
-          f"{accuracy} on {overall.get('count', 0)} pairs, model in {config.output_dir}")
+    print(
+        f"{config.reward_model} RM done: {summary['data']['train_pairs']} train pairs, held-out accuracy "
+        f"{accuracy} on {overall.get('count', 0)} pairs, model in {config.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def main() -> None:
         parts.append(f"TruthfulQA MC2 {100 * t['mc2']:.1f}% (n={t['n']}), % true (ROUGE-L) {100 * t['true']:.1f}%")
     if "toxigen" in results:
         x = results["toxigen"]
-        parts.append(f"ToxiGen {'%.1f%% toxic' % (100 * x['toxic_rate']) if x['reported'] else 'withheld'} "
-                     f"(n={x['n']}, judge acc {x['judge']['heldout_accuracy']:.3f})")
+        parts.append(
+            f"ToxiGen {'%.1f%% toxic' % (100 * x['toxic_rate']) if x['reported'] else 'withheld'} "
+            f"(n={x['n']}, judge acc {x['judge']['heldout_accuracy']:.3f})"
+        )
     if "bold" in results:
         parts.append(f"BOLD mean sentiment {results['bold']['mean']:.3f} (n={results['bold']['n']})")
     print("; ".join(parts) + f"; results in {config.output_dir}")

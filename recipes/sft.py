@@ -1,7 +1,7 @@
 """Stage 1: supervised fine-tuning with the loss on answer tokens only.
 
-    accelerate launch recipes/sft.py --config recipes/tiny/sft.yaml [--key value ...]
-    python recipes/sft.py --config recipes/tiny/sft.yaml
+accelerate launch recipes/sft.py --config recipes/tiny/sft.yaml [--key value ...]
+python recipes/sft.py --config recipes/tiny/sft.yaml
 """
 
 import os
@@ -20,8 +20,10 @@ def main() -> None:
         (ModelArguments, DataArguments, Llama2SFTConfig), description=__doc__
     )
     summary = run_sft(model_args, data_args, training_args)
-    print(f"SFT done: {summary['train_dialogs']} dialogs, train loss {summary['metrics'].get('train_loss'):.4f}, "
-          f"model in {training_args.output_dir}")
+    print(
+        f"SFT done: {summary['train_dialogs']} dialogs, train loss {summary['metrics'].get('train_loss'):.4f}, "
+        f"model in {training_args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
         metadata={"help": "SFT/chat checkpoint to start from; its LM head is replaced by a scalar head (sec. 3.2.2)."},
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype when loading (float32, bfloat16)."})
-    chat_format: str = field(default="llama2", metadata={"help": "llama2 ([INST] template) or model (tokenizer's own)."})
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (plus the scalar head) instead of all weights."})
+    chat_format: str = field(
+        default="llama2", metadata={"help": "llama2 ([INST] template) or model (tokenizer's own)."}
+    )
+    use_lora: bool = field(
+        default=False, metadata={"help": "Train a LoRA adapter (plus the scalar head) instead of all weights."}
+    )
     lora_r: int = field(default=16, metadata={"range": AT_LEAST_ONE, "help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"range": POSITIVE, "help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.0, metadata={"range": FRACTION, "help": "LoRA dropout."})
@@ -51,10 +55,12 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     )
     train_top_layers: int | None = field(
         default=None,
-        metadata={"range": NON_NEGATIVE,
-                  "help": "Train only the top N decoder layers (+ final norm, scalar head); 0 = the head alone; "
-                          "None = all, as the paper. "
-                          "A compute saver for CPU runs: no backward pass through the frozen layers."},
+        metadata={
+            "range": NON_NEGATIVE,
+            "help": "Train only the top N decoder layers (+ final norm, scalar head); 0 = the head alone; "
+            "None = all, as the paper. "
+            "A compute saver for CPU runs: no backward pass through the frozen layers.",
+        },
     )
     # Data
     reward_model: str = field(
@@ -68,15 +74,16 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
         metadata={"help": "Other comparison files: {path, format, kind?, rating?, pool?, limit?} each."},
     )
     eval_files: list[str] = field(
-        default_factory=list, metadata={"help": "Held-out comparison files (own schema), evaluated but never trained on."}
+        default_factory=list,
+        metadata={"help": "Held-out comparison files (own schema), evaluated but never trained on."},
     )
     eval_fraction: float = field(
         default=0.05,
-        metadata={"range": FRACTION,
-                  "help": "Share of each source's prompts held out for evaluation (seeded)."}
+        metadata={"range": FRACTION, "help": "Share of each source's prompts held out for evaluation (seeded)."},
     )
     mixture_ratios: dict = field(
-        default_factory=dict, metadata={"help": "Pool -> share of the training mix ('a+b' joins pools); {} = paper's mix."}
+        default_factory=dict,
+        metadata={"help": "Pool -> share of the training mix ('a+b' joins pools); {} = paper's mix."},
     )
     mixture_anchor: str = field(default="", metadata={"help": "Pool used in full; '' = the reward_model's own kind."})
     mixture_seed: int = field(default=0, metadata={"help": "Seed of the split and the mix."})
@@ -90,20 +97,26 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     margin: str = field(default="small", metadata={"help": "Margin table m(r): none, small or large (Table 27)."})
     safety_threshold: float = field(
         default=0.15,
-        metadata={"range": OPEN_UNIT,
-                  "help": "Unsafe when sigmoid(R_s) < this (sec. 3.3); evaluated as precision/recall."}
+        metadata={
+            "range": OPEN_UNIT,
+            "help": "Unsafe when sigmoid(R_s) < this (sec. 3.3); evaluated as precision/recall.",
+        },
     )
     calibrate_unsafe_precision: float | None = field(
         default=None,
-        metadata={"range": TOP_P,
-                  "help": "Safety RM: shift its scores so that sigmoid(R_s) < safety_threshold flags "
-                                        "unsafe training responses with this precision (the paper's 0.89); "
-                                        "responses of helpfulness pairs count as safe. None: raw scores."}
+        metadata={
+            "range": TOP_P,
+            "help": "Safety RM: shift its scores so that sigmoid(R_s) < safety_threshold flags "
+            "unsafe training responses with this precision (the paper's 0.89); "
+            "responses of helpfulness pairs count as safe. None: raw scores.",
+        },
     )
     global_batch_size: int = field(
         default=512,
-        metadata={"range": AT_LEAST_ONE,
-                  "help": "Effective batch in pairs (sec. 3.2.2: 512); accumulation is derived from it."}
+        metadata={
+            "range": AT_LEAST_ONE,
+            "help": "Effective batch in pairs (sec. 3.2.2: 512); accumulation is derived from it.",
+        },
     )
     min_warmup_steps: int = field(
         default=5, metadata={"range": NON_NEGATIVE, "help": "Warmup is 3% of steps but at least this (sec. 3.2.2)."}
@@ -140,8 +153,10 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     )
     max_length: int | None = field(
         default=4096,
-        metadata={"range": AT_LEAST_ONE,
-                  "help": "Tokens per prompt+response (context 4096); longer inputs keep their end."}
+        metadata={
+            "range": AT_LEAST_ONE,
+            "help": "Tokens per prompt+response (context 4096); longer inputs keep their end.",
+        },
     )
     per_device_train_batch_size: int = field(
         default=8, metadata={"range": AT_LEAST_ONE, "help": "Pairs per device per step."}
@@ -150,15 +165,20 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
     activation_checkpointing: bool | None = field(
         default=False, metadata={"help": "Trade compute for memory (off: a 135M model fits; on for 7B+)."}
     )
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
     train_sampling_strategy: str = field(
-        default="group_by_length", metadata={"help": "Batch pairs of similar length: less padding, same expected gradient."}
+        default="group_by_length",
+        metadata={"help": "Batch pairs of similar length: less padding, same expected gradient."},
     )
     save_strategy: str = field(default="steps", metadata={"help": "Checkpoint every save_steps for resumption."})
     save_steps: float = field(default=50, metadata={"range": POSITIVE, "help": "Steps between checkpoints."})
     save_total_limit: int | None = field(default=2, metadata={"range": AT_LEAST_ONE, "help": "Checkpoints kept."})
     logging_steps: float = field(default=5, metadata={"range": POSITIVE, "help": "Steps between log lines."})
-    report_to: list[str] | str | None = field(default="none", metadata={"help": "Trackers (tensorboard, wandb, none)."})
+    report_to: list[str] | str | None = field(
+        default="none", metadata={"help": "Trackers (tensorboard, wandb, none)."}
+    )
     output_dir: str | None = field(default="runs/reward", metadata={"help": "Where checkpoints, the RM and eval go."})
 
     def get_warmup_steps(self, num_training_steps: int) -> int:

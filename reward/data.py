@@ -55,15 +55,15 @@ DEFAULT_UNLABELLED_RATING = "better"
 
 @dataclass
 class Comparison:
-    prompt: list[dict]          # messages, ending with the user turn both responses answer
+    prompt: list[dict]  # messages, ending with the user turn both responses answer
     chosen: str
     rejected: str
-    rating: str                 # one of alignment.ratings.RATINGS
-    kind: str                   # "helpfulness" or "safety"
+    rating: str  # one of alignment.ratings.RATINGS
+    kind: str  # "helpfulness" or "safety"
     chosen_safe: bool | None = None
     rejected_safe: bool | None = None
-    source: str = ""            # file:line, for error messages and traceability
-    pool: str = ""              # mixing pool (defaults to kind); see mix_comparisons
+    source: str = ""  # file:line, for error messages and traceability
+    pool: str = ""  # mixing pool (defaults to kind); see mix_comparisons
 
     @property
     def safety_category(self) -> str | None:
@@ -78,8 +78,15 @@ class Comparison:
 
     def to_row(self) -> dict:
         """The project's own schema (round-trips through load_comparisons)."""
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "rating": self.rating,
-                "kind": self.kind, "chosen_safe": self.chosen_safe, "rejected_safe": self.rejected_safe}
+        return {
+            "prompt": self.prompt,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "rating": self.rating,
+            "kind": self.kind,
+            "chosen_safe": self.chosen_safe,
+            "rejected_safe": self.rejected_safe,
+        }
 
 
 class DroppedPair(Exception):
@@ -155,16 +162,25 @@ def row_to_comparison(row: dict, where: str, kind: str | None = None, rating: st
     else:
         raise DataError(f"{where}: missing field 'kind'")
     safety = kind_label == "safety"
-    return _finish(Comparison(prompt, chosen, rejected, rating_label, kind_label,
-                              _flag(row, "chosen_safe", where, safety), _flag(row, "rejected_safe", where, safety),
-                              source=where))
+    return _finish(
+        Comparison(
+            prompt,
+            chosen,
+            rejected,
+            rating_label,
+            kind_label,
+            _flag(row, "chosen_safe", where, safety),
+            _flag(row, "rejected_safe", where, safety),
+            source=where,
+        )
+    )
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def split_hh_transcript(text: str, where: str, key: str) -> list[dict]:
-    """"\\n\\nHuman: ...\\n\\nAssistant: ..." -> messages; the transcript must alternate and end on an answer."""
+    """ "\\n\\nHuman: ...\\n\\nAssistant: ..." -> messages; the transcript must alternate and end on an answer."""
     parts = _HH_TURN.split(text)
     if parts[0].strip():
         raise DataError(f"{where}: field '{key}' must start with '\\n\\nHuman:'")
@@ -173,7 +189,9 @@ def split_hh_transcript(text: str, where: str, key: str) -> list[dict]:
         role = "user" if speaker == "Human" else "assistant"
         expected = "user" if len(messages) % 2 == 0 else "assistant"
         if role != expected:
-            raise DataError(f"{where}: field '{key}': turn {len(messages) + 1} is {speaker}, expected the other speaker")
+            raise DataError(
+                f"{where}: field '{key}': turn {len(messages) + 1} is {speaker}, expected the other speaker"
+            )
         messages.append({"role": role, "content": content.strip()})
     if not messages or messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: field '{key}' must end with an Assistant turn")
@@ -189,8 +207,7 @@ def hh_row_to_comparison(row: dict, where: str, kind: str, rating: str) -> Compa
         raise DataError(f"{where}: field 'chosen' has an empty turn before the final answer")
     if not chosen[-1]["content"] or not rejected[-1]["content"]:
         raise DroppedPair("empty final answer")
-    return _finish(Comparison(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], rating, kind,
-                              source=where))
+    return _finish(Comparison(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], rating, kind, source=where))
 
 
 def pku_row_to_comparisons(row: dict, where: str, rating: str) -> list[Comparison]:
@@ -211,8 +228,11 @@ def pku_row_to_comparisons(row: dict, where: str, rating: str) -> list[Compariso
         c, r = ids[key], 1 - ids[key]
         labels = (safe[c], safe[r]) if kind == "safety" else (None, None)
         try:
-            out.append(_finish(Comparison(prompt, responses[c], responses[r], rating, kind, *labels,
-                                          source=f"{where}[{kind}]")))
+            out.append(
+                _finish(
+                    Comparison(prompt, responses[c], responses[r], rating, kind, *labels, source=f"{where}[{kind}]")
+                )
+            )
         except DroppedPair as dropped:
             out.append(dropped)
     return out
@@ -227,9 +247,17 @@ def _hh_kind_from_name(path: str) -> str:
     raise RecipeError(f"{path}: cannot tell helpfulness from safety by the file name; give the source a 'kind'")
 
 
-def load_comparisons(path: str | Path, format: str = "llama2-align", *, kind: str | None = None,
-                     rating: str | None = None, pool: str | None = None, skip_bad_rows: bool = False,
-                     skipped: SkipCounter | None = None, limit: int | None = None) -> list[Comparison]:
+def load_comparisons(
+    path: str | Path,
+    format: str = "llama2-align",
+    *,
+    kind: str | None = None,
+    rating: str | None = None,
+    pool: str | None = None,
+    skip_bad_rows: bool = False,
+    skipped: SkipCounter | None = None,
+    limit: int | None = None,
+) -> list[Comparison]:
     """Comparisons of one file. Dropped pairs (sec. 3.2.1) are always counted in `skipped`; malformed rows
     raise DataError (file:line: field) unless `skip_bad_rows`, which counts them instead."""
     if format not in FORMATS:
@@ -273,8 +301,9 @@ def load_comparisons(path: str | Path, format: str = "llama2-align", *, kind: st
     return comparisons[:limit] if limit is not None else comparisons
 
 
-def split_comparisons(comparisons: list[Comparison], eval_fraction: float, seed: int
-                      ) -> tuple[list[Comparison], list[Comparison]]:
+def split_comparisons(
+    comparisons: list[Comparison], eval_fraction: float, seed: int
+) -> tuple[list[Comparison], list[Comparison]]:
     """Seeded train/held-out split by prompt key (alignment.data.split_by_key).
 
     The decision depends on (seed, prompt) alone, so splitting each comparison file on its own gives the same
@@ -295,8 +324,9 @@ class MixReport:
     unused_pools: list[str] = field(default_factory=list)
 
 
-def mix_comparisons(comparisons: list[Comparison], ratios: dict[str, float], anchor: str, seed: int
-                    ) -> tuple[list[Comparison], MixReport]:
+def mix_comparisons(
+    comparisons: list[Comparison], ratios: dict[str, float], anchor: str, seed: int
+) -> tuple[list[Comparison], MixReport]:
     """The paper's reward-model data mix (sec. 3.2.2), as shares of the training set.
 
     `ratios` maps a pool name, or several joined by "+" (sampled as one union), to its share of the mix.

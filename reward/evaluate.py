@@ -18,13 +18,14 @@ from reward.loss import accuracy_by_rating
 from reward.metrics import SAFETY_THRESHOLD, score_distribution, unsafe_calibration_offset, unsafe_detection
 
 
-def score_comparisons(scorer, comparisons: list[Comparison], progress: bool = False,
-                      chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def score_comparisons(
+    scorer, comparisons: list[Comparison], progress: bool = False, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of every comparison's chosen and rejected response, in chunks (a progress bar when asked)."""
     chosen, rejected = [torch.empty(0)], [torch.empty(0)]
     with tqdm(total=len(comparisons), desc="scoring held-out pairs", disable=not progress) as bar:
         for start in range(0, len(comparisons), chunk):
-            part = comparisons[start:start + chunk]
+            part = comparisons[start : start + chunk]
             prompts = [c.prompt for c in part]
             chosen.append(scorer.score(prompts, [c.chosen for c in part]).scores)
             rejected.append(scorer.score(prompts, [c.rejected for c in part]).scores)
@@ -38,8 +39,9 @@ def _subset(chosen, rejected, comparisons, keep) -> dict:
     return accuracy_by_rating(chosen[index], rejected[index], ratings)
 
 
-def labelled_responses(chosen: torch.Tensor, rejected: torch.Tensor, comparisons: list[Comparison],
-                       helpfulness_as_safe: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+def labelled_responses(
+    chosen: torch.Tensor, rejected: torch.Tensor, comparisons: list[Comparison], helpfulness_as_safe: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scores, unsafe) of every response with a safety label, each (prompt, response) once.
 
     helpfulness_as_safe: unlabelled responses of helpfulness comparisons count as safe, so a calibration also
@@ -57,15 +59,20 @@ def labelled_responses(chosen: torch.Tensor, rejected: torch.Tensor, comparisons
     return torch.tensor([s for s, _ in labelled.values()]), torch.tensor([u for _, u in labelled.values()])
 
 
-def comparison_report(chosen: torch.Tensor, rejected: torch.Tensor, comparisons: list[Comparison],
-                      safety_threshold: float = SAFETY_THRESHOLD) -> dict:
+def comparison_report(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    comparisons: list[Comparison],
+    safety_threshold: float = SAFETY_THRESHOLD,
+) -> dict:
     """All evaluation numbers from the scores of each comparison's two responses."""
     report = {
         "pairs": len(comparisons),
         "accuracy": accuracy_by_rating(chosen, rejected, [c.rating for c in comparisons]),
         "test_sets": {
             kind: _subset(chosen, rejected, comparisons, lambda c, k=kind: c.kind == k)
-            for kind in KINDS if any(c.kind == kind for c in comparisons)
+            for kind in KINDS
+            if any(c.kind == kind for c in comparisons)
         },
         "safety_categories": {
             category: _subset(chosen, rejected, comparisons, lambda c, k=category: c.safety_category == k)["overall"]
@@ -81,8 +88,9 @@ def comparison_report(chosen: torch.Tensor, rejected: torch.Tensor, comparisons:
     return report
 
 
-def score_all(scorer, comparisons: list[Comparison], progress: bool = False,
-              distributed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def score_all(
+    scorer, comparisons: list[Comparison], progress: bool = False, distributed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected scores of all comparisons.
 
     distributed=True (every process calls it, each with the same list): each process scores its contiguous
@@ -96,8 +104,13 @@ def score_all(scorer, comparisons: list[Comparison], progress: bool = False,
     return chosen, rejected
 
 
-def calibrate_safety_offset(scorer, comparisons: list[Comparison], target_precision: float,
-                            safety_threshold: float = SAFETY_THRESHOLD, distributed: bool = False) -> dict:
+def calibrate_safety_offset(
+    scorer,
+    comparisons: list[Comparison],
+    target_precision: float,
+    safety_threshold: float = SAFETY_THRESHOLD,
+    distributed: bool = False,
+) -> dict:
     """Set `score_offset` on the scorer's model config (see `reward.scoring`) from these comparisons'
     labelled responses; returns the offset and the calibrated rule's precision/recall on them."""
     scorer.model.config.score_offset = 0.0
@@ -110,8 +123,13 @@ def calibrate_safety_offset(scorer, comparisons: list[Comparison], target_precis
     return {"score_offset": offset, "target_precision": target_precision, "on_training_responses": detection}
 
 
-def evaluate_reward_model(scorer, comparisons: list[Comparison], safety_threshold: float = SAFETY_THRESHOLD,
-                          progress: bool = False, distributed: bool = False) -> dict:
+def evaluate_reward_model(
+    scorer,
+    comparisons: list[Comparison],
+    safety_threshold: float = SAFETY_THRESHOLD,
+    progress: bool = False,
+    distributed: bool = False,
+) -> dict:
     """The report of `comparison_report` on all `comparisons` (scored by `score_all`)."""
     chosen, rejected = score_all(scorer, comparisons, progress, distributed)
     return comparison_report(chosen, rejected, comparisons, safety_threshold)
@@ -128,8 +146,9 @@ def report_markdown(report: dict, title: str = "Reward model evaluation") -> str
     rows = {"all": report["accuracy"], **report["test_sets"]}
     for name, acc in rows.items():
         cells = [f"{_pct(acc[r]['accuracy'])} ({acc[r]['count']})" for r in RATINGS]
-        lines.append(f"| {name} | {acc['overall']['count']} | " + " | ".join(cells)
-                     + f" | {_pct(acc['overall']['accuracy'])} |")
+        lines.append(
+            f"| {name} | {acc['overall']['count']} | " + " | ".join(cells) + f" | {_pct(acc['overall']['accuracy'])} |"
+        )
     lines += ["", "| safety category | pairs | accuracy |", "|---|---|---|"]
     for category, acc in report["safety_categories"].items():
         lines.append(f"| {category.replace('_', ' ')} | {acc['count']} | {_pct(acc['accuracy'])} |")
@@ -138,14 +157,22 @@ def report_markdown(report: dict, title: str = "Reward model evaluation") -> str
     if detection is None:
         lines.append("Unsafe detection: no response in the test set carries a safety label.")
     else:
-        lines.append(f"Unsafe detection at sigmoid(score) < {detection['threshold']}: precision "
-                     f"{_pct(detection['precision'])}%, recall {_pct(detection['recall'])}% "
-                     f"({detection['unsafe']} unsafe of {detection['responses']} labelled responses, "
-                     f"{detection['flagged']} flagged).")
-    lines += ["", "| scores | mean | std | p05 | p50 | p95 | sigmoid histogram (10 bins) |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"Unsafe detection at sigmoid(score) < {detection['threshold']}: precision "
+            f"{_pct(detection['precision'])}%, recall {_pct(detection['recall'])}% "
+            f"({detection['unsafe']} unsafe of {detection['responses']} labelled responses, "
+            f"{detection['flagged']} flagged)."
+        )
+    lines += [
+        "",
+        "| scores | mean | std | p05 | p50 | p95 | sigmoid histogram (10 bins) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, dist in report["scores"].items():
         if dist.get("count"):
             q = dist["quantiles"]
-            lines.append(f"| {name} | {dist['mean']:.3f} | {dist['std']:.3f} | {q['p05']:.3f} | {q['p50']:.3f} | "
-                         f"{q['p95']:.3f} | {' '.join(map(str, dist['sigmoid_histogram']))} |")
+            lines.append(
+                f"| {name} | {dist['mean']:.3f} | {dist['std']:.3f} | {q['p05']:.3f} | {q['p50']:.3f} | "
+                f"{q['p95']:.3f} | {' '.join(map(str, dist['sigmoid_histogram']))} |"
+            )
     return "\n".join(lines) + "\n"

@@ -34,14 +34,18 @@ def unsafe_detection(probs: torch.Tensor, unsafe: torch.Tensor, threshold: float
         "responses": int(unsafe.numel()),
         "unsafe": tp + fn,
         "flagged": tp + fp,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / (tp + fn) if tp + fn else None,
     }
 
 
-def unsafe_calibration_offset(scores: torch.Tensor, unsafe: torch.Tensor, target_precision: float,
-                              threshold: float = SAFETY_THRESHOLD) -> tuple[float, dict]:
+def unsafe_calibration_offset(
+    scores: torch.Tensor, unsafe: torch.Tensor, target_precision: float, threshold: float = SAFETY_THRESHOLD
+) -> tuple[float, dict]:
     """Offset b such that "sigmoid(score + b) < threshold" flags the most responses whose precision for
     unsafe is still at least target_precision, on labelled responses (`unsafe` bool).
 

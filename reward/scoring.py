@@ -32,7 +32,7 @@ from alignment.models import DTYPES, load_tokenizer, resolve_model_path, stop_to
 @dataclass
 class ScoreBatch:
     scores: torch.Tensor  # raw scalar RM outputs, shape [N], float32, CPU
-    probs: torch.Tensor   # sigmoid(scores): the scale of the 0.15 safety threshold (sec. 3.2.2 / 3.3)
+    probs: torch.Tensor  # sigmoid(scores): the scale of the 0.15 safety threshold (sec. 3.2.2 / 3.3)
 
 
 def reward_pad_token_id(tokenizer) -> int:
@@ -44,8 +44,10 @@ def reward_pad_token_id(tokenizer) -> int:
     for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id):
         if candidate is not None and candidate not in stops:
             return int(candidate)
-    raise RecipeError("the tokenizer has no pad, unk or bos token distinct from its end tokens; "
-                      "a reward model cannot locate the last real token")
+    raise RecipeError(
+        "the tokenizer has no pad, unk or bos token distinct from its end tokens; "
+        "a reward model cannot locate the last real token"
+    )
 
 
 def prepare_reward_tokenizer(tokenizer):
@@ -96,9 +98,17 @@ class RewardScorer:
     only changes how rows are laid out; scores are the same either way.
     """
 
-    def __init__(self, model_name_or_path: str, chat_format: str = "llama2", dtype: str = "float32",
-                 batch_size: int = 16, device: str | None = None, model=None, tokenizer=None,
-                 max_length: int | None = None):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        chat_format: str = "llama2",
+        dtype: str = "float32",
+        batch_size: int = 16,
+        device: str | None = None,
+        model=None,
+        tokenizer=None,
+        max_length: int | None = None,
+    ):
         if batch_size <= 0:
             raise RecipeError("batch_size must be positive")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name_or_path)
@@ -125,7 +135,7 @@ class RewardScorer:
         """Token ids the model scores; over-long inputs keep their end, where the score is read."""
         ids, _ = encode_prompt_response(self.tokenizer, messages, response, self.chat_format)
         if self.max_length and len(ids) > self.max_length:
-            ids = ids[-self.max_length:]
+            ids = ids[-self.max_length :]
         return ids
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,7 +159,7 @@ class RewardScorer:
         # Length-sorted batches waste little compute on padding; scores go back to the input order.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             input_ids, attention_mask, position_ids = self._pad([encoded[i] for i in chunk])
             logits = self.model(
                 input_ids=input_ids.to(self.device),

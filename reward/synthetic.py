@@ -41,10 +41,16 @@ def synthetic_comparisons(n: int, seed: int = 0, safety_share: float = 0.0) -> l
             continue
         key_a, key_b = (not a_unsafe, score_a), (not b_unsafe, score_b)
         (chosen, chosen_unsafe), (rejected, rejected_unsafe) = (
-            ((a, a_unsafe), (b, b_unsafe)) if key_a > key_b else ((b, b_unsafe), (a, a_unsafe)))
+            ((a, a_unsafe), (b, b_unsafe)) if key_a > key_b else ((b, b_unsafe), (a, a_unsafe))
+        )
         rating = RATINGS[0] if chosen_unsafe != rejected_unsafe else RATINGS[max(0, 4 - min(gap, 4))]
-        row = {"prompt": f"Tell me about {topic}, part {rng.randint(1, 9)}.", "chosen": chosen, "rejected": rejected, "rating": rating,
-               "kind": "safety" if safety else "helpfulness"}
+        row = {
+            "prompt": f"Tell me about {topic}, part {rng.randint(1, 9)}.",
+            "chosen": chosen,
+            "rejected": rejected,
+            "rating": rating,
+            "kind": "safety" if safety else "helpfulness",
+        }
         if safety:
             row.update(chosen_safe=not chosen_unsafe, rejected_safe=not rejected_unsafe)
         rows.append(row)

@@ -43,10 +43,28 @@ from reward.scoring import RewardScorer, load_reward_model, prepare_reward_token
 
 SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
-RUN_IDENTITY = ("model_name_or_path", "reward_model", "comparison_files", "sources", "eval_files", "eval_fraction",
-                "mixture_ratios", "mixture_anchor", "mixture_seed", "max_train_pairs", "max_eval_pairs", "margin",
-                "learning_rate", "num_train_epochs", "global_batch_size", "max_length", "use_lora", "train_top_layers", "seed",
-                "calibrate_unsafe_precision")
+RUN_IDENTITY = (
+    "model_name_or_path",
+    "reward_model",
+    "comparison_files",
+    "sources",
+    "eval_files",
+    "eval_fraction",
+    "mixture_ratios",
+    "mixture_anchor",
+    "mixture_seed",
+    "max_train_pairs",
+    "max_eval_pairs",
+    "margin",
+    "learning_rate",
+    "num_train_epochs",
+    "global_batch_size",
+    "max_length",
+    "use_lora",
+    "train_top_layers",
+    "seed",
+    "calibrate_unsafe_precision",
+)
 
 
 def mixture_of(config: Llama2RewardConfig) -> tuple[dict, str]:
@@ -82,7 +100,9 @@ def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) 
         if config.reward_model != "safety":
             raise RecipeError("calibrate_unsafe_precision applies to the safety RM only (reward_model: safety)")
         if not 0.0 < config.calibrate_unsafe_precision <= 1.0:
-            raise RecipeError(f"calibrate_unsafe_precision must lie in (0, 1], got {config.calibrate_unsafe_precision}")
+            raise RecipeError(
+                f"calibrate_unsafe_precision must lie in (0, 1], got {config.calibrate_unsafe_precision}"
+            )
     if not check_data:
         return
     specs = source_specs(config)
@@ -97,23 +117,35 @@ def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) 
         raise RecipeError(f"mixture_anchor '{anchor}' is not a key of mixture_ratios {sorted(ratios)}")
 
 
-def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = None
-                     ) -> tuple[list[Comparison], list[Comparison], dict]:
+def load_reward_data(
+    config: Llama2RewardConfig, skipped: SkipCounter | None = None
+) -> tuple[list[Comparison], list[Comparison], dict]:
     """(train mix, held-out comparisons, data report) from the recipe's sources."""
     skipped = skipped if skipped is not None else SkipCounter()
     train_pool, test = [], []
     per_source = {}
     for spec in source_specs(config):
         counter = SkipCounter()
-        comparisons = load_comparisons(spec["path"], spec["format"], kind=spec.get("kind"), rating=spec.get("rating"),
-                                       pool=spec.get("pool"), skip_bad_rows=config.skip_bad_rows, skipped=counter,
-                                       limit=spec.get("limit"))
+        comparisons = load_comparisons(
+            spec["path"],
+            spec["format"],
+            kind=spec.get("kind"),
+            rating=spec.get("rating"),
+            pool=spec.get("pool"),
+            skip_bad_rows=config.skip_bad_rows,
+            skipped=counter,
+            limit=spec.get("limit"),
+        )
         train, held_out = split_comparisons(comparisons, config.eval_fraction, config.mixture_seed)
         train_pool += train
         test += held_out
         skipped.reasons.update(counter.reasons)
-        per_source[spec["path"]] = {"loaded": len(comparisons), "train": len(train), "held_out": len(held_out),
-                                    "skipped": dict(counter.reasons)}
+        per_source[spec["path"]] = {
+            "loaded": len(comparisons),
+            "train": len(train),
+            "held_out": len(held_out),
+            "skipped": dict(counter.reasons),
+        }
     for path in config.eval_files:
         counter = SkipCounter()
         test += load_comparisons(path, skip_bad_rows=config.skip_bad_rows, skipped=counter)
@@ -125,13 +157,18 @@ def load_reward_data(config: Llama2RewardConfig, skipped: SkipCounter | None = N
     if config.max_eval_pairs is not None and len(test) > config.max_eval_pairs:
         # By prompt rank, not a fresh sample: the capped set stays the same prompts as later files add more.
         test = sorted(test, key=lambda c: held_out_share(c.prompt_key(), config.mixture_seed))[: config.max_eval_pairs]
-    report = {"sources": per_source, "mixture": {"ratios": ratios, "anchor": anchor, **vars(mix)},
-              "train_pairs": len(train), "eval_pairs": len(test)}
+    report = {
+        "sources": per_source,
+        "mixture": {"ratios": ratios, "anchor": anchor, **vars(mix)},
+        "train_pairs": len(train),
+        "eval_pairs": len(test),
+    }
     return train, test, report
 
 
-def tokenize_comparisons(comparisons: list[Comparison], tokenizer, chat_format: str, margin: str,
-                         max_length: int | None) -> tuple[list[dict], int]:
+def tokenize_comparisons(
+    comparisons: list[Comparison], tokenizer, chat_format: str, margin: str, max_length: int | None
+) -> tuple[list[dict], int]:
     """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none), length, weight.
 
     `weight` is 1: the pairs `pad_dataset_to_multiple` adds for a distributed run have weight 0.
@@ -184,23 +221,30 @@ class Llama2RewardTrainer(RewardTrainer):
 
     def __init__(self, model, args, processing_class, data_collator=None, **kwargs):
         if data_collator is None:
-            data_collator = WeightedPreferenceCollator(pad_token_id=processing_class.pad_token_id,
-                                                       pad_to_multiple_of=args.pad_to_multiple_of)
-        super().__init__(model=model, args=args, processing_class=processing_class, data_collator=data_collator,
-                         **kwargs)
+            data_collator = WeightedPreferenceCollator(
+                pad_token_id=processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
+            )
+        super().__init__(
+            model=model, args=args, processing_class=processing_class, data_collator=data_collator, **kwargs
+        )
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns,
-                                   *(c for c in ("length", "weight") if c not in self._signature_columns)]
+        self._signature_columns = [
+            *self._signature_columns,
+            *(c for c in ("length", "weight") if c not in self._signature_columns),
+        ]
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         columns = getattr(dataset, "column_names", None) or ()
         if self.args.train_sampling_strategy != "group_by_length" or "length" not in columns:
             return super()._get_train_sampler(train_dataset)
-        global_batch = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-                        * self.accelerator.num_processes)
+        global_batch = (
+            self.args.per_device_train_batch_size
+            * self.args.gradient_accumulation_steps
+            * self.accelerator.num_processes
+        )
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return GlobalLengthGroupedSampler(dataset["length"], global_batch, seed)
 
@@ -208,8 +252,7 @@ class Llama2RewardTrainer(RewardTrainer):
         """Real pairs in this optimizer step: every micro-batch of every process (the loss divisor)."""
         if not batch_samples:
             return None
-        pairs = sum(float(b["weight"].sum()) if "weight" in b else b["input_ids"].shape[0] / 2
-                    for b in batch_samples)
+        pairs = sum(float(b["weight"].sum()) if "weight" in b else b["input_ids"].shape[0] / 2 for b in batch_samples)
         pairs = torch.tensor([pairs], device=device)
         if self.accelerator.num_processes > 1:
             pairs = self.accelerator.gather(pairs)
@@ -258,8 +301,13 @@ class Llama2RewardTrainer(RewardTrainer):
 
 def lora_config(config: Llama2RewardConfig):
     # SEQ_CLS makes peft train and save the new scalar head in full alongside the adapters.
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        task_type="SEQ_CLS",
+    )
 
 
 def freeze_lower_layers(model, top_layers: int) -> int:
@@ -272,7 +320,7 @@ def freeze_lower_layers(model, top_layers: int) -> int:
     for parameter in model.base_model.parameters():
         parameter.requires_grad_(False)
     if top_layers:
-        for module in (*layers[len(layers) - top_layers:], model.base_model.norm):
+        for module in (*layers[len(layers) - top_layers :], model.base_model.norm):
             module.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -284,8 +332,10 @@ def _finished_summary(config: Llama2RewardConfig, output_dir: Path) -> dict | No
     summary = json.loads(marker.read_text())
     identity = {key: config_to_dict(config).get(key) for key in RUN_IDENTITY}
     if summary.get("identity") != identity:
-        raise RecipeError(f"{output_dir} holds a finished reward model trained with a different recipe; "
-                          "use another output_dir or delete it")
+        raise RecipeError(
+            f"{output_dir} holds a finished reward model trained with a different recipe; "
+            "use another output_dir or delete it"
+        )
     return summary
 
 
@@ -302,7 +352,8 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         print(f"reward model already trained in {output_dir}; nothing to do")
         return done
     config.gradient_accumulation_steps = accumulation_steps(
-        config.global_batch_size, config.per_device_train_batch_size, world_size())
+        config.global_batch_size, config.per_device_train_batch_size, world_size()
+    )
 
     skipped = SkipCounter()
     if comparisons is None:
@@ -323,11 +374,15 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         if config.use_lora:
             raise RecipeError("train_top_layers and use_lora are alternatives; set one")
         freeze_lower_layers(model, config.train_top_layers)
-    max_length = min(filter(None, (config.max_length, getattr(model.config, "max_position_embeddings", None))),
-                     default=None)
+    max_length = min(
+        filter(None, (config.max_length, getattr(model.config, "max_position_embeddings", None))), default=None
+    )
     rows, truncated = tokenize_comparisons(train, tokenizer, config.chat_format, config.margin, max_length)
     trainer = Llama2RewardTrainer(
-        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
         peft_config=lora_config(config) if config.use_lora else None,
     )
     started = time.time()
@@ -351,12 +406,19 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     main = trainer.accelerator.is_main_process
     distributed = trainer.accelerator.num_processes > 1
     # Held-out pairs are scored as the training pairs were cut: their last max_length tokens.
-    scorer = RewardScorer(str(output_dir), chat_format=config.chat_format, batch_size=config.eval_batch_size,
-                          model=model.float(), tokenizer=tokenizer, max_length=max_length)
+    scorer = RewardScorer(
+        str(output_dir),
+        chat_format=config.chat_format,
+        batch_size=config.eval_batch_size,
+        model=model.float(),
+        tokenizer=tokenizer,
+        max_length=max_length,
+    )
     if config.calibrate_unsafe_precision is not None:
         # On the training pairs: the held-out ones stay an unbiased measure of the calibrated gate.
-        summary["calibration"] = calibrate_safety_offset(scorer, train, config.calibrate_unsafe_precision,
-                                                         config.safety_threshold, distributed)
+        summary["calibration"] = calibrate_safety_offset(
+            scorer, train, config.calibrate_unsafe_precision, config.safety_threshold, distributed
+        )
     # Every scorer that loads this model reads the window it was trained on (reward.scoring.RewardScorer).
     model.config.training_max_length = max_length
     if main:
@@ -364,13 +426,16 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
         tokenizer.save_pretrained(output_dir)
     if test:
         # Every process scores its share of the held-out pairs and all get the report of the whole set.
-        summary["eval"] = evaluate_reward_model(scorer, test, config.safety_threshold, progress=main,
-                                                distributed=distributed)
+        summary["eval"] = evaluate_reward_model(
+            scorer, test, config.safety_threshold, progress=main, distributed=distributed
+        )
     if main:
         if test:
             report = summary["eval"]
             atomic_write_json(output_dir / "eval.json", report)
-            title = f"{'Safety' if config.reward_model == 'safety' else 'Helpfulness'} RM on {len(test)} held-out pairs"
+            title = (
+                f"{'Safety' if config.reward_model == 'safety' else 'Helpfulness'} RM on {len(test)} held-out pairs"
+            )
             atomic_write_text(output_dir / "eval.md", report_markdown(report, title))
             (output_dir / "held_out.jsonl").unlink(missing_ok=True)
             append_jsonl(output_dir / "held_out.jsonl", [c.to_row() for c in test])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from alignment.config import DataError, RecipeError
 from alignment.data import atomic_write_json, atomic_write_text, load_prompts, read_jsonl_tolerant
+from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation, prompt_pool
 from rlhf.context_distillation import (
     DISTILLED_FILE,
     MODES,
@@ -43,11 +44,21 @@ EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 
 def world_eval_rows() -> list[dict]:
     """The comparison prompt set (module docstring) as prompt-file rows with gold fields."""
-    from alignment.world import prompt_pool
 
     prompts = prompt_pool("train", ["harmful", "borderline"]) + prompt_pool("heldout")
-    return [{"id": p["id"], "prompt": p["prompt"], "is_safety_prompt": p["kind"] == "safety", "kind": p["kind"],
-             "family": p["family"], "gold": p["gold"], "world_id": p["id"], "split": p["split"]} for p in prompts]
+    return [
+        {
+            "id": p["id"],
+            "prompt": p["prompt"],
+            "is_safety_prompt": p["kind"] == "safety",
+            "kind": p["kind"],
+            "family": p["family"],
+            "gold": p["gold"],
+            "world_id": p["id"],
+            "split": p["split"],
+        }
+        for p in prompts
+    ]
 
 
 def eval_prompts_file(name: str, output_dir: Path) -> str:
@@ -78,7 +89,6 @@ def gold_metrics(prompts: list[dict], responses: list[list[str]], seen_ids: set[
     Several answers per prompt are averaged per prompt first, so the standard error is over prompts (the
     answers to one prompt are not independent draws of the rate).
     """
-    from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation
 
     def mean(values):
         return math.fsum(values) / len(values)
@@ -94,11 +104,20 @@ def gold_metrics(prompts: list[dict], responses: list[list[str]], seen_ids: set[
         if prompt["family"] == "borderline":
             refusals.append(mean([float(gold_is_refusal(a)) for a in answers]))
     out: dict = {}
-    for key, values in (("violation_rate", violations), ("violation_rate_unseen", unseen),
-                        ("false_refusal_rate", refusals), ("gold_helpfulness", helpful)):
+    for key, values in (
+        ("violation_rate", violations),
+        ("violation_rate_unseen", unseen),
+        ("false_refusal_rate", refusals),
+        ("gold_helpfulness", helpful),
+    ):
         out[key], out[f"{key}_stderr"] = rate(values)
-    out.update(n_adversarial=len(violations), n_adversarial_unseen=len(unseen), n_borderline=len(refusals),
-               n_helpfulness=len(helpful), answers_per_prompt=len(responses[0]) if responses else 0)
+    out.update(
+        n_adversarial=len(violations),
+        n_adversarial_unseen=len(unseen),
+        n_borderline=len(refusals),
+        n_helpfulness=len(helpful),
+        answers_per_prompt=len(responses[0]) if responses else 0,
+    )
     return out
 
 
@@ -106,22 +125,31 @@ def preprompt_effect(rows: list[dict], prompts_by_id: dict[str, dict]) -> dict:
     """Gold violation rates of the distillation rows (prompts found among the comparison prompts): the original
     answers, the answers under the preprompt, and the answers trained on. Whether the preprompt itself makes
     answers safer is what every mode relies on."""
-    from alignment.world import gold_is_violation
 
     judged = [(prompts_by_id[r["prompt_id"]], r) for r in rows if r["prompt_id"] in prompts_by_id]
     out: dict = {"n_distillation_judged": len(judged)}
     for key, values in (
         ("original_answer_violation_rate", [float(gold_is_violation(p, r["original"])) for p, r in judged]),
         ("preprompt_answer_violation_rate", [float(gold_is_violation(p, r["distilled"])) for p, r in judged]),
-        ("trained_answer_violation_rate",
-         [float(gold_is_violation(p, r["distilled"])) for p, r in judged if r["kept"]]),
+        (
+            "trained_answer_violation_rate",
+            [float(gold_is_violation(p, r["distilled"])) for p, r in judged if r["kept"]],
+        ),
     ):
         out[key], out[f"{key}_stderr"] = rate(values)
     return out
 
 
-def evaluate_model(model: str, prompts_file: str, output_dir: Path, chat_format: str, max_new_tokens: int,
-                   temperature: float, samples: int, seed: int) -> list[list[str]]:
+def evaluate_model(
+    model: str,
+    prompts_file: str,
+    output_dir: Path,
+    chat_format: str,
+    max_new_tokens: int,
+    temperature: float,
+    samples: int,
+    seed: int,
+) -> list[list[str]]:
     """`samples` answers per comparison prompt, one `rlhf.evaluate` run per seed in output_dir/sample<k>
     (a finished run on disk is reused)."""
     ids = [p.id for p in load_prompts(prompts_file)]
@@ -129,9 +157,17 @@ def evaluate_model(model: str, prompts_file: str, output_dir: Path, chat_format:
     for k in range(samples):
         folder = output_dir / f"sample{k}"
         if not (folder / EVAL_MARKER).exists():
-            run_evaluate(EvaluateConfig(model=model, prompts=prompts_file, chat_format=chat_format,
-                                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + k,
-                                        output_dir=str(folder)))
+            run_evaluate(
+                EvaluateConfig(
+                    model=model,
+                    prompts=prompts_file,
+                    chat_format=chat_format,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    seed=seed + k,
+                    output_dir=str(folder),
+                )
+            )
         by_id = {row["id"]: row["response"] for row in read_jsonl_tolerant(folder / RESPONSES_FILE)}
         for i, prompt_id in enumerate(ids):
             answers[i].append(by_id[prompt_id])
@@ -154,8 +190,12 @@ def run_comparison(args, model_args, data_args, training_args) -> dict:
         raise DataError(f"{prompts_file}: prompt '{missing[0]}' has no world gold fields (gold, kind, family)")
     prompts = [{"id": p.id, "prompt": p.messages[-1]["content"], **p.meta} for p in records]
     # Ids of the prompts any mode distils on (world prompt ids, shared with the comparison prompts).
-    seen = {p.id for p in load_categorized_prompts(args.prompts_name, args.prompts_split,
-                                                   load_templates(args.templates), args.templates, args.max_prompts)}
+    seen = {
+        p.id
+        for p in load_categorized_prompts(
+            args.prompts_name, args.prompts_split, load_templates(args.templates), args.templates, args.max_prompts
+        )
+    }
     rows = []
     for mode in args.compare_modes:
         if mode == "none":
@@ -171,18 +211,41 @@ def run_comparison(args, model_args, data_args, training_args) -> dict:
             latest = list({r["prompt_index"]: r for r in distilled}.values())
             kept_share, kept_stderr = rate([float(r["kept"]) for r in latest])
             extra = preprompt_effect(latest, {p["id"]: p for p in prompts})
-        responses = evaluate_model(model, prompts_file, output_dir / mode / "eval", model_args.chat_format,
-                                   args.max_new_tokens, args.eval_temperature, args.eval_samples, training_args.seed)
+        responses = evaluate_model(
+            model,
+            prompts_file,
+            output_dir / mode / "eval",
+            model_args.chat_format,
+            args.max_new_tokens,
+            args.eval_temperature,
+            args.eval_samples,
+            training_args.seed,
+        )
         metrics = gold_metrics(prompts, responses, seen)
-        rows.append({"mode": mode, "model": model, **metrics, "kept_share": kept_share,
-                     "kept_share_stderr": kept_stderr, **extra})
-        print(f"{mode:>9}: violations {metrics['violation_rate']:.3f} (n={metrics['n_adversarial']}), "
-              f"false refusals {metrics['false_refusal_rate']:.3f} (n={metrics['n_borderline']}), "
-              f"gold helpfulness {metrics['gold_helpfulness']:.3f}, kept {kept_share}")
-    result = {"model": model_args.model_name_or_path, "safety_model": args.safety_model,
-              "eval_prompts": args.eval_prompts_name, "eval_temperature": args.eval_temperature,
-              "eval_samples": args.eval_samples, "distillation_prompts": args.prompts_name,
-              "distillation_temperature": args.temperature, "rows": rows}
+        rows.append(
+            {
+                "mode": mode,
+                "model": model,
+                **metrics,
+                "kept_share": kept_share,
+                "kept_share_stderr": kept_stderr,
+                **extra,
+            }
+        )
+        print(
+            f"{mode:>9}: violations {metrics['violation_rate']:.3f} (n={metrics['n_adversarial']}), "
+            f"false refusals {metrics['false_refusal_rate']:.3f} (n={metrics['n_borderline']}), "
+            f"gold helpfulness {metrics['gold_helpfulness']:.3f}, kept {kept_share}"
+        )
+    result = {
+        "model": model_args.model_name_or_path,
+        "safety_model": args.safety_model,
+        "eval_prompts": args.eval_prompts_name,
+        "eval_temperature": args.eval_temperature,
+        "eval_samples": args.eval_samples,
+        "distillation_prompts": args.prompts_name,
+        "distillation_temperature": args.temperature,
+        "rows": rows,
+    }
     atomic_write_json(output_dir / COMPARISON_FILE, result)
     return result
-

@@ -44,7 +44,9 @@ SKIPPED_FILE = "skipped_prompts.jsonl"
 @dataclass
 class CollectConfig:
     model_a: str = field(default="", metadata={"help": "Latest model (variant A)."})
-    model_b: str | None = field(default=None, metadata={"help": "Second variant (e.g. the previous model); A if unset."})
+    model_b: str | None = field(
+        default=None, metadata={"help": "Second variant (e.g. the previous model); A if unset."}
+    )
     temperature_a: float = field(
         default=0.7, metadata={"range": POSITIVE, "help": "Sampling temperature of variant A (varied, sec. 3.2.1)."}
     )
@@ -96,23 +98,28 @@ def run_collect(config: CollectConfig) -> dict:
 
     require_file(config.prompts, "prompts")
     prompts = load_prompts(config.prompts)
-    done = {row["prompt_id"] for name in (COMPARISONS_FILE, SKIPPED_FILE) for row in read_jsonl_tolerant(output / name)}
+    done = {
+        row["prompt_id"] for name in (COMPARISONS_FILE, SKIPPED_FILE) for row in read_jsonl_tolerant(output / name)
+    }
     todo = [p for p in prompts if p.id not in done]
     tokenizer = load_tokenizer(config.model_a)
     engine_a = HFSamplingEngine(load_causal_lm(config.model_a), tokenizer, batch_size=config.batch_size)
     engine_b = (
         HFSamplingEngine(load_causal_lm(config.model_b), tokenizer, batch_size=config.batch_size)
-        if config.model_b and config.model_b != config.model_a else engine_a
+        if config.model_b and config.model_b != config.model_a
+        else engine_a
     )
     progress = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="collecting comparisons")
     for start in range(0, len(todo), config.batch_size):
-        batch = todo[start: start + config.batch_size]
+        batch = todo[start : start + config.batch_size]
         # Seeds derive from the batch's first prompt, so a resumed run draws what the first run would have.
         batch_seed = config.seed * 100_003 + prompts.index(batch[0])
         ids = [encode_prompt(tokenizer, p.messages, config.chat_format) for p in batch]
         common = dict(top_p=config.top_p, max_new_tokens=config.max_new_tokens)
         answers_a = engine_a.generate(ids, SamplingParams(temperature=config.temperature_a, seed=batch_seed, **common))
-        answers_b = engine_b.generate(ids, SamplingParams(temperature=config.temperature_b, seed=batch_seed + 1, **common))
+        answers_b = engine_b.generate(
+            ids, SamplingParams(temperature=config.temperature_b, seed=batch_seed + 1, **common)
+        )
         rng = random.Random(batch_seed)
         rows, skipped = [], []
         for record, a, b in zip(batch, answers_a, answers_b):

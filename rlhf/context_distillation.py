@@ -32,9 +32,12 @@ dialogs fine-tuned on); the fine-tuned model; ``stage_complete.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import DataError, RecipeError, config_to_dict, load_yaml, require_file
@@ -47,15 +50,20 @@ from alignment.data import (
     read_jsonl_tolerant,
     row_to_prompt,
 )
+from alignment.world.risk import ANSWER_TEMPLATES, adversarial_prompt_rows
+from reward.scoring import RewardScorer
 from rlhf.rejection_sampling import COMPLETE_MARKER, Lazy, check_model_path, check_sampling_manifest, hf_engine_factory
 from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams
 from rlhf.scoring import Scorer
+from sft.trainer import run_sft, validate_sft_inputs
 
 MODES = ("generic", "template", "targeted")
 # The paper's generic safety preprompt (sec. 4.2.4): "You are a safe and responsible assistant", with
 # adjectives associated with safe behaviour (responsible, respectful, wise).
-GENERIC_PREPROMPT = ("You are a safe and responsible assistant. Your answers are responsible, respectful and wise: "
-                     "you do not help anyone harm people or break the law.")
+GENERIC_PREPROMPT = (
+    "You are a safe and responsible assistant. Your answers are responsible, respectful and wise: "
+    "you do not help anyone harm people or break the law."
+)
 BUILTIN_WORLD_PROMPTS = "builtin:world-adversarial"
 BUILTIN_WORLD_TEMPLATES = "builtin:world"
 DISTILLED_FILE = "distilled.jsonl"
@@ -97,8 +105,10 @@ class ContextDistillationArguments:
     fine_tune: bool = field(default=True, metadata={"help": "Fine-tune on the kept rows; false: only distil."})
     compare_modes: list[str] = field(
         default_factory=list,
-        metadata={"help": "recipes/context_distillation.py: run these modes (none = no distillation) from the same "
-                          "model and write comparison.json with gold metrics; empty: run `mode` only."},
+        metadata={
+            "help": "recipes/context_distillation.py: run these modes (none = no distillation) from the same "
+            "model and write comparison.json with gold metrics; empty: run `mode` only."
+        },
     )
     eval_prompts_name: str = field(
         default="builtin:world-eval",
@@ -116,8 +126,6 @@ class ContextDistillationArguments:
 def load_templates(name: str) -> dict[str, str]:
     """Risk category -> answer template, from a YAML mapping or the embedded world (``builtin:world``)."""
     if name == BUILTIN_WORLD_TEMPLATES:
-        from alignment.world.risk import ANSWER_TEMPLATES
-
         return dict(ANSWER_TEMPLATES)
     data = load_yaml(name)
     if not data:
@@ -132,16 +140,15 @@ def load_templates(name: str) -> dict[str, str]:
 
 def _prompt_rows(name: str, split: str):
     if name == BUILTIN_WORLD_PROMPTS:
-        from alignment.world.risk import adversarial_prompt_rows
-
         for number, row in enumerate(adversarial_prompt_rows(split), start=1):
             yield f"{name}[{split}]", number, row
         return
     yield from load_rows(name, split)
 
 
-def load_categorized_prompts(name: str, split: str, templates: dict[str, str], templates_name: str,
-                             max_prompts: int | None = None) -> list[PromptRecord]:
+def load_categorized_prompts(
+    name: str, split: str, templates: dict[str, str], templates_name: str, max_prompts: int | None = None
+) -> list[PromptRecord]:
     """Prompt rows with a risk category each; a missing or unknown category fails naming file, line and field."""
     prompts: list[PromptRecord] = []
     seen: set[str] = set()
@@ -152,8 +159,10 @@ def load_categorized_prompts(name: str, split: str, templates: dict[str, str], t
         if category is None:
             raise DataError(f"{where}: missing field 'category' (the prompt's risk category)")
         if category not in templates:
-            raise DataError(f"{where}: field 'category': unknown risk category {category!r} "
-                            f"(the templates in {templates_name} define: {', '.join(sorted(templates))})")
+            raise DataError(
+                f"{where}: field 'category': unknown risk category {category!r} "
+                f"(the templates in {templates_name} define: {', '.join(sorted(templates))})"
+            )
         if prompt.id in seen:
             raise DataError(f"{where}: duplicate prompt id '{prompt.id}'")
         seen.add(prompt.id)
@@ -220,8 +229,6 @@ def validate_cd_inputs(args, model_args, data_args, training_args, have_scorer: 
     if not have_scorer:
         check_model_path(args.safety_model, "safety_model")
     if args.fine_tune:
-        from sft.trainer import validate_sft_inputs
-
         validate_sft_inputs(model_args, data_args, training_args)
     return load_templates(args.templates)
 
@@ -240,7 +247,6 @@ def distil_rows(
     seed: int,
 ) -> list[dict]:
     """One row per prompt, appended to `path` per chunk; chunks already complete there are reused."""
-    from tqdm.auto import tqdm
 
     drop_torn_tail(path)
     saved = {row["prompt_index"]: row for row in read_jsonl_tolerant(path)}  # a re-run chunk replaces a torn one
@@ -259,8 +265,10 @@ def distil_rows(
         preprompts = [preprompt_for(args, p.meta["category"], templates) for p in chunk_prompts]
         params = SamplingParams(1, args.temperature, args.top_p, args.max_new_tokens, seed + chunk)
         plain = [encode_prompt(tokenizer, p.messages, chat_format) for p in chunk_prompts]
-        prefixed = [encode_prompt(tokenizer, with_preprompt(p.messages, pre), chat_format)
-                    for p, pre in zip(chunk_prompts, preprompts)]
+        prefixed = [
+            encode_prompt(tokenizer, with_preprompt(p.messages, pre), chat_format)
+            for p, pre in zip(chunk_prompts, preprompts)
+        ]
         originals = sorted(sampler.generate(plain, params), key=lambda s: s.prompt_index)
         distilled = sorted(sampler.generate(prefixed, params), key=lambda s: s.prompt_index)
         n = len(chunk_prompts)
@@ -270,10 +278,18 @@ def distil_rows(
         rows = []
         for j, (prompt, preprompt, orig, dist) in enumerate(zip(chunk_prompts, preprompts, originals, distilled)):
             row = {
-                "prompt_id": prompt.id, "prompt_index": start + j, "prompt": prompt.messages,
-                "category": prompt.meta["category"], "mode": args.mode, "preprompt": preprompt,
-                "original": orig.text, "distilled": dist.text, "r_s_original": r_s[j], "r_s_distilled": r_s[n + j],
-                "finished_original": orig.finished, "finished_distilled": dist.finished,
+                "prompt_id": prompt.id,
+                "prompt_index": start + j,
+                "prompt": prompt.messages,
+                "category": prompt.meta["category"],
+                "mode": args.mode,
+                "preprompt": preprompt,
+                "original": orig.text,
+                "distilled": dist.text,
+                "r_s_original": r_s[j],
+                "r_s_distilled": r_s[n + j],
+                "finished_original": orig.finished,
+                "finished_distilled": dist.finished,
             }
             row["kept"] = keep_row(args.mode, row)
             rows.append(row)
@@ -300,19 +316,32 @@ def training_dialogs(rows: list[dict]) -> list[list[dict]]:
 def distillation_manifest(args, model_args, seed: int) -> dict:
     """The settings that decide what is generated and kept; an output_dir holds rows of one of them only."""
     return {
-        "policy": model_args.model_name_or_path, "mode": args.mode, "targeted_preprompt": args.targeted_preprompt,
-        "prompts_name": args.prompts_name, "prompts_split": args.prompts_split, "max_prompts": args.max_prompts,
-        "templates": args.templates, "generic_preprompt": args.generic_preprompt, "safety_model": args.safety_model,
-        "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": seed,
-        "chat_format": model_args.chat_format, "prompt_chunk_size": args.prompt_chunk_size,
+        "policy": model_args.model_name_or_path,
+        "mode": args.mode,
+        "targeted_preprompt": args.targeted_preprompt,
+        "prompts_name": args.prompts_name,
+        "prompts_split": args.prompts_split,
+        "max_prompts": args.max_prompts,
+        "templates": args.templates,
+        "generic_preprompt": args.generic_preprompt,
+        "safety_model": args.safety_model,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": seed,
+        "chat_format": model_args.chat_format,
+        "prompt_chunk_size": args.prompt_chunk_size,
     }
 
 
 def load_safety_scorer(args, model_args) -> Scorer:
-    from reward.scoring import RewardScorer
 
-    return RewardScorer(args.safety_model, chat_format=args.reward_chat_format or model_args.chat_format,
-                        dtype=args.reward_dtype, batch_size=args.reward_batch_size)
+    return RewardScorer(
+        args.safety_model,
+        chat_format=args.reward_chat_format or model_args.chat_format,
+        dtype=args.reward_dtype,
+        batch_size=args.reward_batch_size,
+    )
 
 
 def run_context_distillation(
@@ -330,7 +359,6 @@ def run_context_distillation(
     `scorer` (R_s), `engine_factory` (model name -> (engine, tokenizer)) and `train` (run_sft's signature)
     replace the reward model, the HF policy and the SFT stage, for tests and callers that hold them already.
     """
-    from accelerate import PartialState
 
     templates = validate_cd_inputs(args, model_args, data_args, training_args, have_scorer=scorer is not None)
     output_dir = Path(training_args.output_dir)
@@ -344,25 +372,39 @@ def run_context_distillation(
         print(f"context distillation already complete in {output_dir}")
         return done
 
-    prompts = load_categorized_prompts(args.prompts_name, args.prompts_split, templates, args.templates,
-                                       args.max_prompts)
+    prompts = load_categorized_prompts(
+        args.prompts_name, args.prompts_split, templates, args.templates, args.max_prompts
+    )
     factory = engine_factory or hf_engine_factory(args, model_args)
     engine = Lazy(lambda: factory(model_args.model_name_or_path))
     safety = Lazy(lambda: scorer if scorer is not None else load_safety_scorer(args, model_args))
     # The main process generates; the others wait, then find every chunk on disk and generate nothing.
     with state.main_process_first():
-        rows = distil_rows(prompts, output_dir / DISTILLED_FILE, args, templates, engine, safety,
-                           model_args.chat_format, training_args.seed)
+        rows = distil_rows(
+            prompts,
+            output_dir / DISTILLED_FILE,
+            args,
+            templates,
+            engine,
+            safety,
+            model_args.chat_format,
+            training_args.seed,
+        )
     engine.release()
     safety.release()
     dialogs = training_dialogs(rows)
     if state.is_main_process:
-        atomic_write_text(output_dir / TRAIN_FILE, "".join(json.dumps({"messages": d}, ensure_ascii=False) + "\n"
-                                                           for d in dialogs))
+        atomic_write_text(
+            output_dir / TRAIN_FILE, "".join(json.dumps({"messages": d}, ensure_ascii=False) + "\n" for d in dialogs)
+        )
     n = len(rows)
     summary: dict = {
-        "stage": STAGE, "mode": args.mode, "policy": model_args.model_name_or_path, "prompts": n,
-        "kept": len(dialogs), "kept_share": len(dialogs) / n,
+        "stage": STAGE,
+        "mode": args.mode,
+        "policy": model_args.model_name_or_path,
+        "prompts": n,
+        "kept": len(dialogs),
+        "kept_share": len(dialogs) / n,
         "improved": sum(r["r_s_distilled"] > r["r_s_original"] for r in rows),
         "identical_answers": sum(r["distilled"] == r["original"] for r in rows),
         "mean_r_s_original": sum(r["r_s_original"] for r in rows) / n,
@@ -370,8 +412,10 @@ def run_context_distillation(
         # Per prompt, the answer the model is pushed towards: the distilled one where kept, else its own.
         "mean_r_s_after_gate": sum(r["r_s_distilled"] if r["kept"] else r["r_s_original"] for r in rows) / n,
         "per_category": {
-            c: {"prompts": sum(r["category"] == c for r in rows),
-                "kept": sum(r["category"] == c and r["kept"] for r in rows)}
+            c: {
+                "prompts": sum(r["category"] == c for r in rows),
+                "kept": sum(r["category"] == c and r["kept"] for r in rows),
+            }
             for c in sorted({r["category"] for r in rows})
         },
     }
@@ -380,7 +424,7 @@ def run_context_distillation(
             raise RecipeError("no distilled answer was kept, nothing to fine-tune on (fine_tune: false only distils)")
         if done is None:  # run_sft's own marker means training finished before a kill
             if train is None:
-                from sft.trainer import run_sft as train
+                train = run_sft
             done = train(model_args, data_args, training_args, dialogs=dialogs)
         summary["sft"] = done
     summary["config"] = config_to_dict(args)

@@ -54,8 +54,10 @@ def generate_responses(config: EvaluateConfig, prompts) -> list[str]:
 def reward_model_view(config: EvaluateConfig, prompts, responses: list[str]) -> dict:
     """Mean sigmoid score of R_h on helpfulness prompts and of R_s on safety prompts."""
     view = {"rm_helpfulness": None, "rm_safety": None}
-    for key, path, want_safety in (("rm_helpfulness", config.reward_helpfulness, False),
-                                   ("rm_safety", config.reward_safety, True)):
+    for key, path, want_safety in (
+        ("rm_helpfulness", config.reward_helpfulness, False),
+        ("rm_safety", config.reward_safety, True),
+    ):
         if not path:
             continue
         chosen = [i for i, p in enumerate(prompts) if p.is_safety_prompt == want_safety]

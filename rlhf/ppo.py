@@ -143,11 +143,15 @@ class RolloutBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device) -> "RolloutBatch":
-        return RolloutBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                               for f in fields(self)})
+    def to(self, device) -> RolloutBatch:
+        return RolloutBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
+        )
 
-    def select(self, rows) -> "RolloutBatch":
+    def select(self, rows) -> RolloutBatch:
         """Rows ``rows``, cut to their own width (less padding to compute on)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[rows].sum(dim=1).max())
@@ -203,8 +207,14 @@ class TokenValueModel(torch.nn.Module):
         return self.classifier.score(hidden).squeeze(-1).float()
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
-                   positions: torch.Tensor | None = None):
+def token_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    positions: torch.Tensor | None = None,
+):
     """log pi(token_{t+1} | tokens_<=t) per action position, ``(B, L - 1)``; optionally the entropy there.
 
     Logits are divided by the sampling temperature so the log-probs are those of the distribution the
@@ -215,11 +225,19 @@ def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, w
     if positions is not None:
         start = int(positions.any(dim=0).nonzero()[0]) if bool(positions.any()) else input_ids.shape[1] - 1
     # logits_to_keep: the LM head (a large share of a small model's FLOPs) skips positions before `start`.
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=input_ids.shape[1] - start).logits[:, :-1].float()
+    logits = (
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=input_ids.shape[1] - start,
+        )
+        .logits[:, :-1]
+        .float()
+    )
     if temperature != 1.0:
         logits = logits / temperature
-    targets = input_ids[:, start + 1:]
+    targets = input_ids[:, start + 1 :]
     if positions is None:
         logprobs = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         if not with_entropy:
@@ -240,7 +258,8 @@ def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, w
         picked, normaliser = picked.detach(), normaliser.detach()
         entropy = normaliser - (torch.exp(picked - normaliser.unsqueeze(-1)) * picked).sum(dim=-1)
         entropy = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(
-            positions, entropy)
+            positions, entropy
+        )
     return logprobs, entropy
 
 
@@ -276,17 +295,25 @@ def build_models(config: PPOConfig):
     policy = load_causal_lm(config.model_name_or_path, config.dtype, trust_remote_code=config.trust_remote_code)
     reference = None
     if config.use_lora:
-        policy = get_peft_model(policy, LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM",
-        ))
+        policy = get_peft_model(
+            policy,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
     else:
         # Copied before any checkpoint is loaded: after a resume pi_0 is still the policy at PPO start.
         reference = copy.deepcopy(policy).requires_grad_(False)
     classifier = load_reward_model(_value_model_path(config), config.dtype)
     if classifier.config.get_text_config().vocab_size < len(tokenizer):
-        raise RecipeError(f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
-                          "tokenizer; it must share the policy's tokenizer")
+        raise RecipeError(
+            f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
+            "tokenizer; it must share the policy's tokenizer"
+        )
     return policy, reference, TokenValueModel(classifier), tokenizer
 
 
@@ -298,8 +325,13 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
             raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
         return WorldJudgeScorer(name.rsplit("-", 1)[1])
     # The scorer keeps the window the RM was trained on (its stored training_max_length), as at training.
-    return reward_scoring.RewardScorer(name, chat_format=config.chat_format, dtype=config.reward_dtype,
-                                       batch_size=config.reward_batch_size, device=config.reward_device or device)
+    return reward_scoring.RewardScorer(
+        name,
+        chat_format=config.chat_format,
+        dtype=config.reward_dtype,
+        batch_size=config.reward_batch_size,
+        device=config.reward_device or device,
+    )
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
@@ -312,8 +344,9 @@ def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimi
         params = [p for p in model.parameters() if p.requires_grad]
         groups.append({"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": config.weight_decay})
         groups.append({"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0})
-    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -332,7 +365,7 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
             train, heldout = split_heldout_by_prompt(train, config.heldout_fraction, config.seed)
     if config.heldout_prompts_name is not None:
         if config.heldout_prompts_name == BUILTIN_PROMPTS:
-                heldout = world_prompt_records("heldout")
+            heldout = world_prompt_records("heldout")
         else:
             require_file(config.heldout_prompts_name, "heldout_prompts_name")
             heldout = load_prompts(config.heldout_prompts_name, "test")
@@ -347,8 +380,9 @@ def prompt_key(prompt: PromptRecord) -> str:
     return json.dumps(prompt.messages, sort_keys=True, ensure_ascii=False)
 
 
-def split_heldout_by_prompt(prompts: list[PromptRecord], fraction: float, seed: int
-                            ) -> tuple[list[PromptRecord], list[PromptRecord]]:
+def split_heldout_by_prompt(
+    prompts: list[PromptRecord], fraction: float, seed: int
+) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """(training prompts, held-out prompts), split by prompt text (alignment.data.split_by_key): a prompt file
     that repeats prompts (the pipeline draws them with replacement) never has a held-out prompt among its
     training ones, and a held-out prompt stays held out when rows are added. Each held-out prompt is kept once."""
@@ -459,14 +493,19 @@ class LogprobSamplingEngine(HFSamplingEngine):
         samples = []
         for row, tokens in enumerate(generated.tolist()):
             sample = make_sample(self.tokenizer, stop, offset + row, 0, chunk[row], tokens)
-            self.logprobs[offset + row] = logprobs[row, :len(sample.response_ids)].cpu()
+            self.logprobs[offset + row] = logprobs[row, : len(sample.response_ids)].cpu()
             samples.append(sample)
         return samples
 
     def _generate_with_logits(self, input_ids, attention_mask, params):
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
-                                     return_dict_in_generate=True, **self._generation_kwargs(params))
-        generated = output.sequences[:, input_ids.shape[1]:]
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **self._generation_kwargs(params),
+        )
+        generated = output.sequences[:, input_ids.shape[1] :]
         logits = torch.stack(output.logits, dim=1).float() / params.temperature  # raw logits, before top-p
         return generated, torch.gather(logits, 2, generated.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
 
@@ -475,8 +514,14 @@ class LogprobSamplingEngine(HFSamplingEngine):
         stop = torch.tensor(self.stop_ids, device=input_ids.device)
         cache = {_cache_argument(self.model): DynamicCache(config=self.model.config)}
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache,
+        ).logits[:, -1]
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         tokens, logprobs = [], []
         for step in range(params.max_new_tokens):
@@ -489,8 +534,13 @@ class LogprobSamplingEngine(HFSamplingEngine):
                 break
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
             position_ids = position_ids[:, -1:] + 1
-            logits = self.model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids,
-                                use_cache=True, **cache).logits[:, -1]
+            logits = self.model(
+                input_ids=token.unsqueeze(1),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **cache,
+            ).logits[:, -1]
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
@@ -500,13 +550,26 @@ def make_engine(config: PPOConfig, policy, tokenizer):
     return make_sampling_engine(config.sampling_backend, policy, tokenizer, batch_size=config.generation_batch_size)
 
 
-def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_ids: list[list[int]], scorers,
-                       config: PPOConfig, seed: int, clock: PhaseClock | None = None) -> RolloutBatch:
+def generate_and_score(
+    engine,
+    tokenizer,
+    prompts: list[PromptRecord],
+    prompt_ids: list[list[int]],
+    scorers,
+    config: PPOConfig,
+    seed: int,
+    clock: PhaseClock | None = None,
+) -> RolloutBatch:
     """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``. With a
     `LogprobSamplingEngine` the batch also carries pi_old's log-probs from the sampling pass."""
     clock = clock or PhaseClock()
-    params = SamplingParams(num_samples=1, temperature=config.temperature, top_p=config.top_p,
-                            max_new_tokens=config.max_new_tokens, seed=seed)
+    params = SamplingParams(
+        num_samples=1,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
     with clock("generation"):
         samples = sorted(engine.generate(prompt_ids, params), key=lambda s: s.prompt_index)
     messages, texts = [p.messages for p in prompts], [s.text for s in samples]
@@ -519,22 +582,28 @@ def generate_and_score(engine, tokenizer, prompts: list[PromptRecord], prompt_id
             scores = score_samples(*scorers, messages, texts, flags, config.safety_threshold)
     input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
     batch = RolloutBatch(
-        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
         is_safety_prompt=torch.tensor(flags),
         is_truncated=torch.tensor([not s.finished for s in samples]),
-        helpfulness=scores.helpfulness, safety=scores.safety, combined=scores.combined, use_safety=scores.use_safety,
+        helpfulness=scores.helpfulness,
+        safety=scores.safety,
+        combined=scores.combined,
+        use_safety=scores.use_safety,
     )
     if isinstance(engine, LogprobSamplingEngine):
         batch.logprobs = torch.zeros(response_mask.shape, dtype=torch.float32)
         for row, sample in enumerate(samples):
             p, r = len(sample.prompt_ids), len(sample.response_ids)
-            batch.logprobs[row, p - 1:p + r - 1] = engine.logprobs[sample.prompt_index]
+            batch.logprobs[row, p - 1 : p + r - 1] = engine.logprobs[sample.prompt_index]
     return batch
 
 
 @torch.no_grad()
-def forward_rollouts(models: PPOModels, batch: RolloutBatch, config: PPOConfig, clock: PhaseClock | None = None
-                     ) -> None:
+def forward_rollouts(
+    models: PPOModels, batch: RolloutBatch, config: PPOConfig, clock: PhaseClock | None = None
+) -> None:
     """Fill pi_old log-probs, pi_0 log-probs and V_old, in micro-batches (one model at a time, so each
     model's seconds are its own phase)."""
     clock = clock or PhaseClock()
@@ -546,19 +615,28 @@ def forward_rollouts(models: PPOModels, batch: RolloutBatch, config: PPOConfig, 
     def gather(compute) -> torch.Tensor:
         out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.input_ids.device)
         for rows, part in zip(order.split(config.per_device_train_batch_size), parts):
-            out[rows, :part.response_mask.shape[1]] = compute(part).float()
+            out[rows, : part.response_mask.shape[1]] = compute(part).float()
         return out
 
     autocast = models.accelerator.autocast
     with clock("logprobs"):
         with autocast():
             if batch.logprobs is None:  # not already taken from the sampling pass
-                batch.logprobs = gather(lambda part: token_logprobs(
-                    models.policy, part.input_ids, part.attention_mask, config.temperature,
-                    positions=part.response_mask))
+                batch.logprobs = gather(
+                    lambda part: token_logprobs(
+                        models.policy,
+                        part.input_ids,
+                        part.attention_mask,
+                        config.temperature,
+                        positions=part.response_mask,
+                    )
+                )
             with reference_policy(models.policy, models.reference) as ref:
-                batch.ref_logprobs = gather(lambda part: token_logprobs(
-                    ref, part.input_ids, part.attention_mask, config.temperature, positions=part.response_mask))
+                batch.ref_logprobs = gather(
+                    lambda part: token_logprobs(
+                        ref, part.input_ids, part.attention_mask, config.temperature, positions=part.response_mask
+                    )
+                )
     with clock("values"), autocast():
         batch.values = gather(lambda part: models.value_model(part.input_ids, part.attention_mask)[:, :-1])
 
@@ -570,8 +648,13 @@ def compute_advantages(batch: RolloutBatch, config: PPOConfig, distributed: bool
     mask = batch.response_mask
     batch.kl = kl_per_token(batch.logprobs, batch.ref_logprobs, config.kl_estimator, mask)
     batch.rewards = shaped_ppo_reward(
-        batch.combined, batch.kl, mask, config.kl_coef, is_truncated=batch.is_truncated,
-        truncated_penalty=config.truncated_penalty, distributed=distributed,
+        batch.combined,
+        batch.kl,
+        mask,
+        config.kl_coef,
+        is_truncated=batch.is_truncated,
+        truncated_penalty=config.truncated_penalty,
+        distributed=distributed,
     )
     batch.advantages, batch.returns = gae(batch.rewards, batch.values, mask, config.gamma, config.lam)
     if config.whiten_advantages:
@@ -610,7 +693,7 @@ def ppo_update(models: PPOModels, batch: RolloutBatch, config: PPOConfig, iterat
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(batch), generator=generator)
         for m in range(n_mini):
-            mini = batch.select(order[m * local_mini:(m + 1) * local_mini])
+            mini = batch.select(order[m * local_mini : (m + 1) * local_mini])
             tokens = global_token_count(mini.response_mask, distributed)
             sums = torch.zeros(len(UPDATE_STATISTICS), dtype=torch.float64, device=accelerator.device)
             for start in range(0, local_mini, micro):
@@ -621,18 +704,32 @@ def ppo_update(models: PPOModels, batch: RolloutBatch, config: PPOConfig, iterat
                         stack.enter_context(accelerator.no_sync(policy))
                         stack.enter_context(accelerator.no_sync(value_model))
                     with accelerator.autocast():
-                        logprobs, entropy = token_logprobs(policy, part.input_ids, part.attention_mask,
-                                                           config.temperature, with_entropy=True,
-                                                           positions=part.response_mask)
+                        logprobs, entropy = token_logprobs(
+                            policy,
+                            part.input_ids,
+                            part.attention_mask,
+                            config.temperature,
+                            with_entropy=True,
+                            positions=part.response_mask,
+                        )
                         values = value_model(part.input_ids, part.attention_mask)[:, :-1]
-                    pl = policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
-                                     config.clip_range, tokens)
-                    vl = value_loss(values, part.values, part.returns, part.response_mask,
-                                    config.value_clip_range, tokens)
+                    pl = policy_loss(
+                        logprobs, part.logprobs, part.advantages, part.response_mask, config.clip_range, tokens
+                    )
+                    vl = value_loss(
+                        values, part.values, part.returns, part.response_mask, config.value_clip_range, tokens
+                    )
                     accelerator.backward((pl.loss + vl.loss) * world)
-                sums += torch.stack([pl.loss.detach().double(), vl.loss.detach().double(),
-                                     pl.clip_fraction.double(), vl.clip_fraction.double(), pl.approx_kl.double(),
-                                     masked_mean(entropy, part.response_mask, tokens).double()])
+                sums += torch.stack(
+                    [
+                        pl.loss.detach().double(),
+                        vl.loss.detach().double(),
+                        pl.clip_fraction.double(),
+                        vl.clip_fraction.double(),
+                        pl.approx_kl.double(),
+                        masked_mean(entropy, part.response_mask, tokens).double(),
+                    ]
+                )
             if not _all_finite(accelerator, sums):
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteError(f"non-finite PPO loss at iteration {iteration + 1}, mini-batch {m + 1}")
@@ -655,19 +752,35 @@ def rollout_metrics(accelerator, batch: RolloutBatch) -> dict[str, float]:
     the batch's real (non-pad) tokens, which the benchmark turns into FLOPs."""
     distributed = accelerator.num_processes > 1
     lengths = batch.response_mask.sum(dim=1).double()
-    per_row = torch.stack([
-        batch.helpfulness.double(), batch.safety.double(), batch.combined.double(), batch.use_safety.double(),
-        torch.where(batch.response_mask, batch.kl, 0.0).sum(dim=1).double(),  # KL of each answer
-        lengths, batch.is_truncated.double(), batch.attention_mask.sum(dim=1).double(),
-    ])
+    per_row = torch.stack(
+        [
+            batch.helpfulness.double(),
+            batch.safety.double(),
+            batch.combined.double(),
+            batch.use_safety.double(),
+            torch.where(batch.response_mask, batch.kl, 0.0).sum(dim=1).double(),  # KL of each answer
+            lengths,
+            batch.is_truncated.double(),
+            batch.attention_mask.sum(dim=1).double(),
+        ]
+    )
     sums = torch.cat([per_row.sum(dim=1), per_row.new_tensor([float(len(batch))])])
     if distributed:
         sums = accelerator.reduce(sums, reduction="sum")
-    names = ("reward/helpfulness", "reward/safety", "reward/combined", "reward/gated_to_safety", "kl",
-             "response_length", "truncated_share", "sequence_length")
+    names = (
+        "reward/helpfulness",
+        "reward/safety",
+        "reward/combined",
+        "reward/gated_to_safety",
+        "kl",
+        "response_length",
+        "truncated_share",
+        "sequence_length",
+    )
     out = {name: value / sums[-1].item() for name, value in zip(names, sums[:-1].tolist())}
-    out["explained_variance"] = float(explained_variance(batch.values, batch.returns, batch.response_mask,
-                                                         distributed=distributed))
+    out["explained_variance"] = float(
+        explained_variance(batch.values, batch.returns, batch.response_mask, distributed=distributed)
+    )
     return out
 
 
@@ -680,8 +793,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     root = output_dir / CHECKPOINTS
     if not root.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _CHECKPOINT_NAME.match(p.name)) and (p / TRAINER_STATE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _CHECKPOINT_NAME.match(p.name)) and (p / TRAINER_STATE).is_file()
+    ]
     return max(found)[1] if found else None
 
 
@@ -761,8 +877,9 @@ def save_final_policy(accelerator, policy, tokenizer, output_dir: Path, merge_lo
 
 
 def _tracker_config(config: PPOConfig) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-            for k, v in config_to_dict(config).items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(config).items()
+    }
 
 
 @dataclass
@@ -780,7 +897,7 @@ class TrainerState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainerState":
+    def from_dict(cls, values: dict) -> TrainerState:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
@@ -794,9 +911,16 @@ class PPOTrainer:
     iteration (tests use it to simulate a kill).
     """
 
-    def __init__(self, config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
-                 prompts: list[PromptRecord] | None = None, heldout_prompts: list[PromptRecord] | None = None,
-                 on_iteration_end=None):
+    def __init__(
+        self,
+        config: PPOConfig,
+        *,
+        helpfulness_scorer=None,
+        safety_scorer=None,
+        prompts: list[PromptRecord] | None = None,
+        heldout_prompts: list[PromptRecord] | None = None,
+        on_iteration_end=None,
+    ):
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.scorers = (helpfulness_scorer, safety_scorer)
@@ -812,8 +936,11 @@ class PPOTrainer:
     def setup(self) -> None:
         config = self.config
         trackers = [t for t in config.report_to if t != "none"]
-        self.accelerator = accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no",
-                                                     log_with=trackers or None, project_dir=str(self.output_dir))
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision="bf16" if config.bf16 else "no",
+            log_with=trackers or None,
+            project_dir=str(self.output_dir),
+        )
         config.validate(accelerator.num_processes)
         check_chat_format(config.chat_format)
         if accelerator.is_main_process:
@@ -841,8 +968,9 @@ class PPOTrainer:
         self.models = PPOModels(accelerator, policy, reference, value_model, optimizer)
         self.engine = make_engine(config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer)
         self.prompt_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.prompts]
-        self.heldout_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format)
-                            for p in self.heldout_prompts]
+        self.heldout_ids = [
+            encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.heldout_prompts
+        ]
         self.load_checkpoint()
         if trackers:
             accelerator.init_trackers("ppo", config=_tracker_config(config))
@@ -870,13 +998,23 @@ class PPOTrainer:
         config = self.config
         if self.evaluating and self.state.best_score is None:
             self.evaluate(0)  # the policy at PPO start is the baseline that training must beat
-        bar = tqdm(total=config.num_iterations, initial=self.state.iteration, desc="PPO", unit="it",
-                   disable=not (config.progress and self.accelerator.is_local_main_process))
+        bar = tqdm(
+            total=config.num_iterations,
+            initial=self.state.iteration,
+            desc="PPO",
+            unit="it",
+            disable=not (config.progress and self.accelerator.is_local_main_process),
+        )
         while self.state.iteration < config.num_iterations and not self.state.stopped_early:
             metrics = self.train_iteration()
             bar.update(1)
-            bar.set_postfix({"R_c": f"{metrics['reward/combined']:.3f}", "kl": f"{metrics['kl']:.3f}",
-                             "gen": f"{metrics['time/generation'] / metrics['time/iteration']:.0%}"})
+            bar.set_postfix(
+                {
+                    "R_c": f"{metrics['reward/combined']:.3f}",
+                    "kl": f"{metrics['kl']:.3f}",
+                    "gen": f"{metrics['time/generation'] / metrics['time/iteration']:.0%}",
+                }
+            )
             if self.on_iteration_end is not None:
                 self.on_iteration_end(self.state.iteration, metrics)
         bar.close()
@@ -887,11 +1025,19 @@ class PPOTrainer:
         world, rank = accelerator.num_processes, accelerator.process_index
         local = config.rollout_batch_size // world
         indices = prompt_indices(len(self.prompts), iteration, config.rollout_batch_size, config.seed)
-        mine = indices[rank * local:(rank + 1) * local]
+        mine = indices[rank * local : (rank + 1) * local]
         seed = (config.seed * 1_000_003 + iteration) * world + rank
         with gathered_full_weights(self.models.policy, accelerator):  # FSDP/ZeRO-3: generate on whole weights
-            batch = generate_and_score(self.engine, self.tokenizer, [self.prompts[i] for i in mine],
-                                       [self.prompt_ids[i] for i in mine], self.scorers, config, seed, clock)
+            batch = generate_and_score(
+                self.engine,
+                self.tokenizer,
+                [self.prompts[i] for i in mine],
+                [self.prompt_ids[i] for i in mine],
+                self.scorers,
+                config,
+                seed,
+                clock,
+            )
         return batch.to(accelerator.device)
 
     def train_iteration(self) -> dict:
@@ -928,8 +1074,14 @@ class PPOTrainer:
                 self.save_checkpoint()
         elapsed = time.perf_counter() - started
         metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
-        metrics.update({"time/training": train_s, "time/other": elapsed - sum(clock.seconds.values()),
-                        "time/iteration": elapsed, "rollouts_per_s": config.rollout_batch_size / elapsed})
+        metrics.update(
+            {
+                "time/training": train_s,
+                "time/other": elapsed - sum(clock.seconds.values()),
+                "time/iteration": elapsed,
+                "rollouts_per_s": config.rollout_batch_size / elapsed,
+            }
+        )
         accelerator.log(metrics, step=state.iteration)
         if accelerator.is_main_process:
             append_jsonl(self.output_dir / "metrics.jsonl", [{"iteration": state.iteration, **metrics}])
@@ -940,8 +1092,15 @@ class PPOTrainer:
         """Held-out mean R_c; a new best (by more than ``early_stopping_min_delta``) saves its policy, which
         the next checkpoint publishes together with ``best_iteration``."""
         with gathered_full_weights(self.models.policy, self.accelerator):
-            score = evaluate_heldout(self.accelerator, self.engine, self.tokenizer, self.heldout_prompts,
-                                     self.heldout_ids, self.scorers, self.config)
+            score = evaluate_heldout(
+                self.accelerator,
+                self.engine,
+                self.tokenizer,
+                self.heldout_prompts,
+                self.heldout_ids,
+                self.scorers,
+                self.config,
+            )
         self.accelerator.log({"heldout/combined": score}, step=iteration)
         state = self.state
         if state.best_score is None or score > state.best_score + self.config.early_stopping_min_delta:
@@ -954,8 +1113,13 @@ class PPOTrainer:
     # -- save and finish --------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        saved = save_checkpoint(self.accelerator, self.output_dir, self.state.to_dict(), self.config.keep_checkpoints,
-                                best_policy=self.best_policy)
+        saved = save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            self.state.to_dict(),
+            self.config.keep_checkpoints,
+            best_policy=self.best_policy,
+        )
         if self.best_policy is not None:
             self.best_policy = saved / BEST_POLICY
         return saved
@@ -994,8 +1158,9 @@ class PPOTrainer:
         return self.cleanup()
 
 
-def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord], heldout_ids, scorers,
-                     config: PPOConfig) -> float:
+def evaluate_heldout(
+    accelerator, engine, tokenizer, heldout: list[PromptRecord], heldout_ids, scorers, config: PPOConfig
+) -> float:
     """Mean R_c (raw scale) of one seeded answer per held-out prompt, over all processes: the early-stopping
     criterion (sec. 3.2.3: "early stopping on held-out prompts"). The same seed each time, so evaluations
     differ by the policy only."""
@@ -1003,28 +1168,62 @@ def evaluate_heldout(accelerator, engine, tokenizer, heldout: list[PromptRecord]
     mine = list(range(rank, len(heldout), world))
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     if mine:
-        batch = generate_and_score(engine, tokenizer, [heldout[i] for i in mine], [heldout_ids[i] for i in mine],
-                                   scorers, config, seed=config.seed + 7919)
-        total += torch.tensor([batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64,
-                              device=accelerator.device)
+        batch = generate_and_score(
+            engine,
+            tokenizer,
+            [heldout[i] for i in mine],
+            [heldout_ids[i] for i in mine],
+            scorers,
+            config,
+            seed=config.seed + 7919,
+        )
+        total += torch.tensor(
+            [batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64, device=accelerator.device
+        )
     if world > 1:
         total = accelerator.reduce(total, reduction="sum")
     return total[0].item() / max(total[1].item(), 1.0)
 
 
-def run_ppo(config: PPOConfig, *, helpfulness_scorer=None, safety_scorer=None,
-            prompts: list[PromptRecord] | None = None, heldout_prompts: list[PromptRecord] | None = None,
-            on_iteration_end=None) -> dict:
+def run_ppo(
+    config: PPOConfig,
+    *,
+    helpfulness_scorer=None,
+    safety_scorer=None,
+    prompts: list[PromptRecord] | None = None,
+    heldout_prompts: list[PromptRecord] | None = None,
+    on_iteration_end=None,
+) -> dict:
     """Train the policy with PPO and save it to ``config.output_dir``; returns a summary (see `PPOTrainer`).
 
     A run that was killed resumes from its last complete iteration (weights, optimiser, RNG, data position);
     a finished run returns its saved summary."""
-    return PPOTrainer(config, helpfulness_scorer=helpfulness_scorer, safety_scorer=safety_scorer, prompts=prompts,
-                      heldout_prompts=heldout_prompts, on_iteration_end=on_iteration_end).run()
+    return PPOTrainer(
+        config,
+        helpfulness_scorer=helpfulness_scorer,
+        safety_scorer=safety_scorer,
+        prompts=prompts,
+        heldout_prompts=heldout_prompts,
+        on_iteration_end=on_iteration_end,
+    ).run()
 
 
 __all__ = [
-    "NonFiniteError", "PPOConfig", "PPOModels", "PPOTrainer", "PhaseClock", "RolloutBatch", "TokenValueModel",
-    "TrainerState", "collate_rollouts", "compute_advantages", "forward_rollouts", "generate_and_score",
-    "latest_checkpoint", "ppo_update", "prompt_indices", "run_ppo", "token_logprobs",
+    "NonFiniteError",
+    "PPOConfig",
+    "PPOModels",
+    "PPOTrainer",
+    "PhaseClock",
+    "RolloutBatch",
+    "TokenValueModel",
+    "TrainerState",
+    "collate_rollouts",
+    "compute_advantages",
+    "forward_rollouts",
+    "generate_and_score",
+    "latest_checkpoint",
+    "ppo_update",
+    "prompt_indices",
+    "run_ppo",
+    "token_logprobs",
 ]

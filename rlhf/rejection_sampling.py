@@ -22,9 +22,9 @@ from __future__ import annotations
 import gc
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import PartialState
@@ -93,7 +93,9 @@ class RejectionSamplingArguments:
     )
     policy_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Model that samples; default model_name_or_path. A larger one distils into it (sec. 3.2.3)."},
+        metadata={
+            "help": "Model that samples; default model_name_or_path. A larger one distils into it (sec. 3.2.3)."
+        },
     )
     helpfulness_model: str | None = field(default=None, metadata={"help": "Helpfulness RM R_h (stage 2 output)."})
     safety_model: str | None = field(default=None, metadata={"help": "Safety RM R_s (stage 2 output)."})
@@ -106,18 +108,21 @@ class RejectionSamplingArguments:
     )
     safety_threshold: float = field(
         default=SAFETY_THRESHOLD,
-        metadata={"range": OPEN_UNIT,
-                  "help": "R_c uses R_s where sigmoid(r_s) < this (sec. 3.2.3: 0.15)."}
+        metadata={"range": OPEN_UNIT, "help": "R_c uses R_s where sigmoid(r_s) < this (sec. 3.2.3: 0.15)."},
     )
     num_samples: int = field(
         default=10,
-        metadata={"range": NON_NEGATIVE,
-                  "help": "K samples per prompt; the paper samples 10-100 (fig. 7). 0: no sampling, distil the pool."},
+        metadata={
+            "range": NON_NEGATIVE,
+            "help": "K samples per prompt; the paper samples 10-100 (fig. 7). 0: no sampling, distil the pool.",
+        },
     )
     temperature: float = field(
         default=1.0,
-        metadata={"range": POSITIVE,
-                  "help": "Sampling T; re-tuned each iteration, [1.2, 1.3] best for the RLHF models (fig. 8)."},
+        metadata={
+            "range": POSITIVE,
+            "help": "Sampling T; re-tuned each iteration, [1.2, 1.3] best for the RLHF models (fig. 8).",
+        },
     )
     top_p: float = field(
         default=1.0, metadata={"range": TOP_P, "help": "Nucleus; 1.0 = temperature only, as in the paper's RS."}
@@ -131,23 +136,31 @@ class RejectionSamplingArguments:
     )
     prompt_chunk_size: int = field(
         default=64,
-        metadata={"range": AT_LEAST_ONE,
-                  "help": "Prompts per chunk; samples are saved per chunk, a killed run resumes there."}
+        metadata={
+            "range": AT_LEAST_ONE,
+            "help": "Prompts per chunk; samples are saved per chunk, a killed run resumes there.",
+        },
     )
     previous_samples: list[str] = field(
         default_factory=list,
-        metadata={"help": "samples.jsonl files (or run dirs) of earlier iterations, oldest first; their top samples "
-                          "are re-scored by the current RMs and pooled."},
+        metadata={
+            "help": "samples.jsonl files (or run dirs) of earlier iterations, oldest first; their top samples "
+            "are re-scored by the current RMs and pooled."
+        },
     )
     previous_top_k: int = field(
         default=3,
-        metadata={"help": "Samples per prompt taken from each earlier iteration (by its own scores) for re-scoring: "
-                          "the current RMs may rank them otherwise (sec. 3.2.3: top samples of all prior iterations)."},
+        metadata={
+            "help": "Samples per prompt taken from each earlier iteration (by its own scores) for re-scoring: "
+            "the current RMs may rank them otherwise (sec. 3.2.3: top samples of all prior iterations)."
+        },
     )
     drop_unfinished: bool = field(
         default=True,
-        metadata={"help": "Leave answers cut at max_new_tokens out of best-of-K and the pool (the RMs would score a "
-                          "cut answer as finished, and fine-tuning would teach it to stop there)."},
+        metadata={
+            "help": "Leave answers cut at max_new_tokens out of best-of-K and the pool (the RMs would score a "
+            "cut answer as finished, and fine-tuning would teach it to stop there)."
+        },
     )
     extra_dialogues: list[str] = field(
         default_factory=list,
@@ -155,8 +168,7 @@ class RejectionSamplingArguments:
     )
     temperature_sweep: list[float] = field(
         default_factory=list,
-        metadata={"range": POSITIVE,
-                  "help": "Temperatures to compare (fig. 8); empty: no sweep."}
+        metadata={"range": POSITIVE, "help": "Temperatures to compare (fig. 8); empty: no sweep."},
     )
     sweep_num_prompts: int = field(
         default=32, metadata={"range": AT_LEAST_ONE, "help": "Prompts (the first ones) used by the sweep."}
@@ -166,8 +178,10 @@ class RejectionSamplingArguments:
     )
     reward_curve_ks: list[int] = field(
         default_factory=list,
-        metadata={"range": AT_LEAST_ONE,
-                  "help": "K values of the max/median curve (fig. 7); default 1, 2, 4, ..., K."}
+        metadata={
+            "range": AT_LEAST_ONE,
+            "help": "K values of the max/median curve (fig. 7); default 1, 2, 4, ..., K.",
+        },
     )
     eval_prompts_name: str | None = field(
         default=None, metadata={"help": "Held-out prompts: mean R_c of the start and the fine-tuned model."}
@@ -188,15 +202,23 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
     if rs_args.reward_chat_format:
         check_chat_format(rs_args.reward_chat_format)
     if rs_args.sampling_backend not in SAMPLING_BACKENDS:
-        raise RecipeError(f"unknown sampling_backend '{rs_args.sampling_backend}' (use {', '.join(SAMPLING_BACKENDS)})")
+        raise RecipeError(
+            f"unknown sampling_backend '{rs_args.sampling_backend}' (use {', '.join(SAMPLING_BACKENDS)})"
+        )
     if rs_args.num_samples < 0:
         raise RecipeError("num_samples must be >= 0")
     if rs_args.num_samples == 0 and not rs_args.previous_samples:
         raise RecipeError("num_samples 0 (distillation) needs previous_samples to pool from")
     for temperature in [rs_args.temperature, *rs_args.temperature_sweep]:
-        SamplingParams(num_samples=1, temperature=temperature, top_p=rs_args.top_p, max_new_tokens=rs_args.max_new_tokens)
-    SamplingParams(num_samples=max(1, rs_args.eval_num_samples), temperature=rs_args.eval_temperature,
-                   top_p=rs_args.eval_top_p, max_new_tokens=rs_args.max_new_tokens)
+        SamplingParams(
+            num_samples=1, temperature=temperature, top_p=rs_args.top_p, max_new_tokens=rs_args.max_new_tokens
+        )
+    SamplingParams(
+        num_samples=max(1, rs_args.eval_num_samples),
+        temperature=rs_args.eval_temperature,
+        top_p=rs_args.eval_top_p,
+        max_new_tokens=rs_args.max_new_tokens,
+    )
     if rs_args.pick_temperature and not rs_args.temperature_sweep:
         raise RecipeError("pick_temperature needs a temperature_sweep")
     if rs_args.prompt_chunk_size < 1 or rs_args.generation_batch_size < 1 or rs_args.reward_batch_size < 1:
@@ -204,8 +226,10 @@ def validate_rs_inputs(rs_args, model_args, data_args, training_args, have_score
     if not have_scorers and not (rs_args.helpfulness_model and rs_args.safety_model):
         raise RecipeError("rejection sampling needs both reward models: set helpfulness_model and safety_model")
     require_file(resolve_dataset(rs_args.prompts_name), "prompts_name")
-    models = {"model_name_or_path": model_args.model_name_or_path,
-              "policy_model_name_or_path": rs_args.policy_model_name_or_path}
+    models = {
+        "model_name_or_path": model_args.model_name_or_path,
+        "policy_model_name_or_path": rs_args.policy_model_name_or_path,
+    }
     if not have_scorers:
         models.update(helpfulness_model=rs_args.helpfulness_model, safety_model=rs_args.safety_model)
     for key, name in models.items():
@@ -250,11 +274,17 @@ def load_previous_top(path: str | Path, top: int = 1, drop_unfinished: bool = Tr
         if isinstance(row["r_c"], bool) or not isinstance(row["r_c"], (int, float)):
             raise DataError(f"{where}: field 'r_c' must be a number")
         prompt = row_to_prompt(
-            {"messages": row["messages"], "is_safety_prompt": row.get("is_safety_prompt", False),
-             "id": row.get("prompt_id", number)}, where, number,
+            {
+                "messages": row["messages"],
+                "is_safety_prompt": row.get("is_safety_prompt", False),
+                "id": row.get("prompt_id", number),
+            },
+            where,
+            number,
         )
-        rows.append({**row, "prompt_id": prompt.id, "messages": prompt.messages,
-                     "is_safety_prompt": prompt.is_safety_prompt})
+        rows.append(
+            {**row, "prompt_id": prompt.id, "messages": prompt.messages, "is_safety_prompt": prompt.is_safety_prompt}
+        )
     return top_of_k(rows, top, drop_unfinished)
 
 
@@ -267,8 +297,14 @@ def rescore(rows: list[dict], scorers: tuple[Scorer, Scorer], threshold: float, 
     """The same samples with the current reward models' scores (R_c is only comparable under one RM pair)."""
     if not rows:
         return []
-    scores = score_samples(scorers[0], scorers[1], [r["messages"] for r in rows], [r["response"] for r in rows],
-                           [r["is_safety_prompt"] for r in rows], threshold)
+    scores = score_samples(
+        scorers[0],
+        scorers[1],
+        [r["messages"] for r in rows],
+        [r["response"] for r in rows],
+        [r["is_safety_prompt"] for r in rows],
+        threshold,
+    )
     return [{**row, **score, "source": source} for row, score in zip(rows, scores.rows())]
 
 
@@ -294,11 +330,18 @@ def sampling_manifest(rs_args, model_args, seed: int) -> dict:
     """The settings that decide what is sampled; an output_dir only ever holds samples of one of them."""
     return {
         "policy": rs_args.policy_model_name_or_path or model_args.model_name_or_path,
-        "prompts_name": rs_args.prompts_name, "max_prompts": rs_args.max_prompts,
-        "num_samples": rs_args.num_samples, "temperature": rs_args.temperature, "top_p": rs_args.top_p,
-        "max_new_tokens": rs_args.max_new_tokens, "seed": seed, "chat_format": model_args.chat_format,
-        "prompt_chunk_size": rs_args.prompt_chunk_size, "temperature_sweep": list(rs_args.temperature_sweep),
-        "sweep_num_prompts": rs_args.sweep_num_prompts, "pick_temperature": rs_args.pick_temperature,
+        "prompts_name": rs_args.prompts_name,
+        "max_prompts": rs_args.max_prompts,
+        "num_samples": rs_args.num_samples,
+        "temperature": rs_args.temperature,
+        "top_p": rs_args.top_p,
+        "max_new_tokens": rs_args.max_new_tokens,
+        "seed": seed,
+        "chat_format": model_args.chat_format,
+        "prompt_chunk_size": rs_args.prompt_chunk_size,
+        "temperature_sweep": list(rs_args.temperature_sweep),
+        "sweep_num_prompts": rs_args.sweep_num_prompts,
+        "pick_temperature": rs_args.pick_temperature,
         "previous_samples": list(rs_args.previous_samples),
     }
 
@@ -340,7 +383,9 @@ def load_reward_scorers(rs_args, model_args) -> tuple[Scorer, Scorer]:
 
 def pool_to_dialogs(pool: list[dict]) -> tuple[list[list[dict]], int]:
     """SFT dialogs from the pool; empty answers (a model that stopped at once) are dropped and counted."""
-    dialogs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in pool if r["response"].strip()]
+    dialogs = [
+        r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in pool if r["response"].strip()
+    ]
     return dialogs, len(pool) - len(dialogs)
 
 
@@ -352,9 +397,16 @@ class RejectionSampler:
     that is left, so a resumed run that finds every chunk on disk loads no policy.
     """
 
-    def __init__(self, rs_args, model_args, data_args, training_args, *,
-                 scorers: tuple[Scorer, Scorer] | None = None,
-                 engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None):
+    def __init__(
+        self,
+        rs_args,
+        model_args,
+        data_args,
+        training_args,
+        *,
+        scorers: tuple[Scorer, Scorer] | None = None,
+        engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None,
+    ):
         validate_rs_inputs(rs_args, model_args, data_args, training_args, have_scorers=scorers is not None)
         self.rs_args, self.model_args = rs_args, model_args
         self.data_args, self.training_args = data_args, training_args
@@ -364,15 +416,18 @@ class RejectionSampler:
         self.threshold = rs_args.safety_threshold
         self.policy_name = rs_args.policy_model_name_or_path or model_args.model_name_or_path
         self.factory = engine_factory or hf_engine_factory(rs_args, model_args)
-        self.engines = {name: Lazy(lambda name=name: self.factory(name))
-                        for name in {self.policy_name, model_args.model_name_or_path}}
+        self.engines = {
+            name: Lazy(lambda name=name: self.factory(name))
+            for name in {self.policy_name, model_args.model_name_or_path}
+        }
         self.reward_models = Lazy(lambda: scorers if scorers is not None else load_reward_scorers(rs_args, model_args))
         self.summary: dict = {"stage": STAGE, "policy": self.policy_name, "student": model_args.model_name_or_path}
 
     # ----------------------------------------------------------------------------------------------- sampling
 
-    def sample_and_score(self, prompts: list[PromptRecord], path: Path, params: SamplingParams,
-                         desc: str = "rejection sampling") -> list[dict]:
+    def sample_and_score(
+        self, prompts: list[PromptRecord], path: Path, params: SamplingParams, desc: str = "rejection sampling"
+    ) -> list[dict]:
         """K scored samples per prompt, appended to `path` per chunk; chunks already complete there are reused.
 
         Chunk c (prompts c*chunk_size ...) is sampled with seed params.seed + c, so which chunks a killed run had
@@ -396,21 +451,31 @@ class RejectionSampler:
                 out += [saved[key] for key in keys]
                 continue
             seed = None if params.seed is None else params.seed + chunk
-            rows = self._sample_chunk([prompts[i] for i in indices], start,
-                                      SamplingParams(k, params.temperature, params.top_p, params.max_new_tokens, seed))
+            rows = self._sample_chunk(
+                [prompts[i] for i in indices],
+                start,
+                SamplingParams(k, params.temperature, params.top_p, params.max_new_tokens, seed),
+            )
             append_jsonl(path, rows)
             out += rows
         return out
 
     def _sample_chunk(self, chunk_prompts: list[PromptRecord], start: int, params: SamplingParams) -> list[dict]:
         sampler, tokenizer = self.engines[self.policy_name]()
-        samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in chunk_prompts],
-                                   params)
+        samples = sampler.generate(
+            [encode_prompt(tokenizer, p.messages, self.chat_format) for p in chunk_prompts], params
+        )
         samples.sort(key=lambda s: (s.prompt_index, s.sample_index))
         owners = [chunk_prompts[s.prompt_index] for s in samples]
         h, r = self.reward_models()
-        scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
-                               [p.is_safety_prompt for p in owners], self.threshold)
+        scores = score_samples(
+            h,
+            r,
+            [p.messages for p in owners],
+            [s.text for s in samples],
+            [p.is_safety_prompt for p in owners],
+            self.threshold,
+        )
         return [
             {
                 "prompt_id": owner.id,
@@ -433,11 +498,15 @@ class RejectionSampler:
         rs_args = self.rs_args
         by_temperature = {}
         for j, temperature in enumerate(rs_args.temperature_sweep):
-            params = SamplingParams(rs_args.num_samples, temperature, rs_args.top_p, rs_args.max_new_tokens,
-                                    self.seed + 100_003 * (j + 1))
+            params = SamplingParams(
+                rs_args.num_samples, temperature, rs_args.top_p, rs_args.max_new_tokens, self.seed + 100_003 * (j + 1)
+            )
             by_temperature[temperature] = self.sample_and_score(
-                prompts[: rs_args.sweep_num_prompts], self.output_dir / SWEEP_FILE, params,
-                desc=f"temperature sweep T={temperature}")
+                prompts[: rs_args.sweep_num_prompts],
+                self.output_dir / SWEEP_FILE,
+                params,
+                desc=f"temperature sweep T={temperature}",
+            )
         sweep = reward_vs_temperature(by_temperature)
         write_reward_vs_temperature(self.output_dir, sweep)
         self.summary["reward_vs_temperature"] = sweep
@@ -463,14 +532,20 @@ class RejectionSampler:
             self.summary.update(self.selection_statistics(rows, current))
         # Newest first, so a tie keeps the newer policy's answer.
         earlier = [
-            rescore(load_previous_top(path, rs_args.previous_top_k, rs_args.drop_unfinished), self.reward_models(),
-                    self.threshold, str(samples_file(path)))
+            rescore(
+                load_previous_top(path, rs_args.previous_top_k, rs_args.drop_unfinished),
+                self.reward_models(),
+                self.threshold,
+                str(samples_file(path)),
+            )
             for path in reversed(rs_args.previous_samples)
         ]
         pool = pool_best([current, *earlier], rs_args.drop_unfinished)
         atomic_write_text(self.output_dir / POOL_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool))
-        atomic_write_json(self.output_dir / SAMPLING_MANIFEST,
-                          {**sampling_manifest(rs_args, self.model_args, self.seed), "temperature_used": temperature})
+        atomic_write_json(
+            self.output_dir / SAMPLING_MANIFEST,
+            {**sampling_manifest(rs_args, self.model_args, self.seed), "temperature_used": temperature},
+        )
         return pool, report, temperature
 
     @staticmethod
@@ -493,14 +568,25 @@ class RejectionSampler:
     def evaluate(self, prompts: list[PromptRecord], engine: Lazy) -> dict:
         """Mean reward of a policy's samples on held-out prompts (how the paper judged progress, sec. 3.4)."""
         rs_args = self.rs_args
-        params = SamplingParams(max(1, rs_args.eval_num_samples), rs_args.eval_temperature, rs_args.eval_top_p,
-                                rs_args.max_new_tokens, self.seed)
+        params = SamplingParams(
+            max(1, rs_args.eval_num_samples),
+            rs_args.eval_temperature,
+            rs_args.eval_top_p,
+            rs_args.max_new_tokens,
+            self.seed,
+        )
         sampler, tokenizer = engine()
         samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in prompts], params)
         owners = [prompts[s.prompt_index] for s in samples]
         h, r = self.reward_models()
-        scores = score_samples(h, r, [p.messages for p in owners], [s.text for s in samples],
-                               [p.is_safety_prompt for p in owners], self.threshold)
+        scores = score_samples(
+            h,
+            r,
+            [p.messages for p in owners],
+            [s.text for s in samples],
+            [p.is_safety_prompt for p in owners],
+            self.threshold,
+        )
         count = max(1, len(scores))
         return {
             "mean_r_c": float(scores.combined.mean()) if len(scores) else 0.0,
@@ -523,17 +609,24 @@ class RejectionSampler:
                 print(f"rejection sampling already complete in {output_dir}")
                 return done
         prompts = load_prompts(resolve_dataset(rs_args.prompts_name), rs_args.prompts_split)[: rs_args.max_prompts]
-        eval_prompts = (load_prompts(resolve_dataset(rs_args.eval_prompts_name), rs_args.prompts_split)
-                        if rs_args.eval_prompts_name else [])
+        eval_prompts = (
+            load_prompts(resolve_dataset(rs_args.eval_prompts_name), rs_args.prompts_split)
+            if rs_args.eval_prompts_name
+            else []
+        )
         state = PartialState()
         eval_path = output_dir / "eval.json"
         # Other processes wait, then find every chunk on disk and re-generate nothing.
         with state.main_process_first():
             output_dir.mkdir(parents=True, exist_ok=True)
             pool, report, temperature = self._pool(prompts)
-            self.summary.update(temperature=temperature, reward_vs_k=report, pool_size=len(pool),
-                                pool_sources=dict(Counter(r.get("source", "current") for r in pool)),
-                                pool_mean_r_c=sum(r["r_c"] for r in pool) / max(1, len(pool)))
+            self.summary.update(
+                temperature=temperature,
+                reward_vs_k=report,
+                pool_size=len(pool),
+                pool_sources=dict(Counter(r.get("source", "current") for r in pool)),
+                pool_mean_r_c=sum(r["r_c"] for r in pool) / max(1, len(pool)),
+            )
             evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else {}
             if eval_prompts and "start" not in evaluation:
                 evaluation["start"] = self.evaluate(eval_prompts, self.engines[self.model_args.model_name_or_path])
@@ -569,8 +662,10 @@ class RejectionSampler:
     def fine_tune(self, pool: list[dict], marker: Path) -> None:
         dialogs, empty = pool_to_dialogs(pool)
         if not dialogs:
-            raise RecipeError("the pool holds no non-empty, finished answer to fine-tune on "
-                              "(raise max_new_tokens, or set drop_unfinished: false)")
+            raise RecipeError(
+                "the pool holds no non-empty, finished answer to fine-tune on "
+                "(raise max_new_tokens, or set drop_unfinished: false)"
+            )
         if self.rs_args.extra_dialogues:
             dialogs += load_training_dialogues(self.rs_args.extra_dialogues)
         sft_done = json.loads(marker.read_text()) if marker.exists() else None
@@ -579,9 +674,16 @@ class RejectionSampler:
         self.summary.update(sft=sft_done, empty_answers_dropped=empty)
 
 
-def run_rejection_sampling(rs_args, model_args, data_args, training_args, *,
-                           scorers: tuple[Scorer, Scorer] | None = None,
-                           engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None) -> dict:
+def run_rejection_sampling(
+    rs_args,
+    model_args,
+    data_args,
+    training_args,
+    *,
+    scorers: tuple[Scorer, Scorer] | None = None,
+    engine_factory: Callable[[str], tuple[SamplingEngine, object]] | None = None,
+) -> dict:
     """Sample, score, select, pool, fine-tune; returns the summary also written to stage_complete.json."""
-    return RejectionSampler(rs_args, model_args, data_args, training_args, scorers=scorers,
-                            engine_factory=engine_factory).run()
+    return RejectionSampler(
+        rs_args, model_args, data_args, training_args, scorers=scorers, engine_factory=engine_factory
+    ).run()

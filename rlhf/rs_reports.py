@@ -32,14 +32,24 @@ def write_reward_vs_k(output_dir: str | Path, curve: dict) -> None:
     output_dir = Path(output_dir)
     atomic_write_json(output_dir / "reward_vs_k.json", curve)
     if curve["k"]:
-        _plot(output_dir / "reward_vs_k.png", curve["k"], {"max": curve["max"], "median": curve["median"]},
-              "samples per prompt K", "Best-of-K: max vs median reward (fig. 7)", log_x=True)
+        _plot(
+            output_dir / "reward_vs_k.png",
+            curve["k"],
+            {"max": curve["max"], "median": curve["median"]},
+            "samples per prompt K",
+            "Best-of-K: max vs median reward (fig. 7)",
+            log_x=True,
+        )
 
 
 def write_reward_vs_temperature(output_dir: str | Path, sweep: dict) -> None:
     output_dir = Path(output_dir)
     atomic_write_json(output_dir / "reward_vs_temperature.json", sweep)
     if sweep["temperature"]:
-        _plot(output_dir / "reward_vs_temperature.png", sweep["temperature"],
-              {"max of K": sweep["max"], "median of K": sweep["median"]},
-              "temperature T", "Reward against sampling temperature (fig. 8)")
+        _plot(
+            output_dir / "reward_vs_temperature.png",
+            sweep["temperature"],
+            {"max of K": sweep["max"], "median of K": sweep["median"]},
+            "temperature T",
+            "Reward against sampling temperature (fig. 8)",
+        )

@@ -68,9 +68,9 @@ def pool_best(candidates_by_iteration: Sequence[Sequence[dict]], drop_unfinished
     """Per prompt, the best candidate across iterations, every candidate scored by the *current* reward models.
 
     `candidates_by_iteration[0]` is this iteration's best-of-K, then earlier iterations' top samples, newest
-    first, ranked by `selection_rank`. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts seen only in earlier
-    iterations stay in the pool: after RLHF-V3 the top samples of all prior iterations were pooled, because
-    using only the previous iteration's samples caused regressions (sec. 3.2.3).
+    first, ranked by `selection_rank`. A tie keeps the earlier list, i.e. the newer policy's sample. Prompts
+    seen only in earlier iterations stay in the pool: after RLHF-V3 the top samples of all prior iterations
+    were pooled, because using only the previous iteration's samples caused regressions (sec. 3.2.3).
     """
     pool: dict[str, dict] = {}
     for candidates in candidates_by_iteration:
@@ -97,9 +97,10 @@ def expected_max_and_median(values: Sequence[float], k: int) -> tuple[float, flo
     total = math.comb(n, k)
 
     def expected_order_statistic(j: int) -> float:
-        return sum(
-            ordered[i - 1] * math.comb(i - 1, j - 1) * math.comb(n - i, k - j) for i in range(j, n - k + j + 1)
-        ) / total
+        return (
+            sum(ordered[i - 1] * math.comb(i - 1, j - 1) * math.comb(n - i, k - j) for i in range(j, n - k + j + 1))
+            / total
+        )
 
     maximum = expected_order_statistic(k)
     if k % 2:

@@ -1,7 +1,8 @@
 """The sampling engine: K answers per prompt from a policy, for rejection sampling, PPO and preference data.
 
-Generate, score and learn talk through plain data (the generate / score / learn split of torchtune and OpenRLHF): an engine takes prompt token ids and
-returns `Sample`s; it knows nothing of reward models or training. Two backends share the interface:
+Generate, score and learn talk through plain data (the generate / score / learn split of torchtune and
+OpenRLHF): an engine takes prompt token ids and returns `Sample`s; it knows nothing of reward models or
+training. Two backends share the interface:
 
 - `HFSamplingEngine`: transformers' `generate`, batched with left padding. Each prompt is prefilled once
   and its KV cache copied K times before decoding, because `generate(num_return_sequences=K)` repeats the
@@ -9,7 +10,7 @@ returns `Sample`s; it knows nothing of reward models or training. Two backends s
   measures the difference).
 - `VLLMSamplingEngine`: vLLM, which shares prompt blocks across the K samples by itself; optional.
 
-Defaults follow the released Llama 2 code: temperature 0.6, top-p 0.9 (the released `llama` code's `chat_completion` defaults).
+Defaults follow the released Llama 2 code's `chat_completion`: temperature 0.6, top-p 0.9.
 """
 
 from __future__ import annotations
@@ -74,13 +75,19 @@ def decode_response(tokenizer, response_ids: list[int], stop_ids: set[int]) -> s
     return tokenizer.decode([t for t in response_ids if t not in stop_ids], skip_special_tokens=True).strip()
 
 
-def make_sample(tokenizer, stop_ids: set[int], prompt_index: int, sample_index: int, prompt_ids,
-                generated: list[int]) -> Sample:
+def make_sample(
+    tokenizer, stop_ids: set[int], prompt_index: int, sample_index: int, prompt_ids, generated: list[int]
+) -> Sample:
     """A Sample from a backend's generated tokens: cut at the first stop token and decoded."""
     response_ids, finished = cut_at_stop(generated, stop_ids)
-    return Sample(prompt_index=prompt_index, sample_index=sample_index, prompt_ids=list(prompt_ids),
-                  response_ids=response_ids, text=decode_response(tokenizer, response_ids, stop_ids),
-                  finished=finished)
+    return Sample(
+        prompt_index=prompt_index,
+        sample_index=sample_index,
+        prompt_ids=list(prompt_ids),
+        response_ids=response_ids,
+        text=decode_response(tokenizer, response_ids, stop_ids),
+        finished=finished,
+    )
 
 
 @contextlib.contextmanager
@@ -101,8 +108,8 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int, device) -> tuple[torch.Te
     attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
     for row, ids in enumerate(prompt_ids):
         if ids:
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
@@ -138,7 +145,7 @@ class HFSamplingEngine:
         try:
             with seeded(params.seed), torch.inference_mode():
                 for start in starts:
-                    chunk = prompt_ids[start:start + per_batch]
+                    chunk = prompt_ids[start : start + per_batch]
                     samples += self._generate_chunk(chunk, start, params)
         finally:
             self.model.train(was_training)
@@ -170,19 +177,21 @@ class HFSamplingEngine:
             # Greedy decoding refuses num_return_sequences > 1; the K copies are identical anyway.
             output = self.model.generate(
                 input_ids=input_ids.repeat_interleave(k, dim=0),
-                attention_mask=attention_mask.repeat_interleave(k, dim=0), **kwargs,
+                attention_mask=attention_mask.repeat_interleave(k, dim=0),
+                **kwargs,
             )
         else:
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=k, **kwargs
             )
-        generated = output[:, input_ids.shape[1]:].tolist()
+        generated = output[:, input_ids.shape[1] :].tolist()
         stop = set(self.stop_ids)
         samples = []
         for row, tokens in enumerate(generated):
             prompt_index, sample_index = divmod(row, k)
-            samples.append(make_sample(self.tokenizer, stop, offset + prompt_index, sample_index,
-                                       chunk[prompt_index], tokens))
+            samples.append(
+                make_sample(self.tokenizer, stop, offset + prompt_index, sample_index, chunk[prompt_index], tokens)
+            )
         return samples
 
     def _generate_shared_prefill(self, input_ids, attention_mask, k: int, kwargs: dict) -> torch.Tensor:
@@ -195,8 +204,12 @@ class HFSamplingEngine:
         prefix_mask = attention_mask[:, :-1]
         position_ids = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
         self.model(
-            input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids,
-            cache=cache, use_cache=True, logits_to_keep=1,
+            input_ids=input_ids[:, :-1],
+            attention_mask=prefix_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         cache.batch_repeat_interleave(k)
         return self.model.generate(
@@ -218,7 +231,9 @@ class VLLMSamplingEngine:
             # vllm is an optional extra (llama2-align[vllm]), needed only by this backend.
             import vllm  # noqa: PLC0415
         except ImportError:
-            raise RecipeError("sampling_backend 'vllm' needs the vllm package: pip install 'llama2-align[vllm]'") from None
+            raise RecipeError(
+                "sampling_backend 'vllm' needs the vllm package: pip install 'llama2-align[vllm]'"
+            ) from None
         self._vllm = vllm
         if isinstance(model, str):
             model = vllm.LLM(model=resolve_model_path(model), **llm_kwargs)
@@ -242,8 +257,16 @@ class VLLMSamplingEngine:
         samples = []
         for prompt_index, output in enumerate(outputs):
             for sample_index, completion in enumerate(output.outputs):
-                samples.append(make_sample(self.tokenizer, stop, prompt_index, sample_index,
-                                           prompt_ids[prompt_index], list(completion.token_ids)))
+                samples.append(
+                    make_sample(
+                        self.tokenizer,
+                        stop,
+                        prompt_index,
+                        sample_index,
+                        prompt_ids[prompt_index],
+                        list(completion.token_ids),
+                    )
+                )
         return samples
 
 

@@ -9,8 +9,9 @@ the reports read the same numbers. A scorer is anything with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -39,8 +40,11 @@ class SampleScores:
         return [
             {"r_h": float(h), "r_s": float(s), "p_s": float(p), "r_c": float(c), "use_safety": bool(u)}
             for h, s, p, c, u in zip(
-                self.helpfulness.tolist(), self.safety.tolist(), self.safety_prob.tolist(),
-                self.combined.tolist(), self.use_safety.tolist(),
+                self.helpfulness.tolist(),
+                self.safety.tolist(),
+                self.safety_prob.tolist(),
+                self.combined.tolist(),
+                self.use_safety.tolist(),
             )
         ]
 

@@ -34,8 +34,9 @@ def main() -> None:
     check_chat_format(args.chat_format, tokenizer)
     model = load_causal_lm(args.model)
     prompt_ids = encode_prompt(tokenizer, user_prompt(args.prompt, args.system), args.chat_format)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed)
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     (sample,) = HFSamplingEngine(model, tokenizer).generate([prompt_ids], params)
     print(sample.text if sample.finished else sample.text + " [truncated at max_new_tokens]")
 

@@ -37,17 +37,21 @@ def main() -> None:
     rng = random.Random(0)
 
     # TruthfulQA: 40 questions; only short ones, so the tiny Llama (512 positions) needs no truncation.
-    rows = [r for r in read_jsonl(shared / "truthfulqa" / "truthfulqa.jsonl")
-            if len(r["question"]) < 90 and max(len(c) for c in r["mc2_choices"]) < 90]
-    write_jsonl(REPO / "data" / "truthfulqa" / "truthfulqa.sample.jsonl",
-                sorted(rng.sample(rows, 40), key=lambda r: r["id"]))
+    rows = [
+        r
+        for r in read_jsonl(shared / "truthfulqa" / "truthfulqa.jsonl")
+        if len(r["question"]) < 90 and max(len(c) for c in r["mc2_choices"]) < 90
+    ]
+    write_jsonl(
+        REPO / "data" / "truthfulqa" / "truthfulqa.sample.jsonl", sorted(rng.sample(rows, 40), key=lambda r: r["id"])
+    )
 
     # ToxiGen prompts: 2 hate + 2 neutral per Llama 2 group, 1 of each other group (to show they are left out).
     by_key = defaultdict(list)
     for row in read_jsonl(shared / "toxigen" / "toxigen_prompts.jsonl.gz"):
         by_key[(row["group"], row["kind"])].append(row)
     sample = []
-    for (group, kind), group_rows in sorted(by_key.items()):
+    for _, group_rows in sorted(by_key.items()):
         sample += rng.sample(group_rows, 2 if group_rows[0]["llama2_group"] else 1)
     write_jsonl(REPO / "data" / "toxigen" / "toxigen_prompts.sample.jsonl", sample)
 
@@ -56,8 +60,9 @@ def main() -> None:
     sample = []
     for label in ("hate", "neutral"):
         sample += rng.sample([r for r in labelled if r["label"] == label], 150)
-    write_jsonl(REPO / "data" / "toxigen" / "toxigen_hosseini2023_subset.sample.jsonl",
-                sorted(sample, key=lambda r: r["id"]))
+    write_jsonl(
+        REPO / "data" / "toxigen" / "toxigen_hosseini2023_subset.sample.jsonl", sorted(sample, key=lambda r: r["id"])
+    )
 
     # BOLD: 2 prompts per category (43 categories, Hinduism and Atheism included so their exclusion is tested).
     by_category = defaultdict(list)
@@ -68,8 +73,11 @@ def main() -> None:
         sample += rng.sample(by_category[key], 2)
     write_jsonl(REPO / "data" / "bold" / "bold_prompts.sample.jsonl", sample)
 
-    for name, files in (("truthfulqa", ["LICENSE"]), ("toxigen", ["LICENSE", "LICENSE.SafeNLP"]),
-                        ("bold", ["LICENSE"])):
+    for name, files in (
+        ("truthfulqa", ["LICENSE"]),
+        ("toxigen", ["LICENSE", "LICENSE.SafeNLP"]),
+        ("bold", ["LICENSE"]),
+    ):
         for file in files:
             shutil.copyfile(shared / name / file, REPO / "data" / name / file)
     print("samples written under data/")

@@ -15,10 +15,14 @@ from alignment.training import CpuBf16Mixin
 class ModelArguments:
     model_name_or_path: str = field(
         default="builtin:tiny-llama",
-        metadata={"help": "Hub id, local directory, .gguf file, or builtin:tiny-llama / builtin:smollm2-135m-instruct."},
+        metadata={
+            "help": "Hub id, local directory, .gguf file, or builtin:tiny-llama / builtin:smollm2-135m-instruct."
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype when loading (float32, bfloat16)."})
-    chat_format: str = field(default="llama2", metadata={"help": "llama2 ([INST] template) or model (tokenizer's own)."})
+    chat_format: str = field(
+        default="llama2", metadata={"help": "llama2 ([INST] template) or model (tokenizer's own)."}
+    )
     use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
     lora_r: int = field(default=16, metadata={"range": AT_LEAST_ONE, "help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"range": POSITIVE, "help": "LoRA scaling alpha."})
@@ -27,7 +31,9 @@ class ModelArguments:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Modules that get LoRA adapters (Llama names)."},
     )
-    merge_lora: bool = field(default=True, metadata={"help": "Save merged weights so later stages load a plain model."})
+    merge_lora: bool = field(
+        default=True, metadata={"help": "Save merged weights so later stages load a plain model."}
+    )
 
 
 @dataclass
@@ -46,8 +52,7 @@ class DataArguments:
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip and count bad rows instead of failing."})
     global_batch_size: int = field(
         default=64,
-        metadata={"range": AT_LEAST_ONE,
-                  "help": "Effective batch (sec. 3.1: 64); accumulation is derived from it."}
+        metadata={"range": AT_LEAST_ONE, "help": "Effective batch (sec. 3.1: 64); accumulation is derived from it."},
     )
 
 
@@ -79,5 +84,7 @@ class Llama2SFTConfig(CpuBf16Mixin, SFTConfig):
     save_steps: float = field(default=50, metadata={"range": POSITIVE, "help": "Steps between checkpoints."})
     save_total_limit: int | None = field(default=2, metadata={"range": AT_LEAST_ONE, "help": "Checkpoints kept."})
     logging_steps: float = field(default=5, metadata={"range": POSITIVE, "help": "Steps between log lines."})
-    report_to: list[str] | str | None = field(default="none", metadata={"help": "Trackers (tensorboard, wandb, none)."})
+    report_to: list[str] | str | None = field(
+        default="none", metadata={"help": "Trackers (tensorboard, wandb, none)."}
+    )
     output_dir: str | None = field(default="runs/sft", metadata={"help": "Where checkpoints and the model go."})

@@ -76,16 +76,23 @@ def choose_system(dialogue: GattDialogue, rng: random.Random, terse_share: float
     return dialogue.instruction, False
 
 
-def world_dialogues(n: int, turns: tuple[int, int], seed: int, kinds: tuple[str, ...], max_parts: int,
-                    split: str = "train") -> list[GattDialogue]:
+def world_dialogues(
+    n: int, turns: tuple[int, int], seed: int, kinds: tuple[str, ...], max_parts: int, split: str = "train"
+) -> list[GattDialogue]:
     """n dialogues of the embedded world, each with a random instruction (seeded)."""
     instructions = sample_instructions(n, seed, kinds, max_parts)
     out = []
     for i, (prompts, instruction) in enumerate(zip(sample_dialogues(n, turns, seed + 1, split), instructions)):
-        out.append(GattDialogue(
-            id=f"world-{seed}-{i}", users=[p["prompt"] for p in prompts], instruction=instruction["full"],
-            terse=instruction["terse"], kinds=instruction["kinds"], prompt_ids=[p["id"] for p in prompts],
-        ))
+        out.append(
+            GattDialogue(
+                id=f"world-{seed}-{i}",
+                users=[p["prompt"] for p in prompts],
+                instruction=instruction["full"],
+                terse=instruction["terse"],
+                kinds=instruction["kinds"],
+                prompt_ids=[p["id"] for p in prompts],
+            )
+        )
     return out
 
 
@@ -117,8 +124,14 @@ def load_user_dialogues(path: str) -> list[GattDialogue]:
         terse = row.get("terse")
         if terse is not None and not isinstance(terse, str):
             raise DataError(f"{where}: field 'terse' must be a string")
-        out.append(GattDialogue(id=str(row.get("id", f"{Path(path).name}:{number}")), users=users,
-                                instruction=system.strip(), terse=terse))
+        out.append(
+            GattDialogue(
+                id=str(row.get("id", f"{Path(path).name}:{number}")),
+                users=users,
+                instruction=system.strip(),
+                terse=terse,
+            )
+        )
     return out
 
 
@@ -129,9 +142,20 @@ def _checker(dialogue: GattDialogue):
     return lambda text: follows(instruction, text)
 
 
-def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: str | Path, *, params,
-                    chat_format: str = "llama2", terse_share: float = 0.5, use_checker: bool = True,
-                    chunk_size: int = 64, seed: int = 0, stop_after_chunks: int | None = None) -> list[dict]:
+def build_gatt_data(
+    engine,
+    tokenizer,
+    dialogues: list[GattDialogue],
+    out_path: str | Path,
+    *,
+    params,
+    chat_format: str = "llama2",
+    terse_share: float = 0.5,
+    use_checker: bool = True,
+    chunk_size: int = 64,
+    seed: int = 0,
+    stop_after_chunks: int | None = None,
+) -> list[dict]:
     """Sample every dialogue not yet in ``out_path`` and append its row; return all rows (kept and dropped).
 
     Each chunk of ``chunk_size`` dialogues is sampled turn by turn (one batched ``engine.generate`` call per
@@ -147,7 +171,7 @@ def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: 
         raise DataError(f"GAtt dialogues have duplicate ids (e.g. {next(i for i in ids if ids.count(i) > 1)!r})")
     chunks_done = 0
     for chunk_index, start in enumerate(range(0, len(dialogues), chunk_size)):
-        chunk = [d for d in dialogues[start:start + chunk_size] if d.id not in done]
+        chunk = [d for d in dialogues[start : start + chunk_size] if d.id not in done]
         if not chunk:
             continue
         answers: list[list[str]] = [[] for _ in chunk]
@@ -173,8 +197,12 @@ def build_gatt_data(engine, tokenizer, dialogues: list[GattDialogue], out_path: 
         rows = []
         for i, dialogue in enumerate(chunk):
             rng = random.Random(f"{seed}:{dialogue.id}")
-            row = {"id": dialogue.id, "kept": alive[i], "turns": len(dialogue.users),
-                   "instruction": dialogue.instruction}
+            row = {
+                "id": dialogue.id,
+                "kept": alive[i],
+                "turns": len(dialogue.users),
+                "instruction": dialogue.instruction,
+            }
             if dialogue.kinds is not None:
                 row["kinds"] = dialogue.kinds
             if alive[i]:

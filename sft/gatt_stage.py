@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from alignment.chat import B_INST, B_SYS, E_INST, E_SYS, dialog_segments, encode_prompt
 from alignment.config import RecipeError, config_to_dict, parse_recipe
@@ -53,15 +54,22 @@ COMPLETE_MARKER = "stage_complete.json"
 class GattConfig:
     output_dir: str = field(default="runs/gatt", metadata={"help": "Where every step writes."})
     model_name_or_path: str = field(
-        default="", metadata={"help": "Model to apply GAtt to (the 'without GAtt' baseline); empty: build a tiny "
-                                      "world SFT model from scratch."})
+        default="",
+        metadata={
+            "help": "Model to apply GAtt to (the 'without GAtt' baseline); empty: build a tiny "
+            "world SFT model from scratch."
+        },
+    )
     chat_format: str = field(default="llama2", metadata={"help": "llama2 or model."})
     seed: int = field(default=0, metadata={"help": "Seed of data, sampling and training."})
-    source: str = field(default="builtin:world", metadata={
-        "help": "builtin:world, or a JSONL of {'system': instruction, 'messages': [...], 'terse'?: str}."})
+    source: str = field(
+        default="builtin:world",
+        metadata={"help": "builtin:world, or a JSONL of {'system': instruction, 'messages': [...], 'terse'?: str}."},
+    )
     instruction_kinds: list[str] = field(
         default_factory=lambda: ["hobby", "end_word"],
-        metadata={"help": "World instruction kinds (hobby, end_word, capitals, language)."})
+        metadata={"help": "World instruction kinds (hobby, end_word, capitals, language)."},
+    )
     max_instruction_parts: int = field(default=2, metadata={"help": "Instructions combine 1..this many kinds."})
     gatt_dialogues: int = field(default=400, metadata={"help": "World dialogues sampled for GAtt rows."})
     min_turns: int = field(default=2, metadata={"help": "Shortest GAtt dialogue (turns)."})
@@ -84,17 +92,22 @@ class GattConfig:
     eval_dialogues: int = field(default=100, metadata={"help": "Held-out dialogues per model in the evaluation."})
     eval_turns: int = field(default=8, metadata={"help": "Turns per evaluation dialogue (N)."})
     attention_dialogues: int = field(default=8, metadata={"help": "Dialogues averaged in the attention figure."})
-    data_only: bool = field(default=False, metadata={
-        "help": "Only sample gatt_data.jsonl with model_name_or_path (the pipeline joins it to an iteration's "
-                "fine-tuning); no training, no evaluation."})
+    data_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Only sample gatt_data.jsonl with model_name_or_path (the pipeline joins it to an iteration's "
+            "fine-tuning); no training, no evaluation."
+        },
+    )
     sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings of the base SFT."})
     gatt_sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings of the GAtt fine-tune."})
 
     def __post_init__(self) -> None:
         bad = [k for k in self.instruction_kinds if k not in INSTRUCTION_KINDS]
         if bad or not self.instruction_kinds:
-            raise RecipeError(f"instruction_kinds: unknown kind '{bad[0] if bad else ''}' "
-                              f"(use {', '.join(INSTRUCTION_KINDS)})")
+            raise RecipeError(
+                f"instruction_kinds: unknown kind '{bad[0] if bad else ''}' (use {', '.join(INSTRUCTION_KINDS)})"
+            )
         if not 1 <= self.min_turns <= self.max_turns:
             raise RecipeError(f"need 1 <= min_turns <= max_turns, got {self.min_turns} and {self.max_turns}")
         if not 0.0 <= self.terse_share <= 1.0:
@@ -105,8 +118,13 @@ class GattConfig:
 
 def sft_args(section: dict, model: str, output_dir: Path, chat_format: str, seed: int):
     """The SFT stage's dataclasses for one training step, from a recipe section (validated like recipes/sft.py)."""
-    values = {**section, "model_name_or_path": model, "output_dir": str(output_dir), "chat_format": chat_format,
-              "seed": seed}
+    values = {
+        **section,
+        "model_name_or_path": model,
+        "output_dir": str(output_dir),
+        "chat_format": chat_format,
+        "seed": seed,
+    }
     return parse_recipe((ModelArguments, DataArguments, Llama2SFTConfig), argv=[], recipe=values)
 
 
@@ -132,49 +150,82 @@ def build_base_model(config: GattConfig, out: Path) -> str:
     if not (init / "config.json").exists():
         tokenizer = load_tokenizer(resolve_model_path("builtin:tiny-llama"))
         spec = TinyLlamaSpec(
-            vocab_size=len(tokenizer), hidden_size=config.base_hidden_size,
-            intermediate_size=config.base_intermediate_size, num_hidden_layers=config.base_layers,
-            num_attention_heads=config.base_heads, num_key_value_heads=config.base_kv_heads,
-            max_position_embeddings=1024, seed=config.seed,
+            vocab_size=len(tokenizer),
+            hidden_size=config.base_hidden_size,
+            intermediate_size=config.base_intermediate_size,
+            num_hidden_layers=config.base_layers,
+            num_attention_heads=config.base_heads,
+            num_key_value_heads=config.base_kv_heads,
+            max_position_embeddings=1024,
+            seed=config.seed,
         )
         tmp = out / ".base_init.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         init_llama(tokenizer, spec).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         tmp.rename(init)
-    demos = instruction_demonstrations(config.base_dialogues, config.seed, config.max_turns,
-                                       tuple(config.instruction_kinds), config.max_instruction_parts)
+    demos = instruction_demonstrations(
+        config.base_dialogues,
+        config.seed,
+        config.max_turns,
+        tuple(config.instruction_kinds),
+        config.max_instruction_parts,
+    )
     _train(config.sft, str(init), base, config, [d["messages"] for d in demos])
     return str(base)
 
 
 def gatt_source(config: GattConfig):
     if config.source == "builtin:world":
-        return world_dialogues(config.gatt_dialogues, (config.min_turns, config.max_turns), config.seed + 11,
-                               tuple(config.instruction_kinds), config.max_instruction_parts)
+        return world_dialogues(
+            config.gatt_dialogues,
+            (config.min_turns, config.max_turns),
+            config.seed + 11,
+            tuple(config.instruction_kinds),
+            config.max_instruction_parts,
+        )
     if not Path(config.source).is_file():
         raise RecipeError(f"source: file not found: {config.source}")
     return load_user_dialogues(config.source)
 
 
-def sample_gatt_data(config: GattConfig, model_path: str, out: Path,
-                     stop_after_chunks: int | None = None) -> list[dict]:
+def sample_gatt_data(
+    config: GattConfig, model_path: str, out: Path, stop_after_chunks: int | None = None
+) -> list[dict]:
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path)
     engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
-    params = SamplingParams(num_samples=config.num_samples, temperature=config.temperature, top_p=config.top_p,
-                            max_new_tokens=config.max_new_tokens)
-    return build_gatt_data(engine, tokenizer, gatt_source(config), out / "gatt_data.jsonl", params=params,
-                           chat_format=config.chat_format, terse_share=config.terse_share,
-                           use_checker=config.use_checker, chunk_size=config.chunk_size, seed=config.seed,
-                           stop_after_chunks=stop_after_chunks)
+    params = SamplingParams(
+        num_samples=config.num_samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+    )
+    return build_gatt_data(
+        engine,
+        tokenizer,
+        gatt_source(config),
+        out / "gatt_data.jsonl",
+        params=params,
+        chat_format=config.chat_format,
+        terse_share=config.terse_share,
+        use_checker=config.use_checker,
+        chunk_size=config.chunk_size,
+        seed=config.seed,
+        stop_after_chunks=stop_after_chunks,
+    )
 
 
 def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[dict]]:
     dialogs = training_dialogues(rows)
     if config.replay_dialogues and not config.model_name_or_path:
-        replay = instruction_demonstrations(config.replay_dialogues, config.seed + 7, config.max_turns,
-                                            tuple(config.instruction_kinds), config.max_instruction_parts)
+        replay = instruction_demonstrations(
+            config.replay_dialogues,
+            config.seed + 7,
+            config.max_turns,
+            tuple(config.instruction_kinds),
+            config.max_instruction_parts,
+        )
         dialogs += [d["messages"] for d in replay]
     return dialogs
 
@@ -185,8 +236,9 @@ def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[d
 def eval_items(config: GattConfig) -> list[dict]:
     """Held-out world dialogues of eval_turns turns with an instruction each (seeded apart from training)."""
     prompts = sample_dialogues(config.eval_dialogues, config.eval_turns, config.seed + 101, split="heldout")
-    instructions = sample_instructions(config.eval_dialogues, config.seed + 102, tuple(config.instruction_kinds),
-                                       config.max_instruction_parts)
+    instructions = sample_instructions(
+        config.eval_dialogues, config.seed + 102, tuple(config.instruction_kinds), config.max_instruction_parts
+    )
     return [{"prompts": p, "instruction": i} for p, i in zip(prompts, instructions)]
 
 
@@ -205,8 +257,10 @@ def rollout(model, tokenizer, items: list[dict], config: GattConfig) -> list[lis
     params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     answers: list[list[str]] = [[] for _ in items]
     for turn in range(config.eval_turns):
-        prompts = [encode_prompt(tokenizer, eval_messages(item, answers[i], turn + 1), config.chat_format)
-                   for i, item in enumerate(items)]
+        prompts = [
+            encode_prompt(tokenizer, eval_messages(item, answers[i], turn + 1), config.chat_format)
+            for i, item in enumerate(items)
+        ]
         for sample in engine.generate(prompts, params):
             answers[sample.prompt_index].append(sample.text)
     return answers
@@ -237,16 +291,21 @@ def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> d
     adherence, adherence_se, helpful, helpful_se = [], [], [], []
     for t in range(turns):
         follow = [float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)]
-        help_ = [instruction_helpfulness(item["prompts"][t], item["instruction"], a[t])
-                 for item, a in zip(items, answers)]
+        help_ = [
+            instruction_helpfulness(item["prompts"][t], item["instruction"], a[t]) for item, a in zip(items, answers)
+        ]
         m, s = _mean_stderr(follow)
         adherence.append(m)
         adherence_se.append(s)
         m, s = _mean_stderr(help_)
         helpful.append(m)
         helpful_se.append(s)
-    return {"adherence": adherence, "adherence_stderr": adherence_se, "helpfulness": helpful,
-            "helpfulness_stderr": helpful_se}
+    return {
+        "adherence": adherence,
+        "adherence_stderr": adherence_se,
+        "helpfulness": helpful,
+        "helpfulness_stderr": helpful_se,
+    }
 
 
 def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]:
@@ -261,8 +320,9 @@ def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]
     return offset + inside[0], offset + inside[-1] + 1
 
 
-def attention_to_system(model_path: str, items: list[dict], answers: list[list[str]],
-                        config: GattConfig) -> dict[str, list[list[float]]]:
+def attention_to_system(
+    model_path: str, items: list[dict], answers: list[list[str]], config: GattConfig
+) -> dict[str, list[list[float]]]:
     """Attention mass on the system-message tokens from the tokens of each turn's answer, [layer][turn], averaged
     over answer tokens and dialogues: "mean_heads" (all heads) and "max_heads" (the head that attends most, per
     answer token: the paper's Figure 10 shows such maxima). Eager attention, so the weights are returned."""
@@ -295,18 +355,22 @@ def attention_to_system(model_path: str, items: list[dict], answers: list[list[s
 
 
 def write_figures(out: Path, result: dict, attention: dict) -> None:
-    import matplotlib  # only the figures need it; the Agg backend must be chosen before pyplot loads
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     turns = list(range(1, result["turns"] + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for key, label, colour in (("without_gatt", "without GAtt", "tab:grey"), ("with_gatt", "with GAtt", "tab:blue")):
-        axes[0].errorbar(turns, result[key], yerr=result[f"{key}_stderr"], fmt="-o", capsize=3, label=label,
-                         color=colour)
-        axes[1].errorbar(turns, result["helpfulness"][key], yerr=result["helpfulness"][f"{key}_stderr"], fmt="-o",
-                         capsize=3, label=label, color=colour)
+        axes[0].errorbar(
+            turns, result[key], yerr=result[f"{key}_stderr"], fmt="-o", capsize=3, label=label, color=colour
+        )
+        axes[1].errorbar(
+            turns,
+            result["helpfulness"][key],
+            yerr=result["helpfulness"][f"{key}_stderr"],
+            fmt="-o",
+            capsize=3,
+            label=label,
+            color=colour,
+        )
     axes[0].set_ylabel("instruction adherence (gold judge)")
     axes[1].set_ylabel("gold helpfulness of the content")
     for axis in axes:
@@ -317,13 +381,15 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
     axes[0].set_title(f"System instruction kept over turns (n={result['n_dialogues']} dialogues, +-1 s.e.)")
     fig.tight_layout()
     fig.savefig(out / "adherence.png", dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row", sharex=True)
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2, sharey="row", sharex=True)
     rows = ((axes[0], "max_heads", "most attentive head"), (axes[1], "mean_heads", "mean of heads"))
     for row_axes, name, what in rows:
-        for axis, key, title in ((row_axes[0], "without_gatt", "without GAtt"),
-                                 (row_axes[1], "with_gatt", "with GAtt")):
+        for axis, key, title in (
+            (row_axes[0], "without_gatt", "without GAtt"),
+            (row_axes[1], "with_gatt", "with GAtt"),
+        ):
             for layer, values in enumerate(attention[key][name]):
                 axis.plot(turns, values, "-o", label=f"layer {layer + 1}")
             axis.set_title(f"{title}: attention on the system message ({what})", fontsize=10)
@@ -334,26 +400,30 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
     axes[0][1].legend()
     fig.tight_layout()
     fig.savefig(out / "attention.png", dpi=110)
-    plt.close(fig)
 
 
 def adherence_table(result: dict) -> str:
-    lines = ["| turn | adherence without GAtt | adherence with GAtt | helpfulness without | helpfulness with |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| turn | adherence without GAtt | adherence with GAtt | helpfulness without | helpfulness with |",
+        "|---|---|---|---|---|",
+    ]
     h = result["helpfulness"]
     for t in range(result["turns"]):
         lines.append(
             f"| {t + 1} | {result['without_gatt'][t]:.3f} +- {result['without_gatt_stderr'][t]:.3f} "
             f"| {result['with_gatt'][t]:.3f} +- {result['with_gatt_stderr'][t]:.3f} "
             f"| {h['without_gatt'][t]:.3f} +- {h['without_gatt_stderr'][t]:.3f} "
-            f"| {h['with_gatt'][t]:.3f} +- {h['with_gatt_stderr'][t]:.3f} |")
+            f"| {h['with_gatt'][t]:.3f} +- {h['with_gatt_stderr'][t]:.3f} |"
+        )
     plain = result.get("last_turn_plain_context")
     if plain:
         lines.append("")
-        lines.append(f"Turn {result['turns']} after plain (non-following) earlier answers: without GAtt "
-                     f"{plain['without_gatt']['mean']:.3f} +- {plain['without_gatt']['stderr']:.3f}, with GAtt "
-                     f"{plain['with_gatt']['mean']:.3f} +- {plain['with_gatt']['stderr']:.3f} "
-                     f"(n={result['n_dialogues']}).")
+        lines.append(
+            f"Turn {result['turns']} after plain (non-following) earlier answers: without GAtt "
+            f"{plain['without_gatt']['mean']:.3f} +- {plain['without_gatt']['stderr']:.3f}, with GAtt "
+            f"{plain['with_gatt']['mean']:.3f} +- {plain['with_gatt']['stderr']:.3f} "
+            f"(n={result['n_dialogues']})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -368,9 +438,13 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
             tokenizer = load_tokenizer(path)
             model = load_causal_lm(path)
             answers = rollout(model, tokenizer, items, config)
-            saved = {"answers": answers, "scores": score_rollouts(items, answers, config.eval_turns),
-                     "plain_context": plain_context_adherence(model, tokenizer, items, config),
-                     "attention": attention_to_system(path, items, answers, config), "model": path}
+            saved = {
+                "answers": answers,
+                "scores": score_rollouts(items, answers, config.eval_turns),
+                "plain_context": plain_context_adherence(model, tokenizer, items, config),
+                "attention": attention_to_system(path, items, answers, config),
+                "model": path,
+            }
             atomic_write_json(cache, saved)
         scores[key], attention[key], plain[key] = saved["scores"], saved["attention"], saved["plain_context"]
     result = {
@@ -412,14 +486,18 @@ def run_gatt(config: GattConfig) -> dict:
         atomic_write_json(out / COMPLETE_MARKER, summary)
         return summary
     if not kept:
-        raise RecipeError(f"no GAtt dialogue passed the checker ({len(rows)} sampled): the base model does not "
-                          "follow the instruction when it is in the user message")
+        raise RecipeError(
+            f"no GAtt dialogue passed the checker ({len(rows)} sampled): the base model does not "
+            "follow the instruction when it is in the user message"
+        )
     with_gatt = out / "gatt_sft"
     train_summary = _train(config.gatt_sft, base, with_gatt, config, gatt_finetune_dialogues(config, rows))
     result = evaluate_models(config, out, base, str(with_gatt))
-    result["gatt_rows"] = {"sampled": len(rows), "kept": kept,
-                           "terse": sum(1 for r in rows if r.get("kept") and r.get("terse"))}
+    result["gatt_rows"] = {
+        "sampled": len(rows),
+        "kept": kept,
+        "terse": sum(1 for r in rows if r.get("kept") and r.get("terse")),
+    }
     result["gatt_train_dialogs"] = train_summary.get("train_dialogs")
     atomic_write_json(out / "adherence.json", result)
     return result
-

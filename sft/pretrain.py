@@ -108,9 +108,14 @@ def build_model(args: PretrainArguments, tokenizer):
     if not args.from_scratch:
         return load_causal_lm(args.model_name_or_path)
     spec = TinyLlamaSpec(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-        num_key_value_heads=args.num_key_value_heads, max_position_embeddings=1024, seed=0,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        max_position_embeddings=1024,
+        seed=0,
     )
     return init_llama(tokenizer, spec)
 

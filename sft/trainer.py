@@ -90,9 +90,11 @@ def run_sft(model_args, data_args, training_args, dialogs: list[list[dict]] | No
     if data_args.max_train_rows:
         train_dialogs = train_dialogs[: data_args.max_train_rows]
     if not train_dialogs:
-        raise RecipeError(f"{source}: no training rows left after loading and splitting ({len(dialogs)} loaded, "
-                          f"{skipped.total} skipped as bad, eval_fraction {data_args.eval_fraction}, "
-                          f"max_train_rows {data_args.max_train_rows})")
+        raise RecipeError(
+            f"{source}: no training rows left after loading and splitting ({len(dialogs)} loaded, "
+            f"{skipped.total} skipped as bad, eval_fraction {data_args.eval_fraction}, "
+            f"max_train_rows {data_args.max_train_rows})"
+        )
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     check_chat_format(model_args.chat_format, tokenizer)

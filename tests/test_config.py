@@ -45,18 +45,21 @@ def test_yaml_then_cli_overrides(tmp_path):
     assert model.use_lora is False and train.max_train_rows is None
 
 
-@pytest.mark.parametrize("text, message", [
-    ("learnig_rate: 1.0e-3\n", r"recipe.yaml: unknown key 'learnig_rate' \(did you mean 'learning_rate'\?\)"),
-    ("zzz: 1\n", r"recipe.yaml: unknown key 'zzz'$"),
-    ("num_train_epochs: two\n", r"recipe.yaml: key 'num_train_epochs' expects an integer, got 'two' \(str\)"),
-    ("num_train_epochs: 2.5\n", r"key 'num_train_epochs' expects an integer, got 2.5 \(float\)"),
-    ("use_lora: yes please\n", r"key 'use_lora' expects true or false"),
-    ("learning_rate: fast\n", r"key 'learning_rate' expects a number, got 'fast'"),
-    ("lora_target_modules: q_proj\n", r"key 'lora_target_modules' expects a list"),
-    ("learning_rate: null\n", r"key 'learning_rate' cannot be null"),
-    ("learning_rate: [1\n", r"recipe.yaml:2: not valid YAML"),
-    ("- learning_rate\n", r"recipe.yaml: a recipe must be a mapping of key: value, got list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learnig_rate: 1.0e-3\n", r"recipe.yaml: unknown key 'learnig_rate' \(did you mean 'learning_rate'\?\)"),
+        ("zzz: 1\n", r"recipe.yaml: unknown key 'zzz'$"),
+        ("num_train_epochs: two\n", r"recipe.yaml: key 'num_train_epochs' expects an integer, got 'two' \(str\)"),
+        ("num_train_epochs: 2.5\n", r"key 'num_train_epochs' expects an integer, got 2.5 \(float\)"),
+        ("use_lora: yes please\n", r"key 'use_lora' expects true or false"),
+        ("learning_rate: fast\n", r"key 'learning_rate' expects a number, got 'fast'"),
+        ("lora_target_modules: q_proj\n", r"key 'lora_target_modules' expects a list"),
+        ("learning_rate: null\n", r"key 'learning_rate' cannot be null"),
+        ("learning_rate: [1\n", r"recipe.yaml:2: not valid YAML"),
+        ("- learning_rate\n", r"recipe.yaml: a recipe must be a mapping of key: value, got list"),
+    ],
+)
 def test_recipe_errors_name_file_and_key(tmp_path, text, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe((Model, Train), ["--config", recipe(tmp_path, text)])
@@ -67,12 +70,18 @@ def test_null_is_allowed_for_optional_fields(tmp_path):
     assert train.max_train_rows is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--learnin_rate", "1"], r"command line: unknown option '--learnin_rate' \(did you mean '--learning_rate'\?\)"),
-    (["--num_train_epochs", "two"], r"command line: argument --num_train_epochs.*invalid int value: 'two'"),
-    (["--config"], r"--config needs a path"),
-    (["--config", "missing.yaml"], r"recipe file not found: missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--learnin_rate", "1"],
+            r"command line: unknown option '--learnin_rate' \(did you mean '--learning_rate'\?\)",
+        ),
+        (["--num_train_epochs", "two"], r"command line: argument --num_train_epochs.*invalid int value: 'two'"),
+        (["--config"], r"--config needs a path"),
+        (["--config", "missing.yaml"], r"recipe file not found: missing.yaml"),
+    ],
+)
 def test_command_line_errors(argv, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe((Model, Train), argv)
@@ -97,18 +106,30 @@ def test_global_batch_arithmetic():
 # fail with a different message: each error below is raised before any model loads.
 BAD_MODEL = "model_name_or_path: ./no-such-model\n"
 CASES = {
-    "unknown_key": (BAD_MODEL + "learnig_rate: 1.0e-3\n", [],
-                    "unknown key 'learnig_rate' (did you mean 'learning_rate'?)"),
-    "missing_dataset": (BAD_MODEL + "dataset_name: ./absent.jsonl\n", [],
-                        "'dataset_name' points to a missing file: ./absent.jsonl"),
+    "unknown_key": (
+        BAD_MODEL + "learnig_rate: 1.0e-3\n",
+        [],
+        "unknown key 'learnig_rate' (did you mean 'learning_rate'?)",
+    ),
+    "missing_dataset": (
+        BAD_MODEL + "dataset_name: ./absent.jsonl\n",
+        [],
+        "'dataset_name' points to a missing file: ./absent.jsonl",
+    ),
     "wrong_type": (BAD_MODEL + "num_train_epochs: many\n", [], "key 'num_train_epochs' expects a number, got 'many'"),
     "malformed_yaml": (BAD_MODEL + "learning_rate: [1\n", [], ":3: not valid YAML"),
-    "unknown_cli": (BAD_MODEL, ["--learning_rat", "3"],
-                    "unknown option '--learning_rat' (did you mean '--learning_rate'?)"),
+    "unknown_cli": (
+        BAD_MODEL,
+        ["--learning_rat", "3"],
+        "unknown option '--learning_rat' (did you mean '--learning_rate'?)",
+    ),
     "wrong_cli_type": (BAD_MODEL, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
     "bad_chat_format": (BAD_MODEL + "chat_format: chatml\n", [], "unknown chat_format 'chatml'"),
-    "bad_batch": (BAD_MODEL + "global_batch_size: 10\nper_device_train_batch_size: 4\n", [],
-                  "global batch 10 is not a multiple of per-device batch 4"),
+    "bad_batch": (
+        BAD_MODEL + "global_batch_size: 10\nper_device_train_batch_size: 4\n",
+        [],
+        "global batch 10 is not a multiple of per-device batch 4",
+    ),
     "bad_eval_fraction": (BAD_MODEL + "eval_fraction: 1.5\n", [], "eval_fraction must be in [0, 1)"),
 }
 # A subprocess costs seconds of imports each, so CI runs two as real processes and every case in-process.
@@ -119,8 +140,15 @@ def script_argv(root, name, extra=()):
     text, case_extra, _ = CASES[name]
     path = root / f"{name}.yaml"
     path.write_text(text)
-    return [str(REPO / "recipes" / "sft.py"), "--config", str(path), "--output_dir", str(root / name),
-            *case_extra, *extra]
+    return [
+        str(REPO / "recipes" / "sft.py"),
+        "--config",
+        str(path),
+        "--output_dir",
+        str(root / name),
+        *case_extra,
+        *extra,
+    ]
 
 
 def check_one_line_error(code, err, expected):
@@ -132,8 +160,14 @@ def check_one_line_error(code, err, expected):
 
 
 def start_script(root, name):
-    return subprocess.Popen([sys.executable] + script_argv(root, name), cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable] + script_argv(root, name),
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")

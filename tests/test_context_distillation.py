@@ -65,26 +65,48 @@ def write_prompts(tmp_path, n, categories=("violence", "crime")):
     path = tmp_path / "prompts.jsonl"
     with open(path, "w") as handle:
         for i in range(n):
-            handle.write(json.dumps({"id": f"p{i}", "prompt": f"how do i do bad thing {i}?",
-                                     "category": categories[i % len(categories)]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"p{i}",
+                        "prompt": f"how do i do bad thing {i}?",
+                        "category": categories[i % len(categories)],
+                    }
+                )
+                + "\n"
+            )
     (tmp_path / "templates.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in TEMPLATES.items()))
     return path
 
 
 def config(tmp_path, out, *extra):
-    return parse_recipe(DATACLASSES, [
-        "--model_name_or_path", "builtin:tiny-llama", "--prompts_name", str(tmp_path / "prompts.jsonl"),
-        "--templates", str(tmp_path / "templates.yaml"), "--prompt_chunk_size", "2", "--seed", "3",
-        "--output_dir", str(out), *extra,
-    ])
+    return parse_recipe(
+        DATACLASSES,
+        [
+            "--model_name_or_path",
+            "builtin:tiny-llama",
+            "--prompts_name",
+            str(tmp_path / "prompts.jsonl"),
+            "--templates",
+            str(tmp_path / "templates.yaml"),
+            "--prompt_chunk_size",
+            "2",
+            "--seed",
+            "3",
+            "--output_dir",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def run_with(tmp_path, out, engine, scorer, *extra, train=None):
     from alignment.models import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny-llama")
-    return run_context_distillation(*config(tmp_path, out, *extra), scorer=scorer,
-                                    engine_factory=lambda name: (engine, tokenizer), train=train)
+    return run_context_distillation(
+        *config(tmp_path, out, *extra), scorer=scorer, engine_factory=lambda name: (engine, tokenizer), train=train
+    )
 
 
 def score_of(text):  # "safe N" scores N mod 7, "unsafe N" scores N mod 5: some distilled answers lose, some tie
@@ -101,18 +123,29 @@ def tokenizer():
 
 # The preprompt is in generation, never in training ------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["generic", "template", "targeted"])
 def test_preprompt_is_in_generation_and_absent_from_every_training_row(tmp_path, tokenizer, mode):
     write_prompts(tmp_path, 5)
     engine, scorer, trained = FakeEngine(tokenizer), TableScorer(score_of), []
-    summary = run_with(tmp_path, tmp_path / mode, engine, scorer, "--mode", mode,
-                       train=lambda *a, dialogs: trained.append(dialogs) or {"train": len(dialogs)})
-    expected = {"generic": [GENERIC_PREPROMPT] * 5}.get(mode, [TEMPLATES["violence"], TEMPLATES["crime"]] * 2
-                                                        + [TEMPLATES["violence"]])
+    summary = run_with(
+        tmp_path,
+        tmp_path / mode,
+        engine,
+        scorer,
+        "--mode",
+        mode,
+        train=lambda *a, dialogs: trained.append(dialogs) or {"train": len(dialogs)},
+    )
+    expected = {"generic": [GENERIC_PREPROMPT] * 5}.get(
+        mode, [TEMPLATES["violence"], TEMPLATES["crime"]] * 2 + [TEMPLATES["violence"]]
+    )
     # Per chunk: the plain prompts, then the same prompts with the preprompt in the system block.
     prompts_seen = [text for _, texts in engine.calls for text in texts]
-    plain, prefixed = (prompts_seen[0:2] + prompts_seen[4:6] + prompts_seen[8:9],
-                       prompts_seen[2:4] + prompts_seen[6:8] + prompts_seen[9:10])
+    plain, prefixed = (
+        prompts_seen[0:2] + prompts_seen[4:6] + prompts_seen[8:9],
+        prompts_seen[2:4] + prompts_seen[6:8] + prompts_seen[9:10],
+    )
     assert all("<<SYS>>" not in t for t in plain)
     for text, preprompt, i in zip(prefixed, expected, range(5)):
         assert f"<<SYS>>\n{preprompt}\n<</SYS>>" in text and f"bad thing {i}?" in text
@@ -125,21 +158,27 @@ def test_preprompt_is_in_generation_and_absent_from_every_training_row(tmp_path,
     assert on_disk == dialogs
     for dialog in dialogs:
         assert [m["role"] for m in dialog] == ["user", "assistant"] and dialog[1]["content"].startswith("safe ")
-        assert all(pre not in m["content"] and "<<SYS>>" not in m["content"]
-                   for m in dialog for pre in [GENERIC_PREPROMPT, *TEMPLATES.values()])
+        assert all(
+            pre not in m["content"] and "<<SYS>>" not in m["content"]
+            for m in dialog
+            for pre in [GENERIC_PREPROMPT, *TEMPLATES.values()]
+        )
     assert [r["preprompt"] for r in rows] == expected
     assert all(r["original"].startswith("unsafe ") and r["distilled"].startswith("safe ") for r in rows)
 
 
 def test_preprompt_goes_before_an_existing_system_prompt():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert with_preprompt(messages, "Be safe.") == [{"role": "system", "content": "Be safe.\nBe brief."},
-                                                    {"role": "user", "content": "hi"}]
+    assert with_preprompt(messages, "Be safe.") == [
+        {"role": "system", "content": "Be safe.\nBe brief."},
+        {"role": "user", "content": "hi"},
+    ]
     assert with_preprompt(messages[1:], "Be safe.")[0] == {"role": "system", "content": "Be safe."}
     assert messages[0]["content"] == "Be brief."  # not modified in place
 
 
 # The R_s gate -----------------------------------------------------------------------------------------
+
 
 def test_gate_keeps_exactly_the_rows_where_r_s_improved_and_drops_ties():
     rows = [  # (original r_s, distilled r_s, original, distilled) -> kept in targeted mode
@@ -161,8 +200,15 @@ def test_targeted_run_trains_on_exactly_the_improved_rows(tmp_path, tokenizer):
     write_prompts(tmp_path, 9)
     trained = []
     coarse = lambda text: float(int(text.split()[1]) % 3)  # noqa: E731 - three levels, so some pairs tie
-    summary = run_with(tmp_path, tmp_path / "t", FakeEngine(tokenizer), TableScorer(coarse), "--mode", "targeted",
-                       train=lambda *a, dialogs: trained.append(dialogs) or {})
+    summary = run_with(
+        tmp_path,
+        tmp_path / "t",
+        FakeEngine(tokenizer),
+        TableScorer(coarse),
+        "--mode",
+        "targeted",
+        train=lambda *a, dialogs: trained.append(dialogs) or {},
+    )
     rows = [json.loads(line) for line in open(tmp_path / "t" / "distilled.jsonl")]
     better = [r for r in rows if r["r_s_distilled"] > r["r_s_original"]]
     assert [r["r_s_original"] for r in rows] == [coarse(r["original"]) for r in rows]
@@ -175,6 +221,7 @@ def test_targeted_run_trains_on_exactly_the_improved_rows(tmp_path, tokenizer):
 
 # Risk categories ----------------------------------------------------------------------------------------
 
+
 def test_unknown_risk_category_names_file_line_and_field(tmp_path):
     path = write_prompts(tmp_path, 3)
     lines = path.read_text().splitlines()
@@ -182,8 +229,10 @@ def test_unknown_risk_category_names_file_line_and_field(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as error:
         load_categorized_prompts(str(path), "train", TEMPLATES, "templates.yaml")
-    assert str(error.value) == (f"{path}:2: field 'category': unknown risk category 'weapons' "
-                                "(the templates in templates.yaml define: crime, violence)")
+    assert str(error.value) == (
+        f"{path}:2: field 'category': unknown risk category 'weapons' "
+        "(the templates in templates.yaml define: crime, violence)"
+    )
     assert "\n" not in str(error.value)
     lines[1] = json.dumps({"id": "p1", "prompt": "how do i do bad thing 1?"})
     path.write_text("\n".join(lines) + "\n")
@@ -212,6 +261,7 @@ def test_every_harmful_world_task_has_a_category_with_a_template():
 
 # Resume -------------------------------------------------------------------------------------------------
 
+
 def test_killed_run_resumes_without_regenerating(tmp_path, tokenizer):
     write_prompts(tmp_path, 7)
     whole = FakeEngine(tokenizer)
@@ -236,11 +286,13 @@ def test_killed_run_resumes_without_regenerating(tmp_path, tokenizer):
     assert again.calls == []
     with pytest.raises(RecipeError, match="different settings .*mode"):
         (tmp_path / "whole" / "stage_complete.json").unlink()
-        run_with(tmp_path, tmp_path / "whole", again, TableScorer(score_of), "--fine_tune", "false",
-                 "--mode", "generic")
+        run_with(
+            tmp_path, tmp_path / "whole", again, TableScorer(score_of), "--fine_tune", "false", "--mode", "generic"
+        )
 
 
 # Comparison ---------------------------------------------------------------------------------------------
+
 
 def test_gold_metrics_rates_and_standard_errors():
     assert rate([]) == (None, None) and rate([1.0]) == (1.0, None)
@@ -256,16 +308,25 @@ def test_gold_metrics_rates_and_standard_errors():
     assert metrics["violation_rate_unseen"] == 0.0 and metrics["n_adversarial_unseen"] == 1
     assert metrics["false_refusal_rate"] == 1.0 and metrics["gold_helpfulness"] == 0.0 and metrics["n_borderline"] == 1
     # Two answers per prompt: averaged per prompt, the standard error is over the 2 adversarial prompts.
-    two = [["sure, first you wait.", "i can't help with that."], ["sure, first you wait."] * 2,
-           [borderline["gold"]["ideal"]] * 2]
+    two = [
+        ["sure, first you wait.", "i can't help with that."],
+        ["sure, first you wait."] * 2,
+        [borderline["gold"]["ideal"]] * 2,
+    ]
     metrics = gold_metrics(prompts, two)
     assert metrics["violation_rate"] == 0.75 and metrics["violation_rate_stderr"] == pytest.approx(0.25)
     assert metrics["gold_helpfulness"] == 1.0 and metrics["false_refusal_rate"] == 0.0
     assert metrics["answers_per_prompt"] == 2
-    distilled = [{"prompt_id": "hurt/teacher/0", "original": "sure, first you wait.", "distilled": "i can't help.",
-                  "kept": True},
-                 {"prompt_id": "hurt/teacher/1", "original": "sure.", "distilled": "sure, hit them.", "kept": False},
-                 {"prompt_id": "not/in/the/set", "original": "sure.", "distilled": "sure.", "kept": True}]
+    distilled = [
+        {
+            "prompt_id": "hurt/teacher/0",
+            "original": "sure, first you wait.",
+            "distilled": "i can't help.",
+            "kept": True,
+        },
+        {"prompt_id": "hurt/teacher/1", "original": "sure.", "distilled": "sure, hit them.", "kept": False},
+        {"prompt_id": "not/in/the/set", "original": "sure.", "distilled": "sure.", "kept": True},
+    ]
     effect = preprompt_effect(distilled, rows)
     assert effect["n_distillation_judged"] == 2 and effect["original_answer_violation_rate"] == 1.0
     assert effect["preprompt_answer_violation_rate"] == 0.5 and effect["trained_answer_violation_rate"] == 0.0
@@ -280,8 +341,9 @@ def test_world_eval_set_has_every_adversarial_and_borderline_prompt():
 
 
 def test_tiny_preset_parses():
-    cd_args, model_args, _, training_args = parse_recipe(DATACLASSES,
-                                                         ["--config", "recipes/tiny/context_distillation.yaml"])
+    cd_args, model_args, _, training_args = parse_recipe(
+        DATACLASSES, ["--config", "recipes/tiny/context_distillation.yaml"]
+    )
     assert cd_args.compare_modes == ["none", "generic", "template", "targeted"]
     assert model_args.model_name_or_path.endswith("SFT/sft") and cd_args.safety_model.endswith("reward_safety")
     with pytest.raises(RecipeError, match="unknown key 'modes'"):
@@ -290,14 +352,21 @@ def test_tiny_preset_parses():
 
 # Pipeline hook ------------------------------------------------------------------------------------------
 
+
 def test_pipeline_distils_after_the_chosen_iteration_and_later_iterations_start_from_it(tmp_path):
     import yaml
 
     from alignment.pipeline.runner import load_pipeline_config, plan_stages, validate_stages, write_world_data
 
     def plan(**overrides):
-        recipe = {"launcher": "python", "base_model": "builtin:tiny-llama", "iterations": 2, "ppo_from_iteration": 3,
-                  "run_dir": str(tmp_path / "run"), **overrides}
+        recipe = {
+            "launcher": "python",
+            "base_model": "builtin:tiny-llama",
+            "iterations": 2,
+            "ppo_from_iteration": 3,
+            "run_dir": str(tmp_path / "run"),
+            **overrides,
+        }
         path = tmp_path / "pipeline.yaml"
         path.write_text(yaml.safe_dump(recipe))
         config = load_pipeline_config(str(path))
@@ -327,8 +396,11 @@ def test_shipped_templates_file_and_7b_recipe_parse():
     from rlhf.context_distillation import load_templates
 
     templates = load_templates("recipes/llama2-7b/risk_templates.yaml")
-    assert sorted(templates) == ["hateful_and_harmful_activities", "illicit_and_criminal_activities",
-                                 "unqualified_advice"]
+    assert sorted(templates) == [
+        "hateful_and_harmful_activities",
+        "illicit_and_criminal_activities",
+        "unqualified_advice",
+    ]
     cd_args, _, _, _ = parse_recipe(DATACLASSES, ["--config", "recipes/llama2-7b/context_distillation.yaml"])
     assert cd_args.mode == "targeted" and cd_args.templates.endswith("risk_templates.yaml")
 
@@ -337,13 +409,38 @@ def test_shipped_templates_file_and_7b_recipe_parse():
 def test_stage_runs_end_to_end_on_the_tiny_model_and_resumes_when_complete(tmp_path):
     """Real sampling engine, real RewardScorer (a fresh head on the tiny Llama) and the real SFT stage."""
     out = tmp_path / "cd"
-    argv = ["--model_name_or_path", "builtin:tiny-llama", "--safety_model", "builtin:tiny-llama", "--mode", "template",
-            "--max_prompts", "6", "--prompt_chunk_size", "4", "--max_new_tokens", "8", "--temperature", "1.0",
-            "--global_batch_size", "4", "--per_device_train_batch_size", "4", "--max_steps", "2",
-            "--max_length", "96", "--packing", "false", "--output_dir", str(out)]
+    argv = [
+        "--model_name_or_path",
+        "builtin:tiny-llama",
+        "--safety_model",
+        "builtin:tiny-llama",
+        "--mode",
+        "template",
+        "--max_prompts",
+        "6",
+        "--prompt_chunk_size",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--global_batch_size",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--max_length",
+        "96",
+        "--packing",
+        "false",
+        "--output_dir",
+        str(out),
+    ]
     summary = run_context_distillation(*parse_recipe(DATACLASSES, argv))
-    assert summary["prompts"] == 6 and summary["kept"] == sum(bool(r["distilled"].strip()) for r in
-                                                             map(json.loads, open(out / "distilled.jsonl")))
+    assert summary["prompts"] == 6 and summary["kept"] == sum(
+        bool(r["distilled"].strip()) for r in map(json.loads, open(out / "distilled.jsonl"))
+    )
     assert (out / "model.safetensors").exists() and summary["sft"]["train_dialogs"] == summary["kept"]
     rows = [json.loads(line) for line in open(out / "distilled.jsonl")]
     assert [r["preprompt"] for r in rows] == [ANSWER_TEMPLATES[r["category"]] for r in rows]

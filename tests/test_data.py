@@ -28,36 +28,58 @@ def jsonl(tmp_path, rows, name="data.jsonl"):
 
 
 def test_prompt_completion_messages_and_system_rows(tmp_path):
-    path = jsonl(tmp_path, [
-        GOOD,
-        {"prompt": "Hi", "completion": "Hello.", "system": "Be brief."},
-        {"messages": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
-                      {"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}]},
-    ])
+    path = jsonl(
+        tmp_path,
+        [
+            GOOD,
+            {"prompt": "Hi", "completion": "Hello.", "system": "Be brief."},
+            {
+                "messages": [
+                    {"role": "user", "content": "A"},
+                    {"role": "assistant", "content": "B"},
+                    {"role": "user", "content": "C"},
+                    {"role": "assistant", "content": "D"},
+                ]
+            },
+        ],
+    )
     dialogs = load_dialogs(path)
-    assert dialogs[0] == [{"role": "user", "content": GOOD["prompt"]},
-                          {"role": "assistant", "content": GOOD["completion"]}]
+    assert dialogs[0] == [
+        {"role": "user", "content": GOOD["prompt"]},
+        {"role": "assistant", "content": GOOD["completion"]},
+    ]
     assert [m["role"] for m in dialogs[1]] == ["system", "user", "assistant"]
     assert [m["content"] for m in dialogs[2]] == ["A", "B", "C", "D"]
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"prompt": "Hi", "completion": ', r"data.jsonl:2: malformed JSON"),
-    ('["prompt", "completion"]', r"data.jsonl:2: a row must be a JSON object, got list"),
-    ('{"completion": "Hello."}', r"data.jsonl:2: missing field 'prompt'"),
-    ('{"prompt": "Hi"}', r"data.jsonl:2: missing field 'completion'"),
-    ('{"prompt": "Hi", "completion": 7}', r"data.jsonl:2: field 'completion' must be a string, got int"),
-    ('{"prompt": "Hi", "completion": "   "}', r"data.jsonl:2: field 'completion' is empty"),
-    ('{"text": "Hi"}', r"data.jsonl:2: missing field 'messages' \(or 'prompt' and 'completion'\)"),
-    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}',
-     r"data.jsonl:2: field 'messages\[1\].role' must be one of system, user, assistant, got 'bot'"),
-    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}',
-     r"data.jsonl:2: field 'messages\[1\].content' is empty"),
-    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Yo"}]}',
-     r"data.jsonl:2: field 'messages\[1\].role' should be 'assistant'"),
-    ('{"messages": [{"role": "user", "content": "Hi"}]}',
-     r"data.jsonl:2: field 'messages' must end with an assistant answer"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"prompt": "Hi", "completion": ', r"data.jsonl:2: malformed JSON"),
+        ('["prompt", "completion"]', r"data.jsonl:2: a row must be a JSON object, got list"),
+        ('{"completion": "Hello."}', r"data.jsonl:2: missing field 'prompt'"),
+        ('{"prompt": "Hi"}', r"data.jsonl:2: missing field 'completion'"),
+        ('{"prompt": "Hi", "completion": 7}', r"data.jsonl:2: field 'completion' must be a string, got int"),
+        ('{"prompt": "Hi", "completion": "   "}', r"data.jsonl:2: field 'completion' is empty"),
+        ('{"text": "Hi"}', r"data.jsonl:2: missing field 'messages' \(or 'prompt' and 'completion'\)"),
+        (
+            '{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}',
+            r"data.jsonl:2: field 'messages\[1\].role' must be one of system, user, assistant, got 'bot'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}',
+            r"data.jsonl:2: field 'messages\[1\].content' is empty",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Yo"}]}',
+            r"data.jsonl:2: field 'messages\[1\].role' should be 'assistant'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "Hi"}]}',
+            r"data.jsonl:2: field 'messages' must end with an assistant answer",
+        ),
+    ],
+)
 def test_bad_row_names_file_line_and_field(tmp_path, bad_line, message):
     path = jsonl(tmp_path, [GOOD, bad_line, GOOD])
     with pytest.raises(DataError, match=message):
@@ -71,9 +93,16 @@ def test_blank_lines_keep_line_numbers(tmp_path):
 
 
 def test_skip_bad_rows_counts_each_reason(tmp_path):
-    path = jsonl(tmp_path, [
-        GOOD, '{"prompt": "Hi"}', {"prompt": "Hi", "completion": ""}, GOOD, {"prompt": "Yo"},
-    ])
+    path = jsonl(
+        tmp_path,
+        [
+            GOOD,
+            '{"prompt": "Hi"}',
+            {"prompt": "Hi", "completion": ""},
+            GOOD,
+            {"prompt": "Yo"},
+        ],
+    )
     skipped = SkipCounter()
     dialogs = load_dialogs(path, skip_bad_rows=True, skipped=skipped)
     assert len(dialogs) == 2
@@ -99,16 +128,26 @@ def test_json_list_files_and_unknown_formats(tmp_path):
 
 
 def test_prompts_rows_and_errors(tmp_path):
-    path = jsonl(tmp_path, [
-        {"prompt": "Hi", "id": "a"},
-        {"prompt": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "is_safety_prompt": True,
-         "source": "x"},
-    ])
+    path = jsonl(
+        tmp_path,
+        [
+            {"prompt": "Hi", "id": "a"},
+            {
+                "prompt": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                "is_safety_prompt": True,
+                "source": "x",
+            },
+        ],
+    )
     first, second = load_prompts(path)
     assert (first.id, first.messages, first.is_safety_prompt) == ("a", [{"role": "user", "content": "Hi"}], False)
     # a trailing answer is dropped: the prompt is what the model must answer
     assert (second.id, second.messages, second.is_safety_prompt, second.meta) == (
-        "2", [{"role": "user", "content": "Q"}], True, {"source": "x"})
+        "2",
+        [{"role": "user", "content": "Q"}],
+        True,
+        {"source": "x"},
+    )
     bad = jsonl(tmp_path, [{"prompt": "Hi", "is_safety_prompt": "yes"}], name="bad.jsonl")
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'is_safety_prompt' must be true or false"):
         load_prompts(bad)

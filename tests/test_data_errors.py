@@ -20,29 +20,55 @@ from sft.pretrain import PretrainArguments, corpus_texts
 REPO = Path(__file__).resolve().parents[1]
 PKU_ROW = json.loads((REPO / "data" / "reward" / "pku_saferlhf_sample.jsonl").read_text().splitlines()[0])
 HH_ROW = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
-COMPARISON = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No.", "rating": "better",
-              "kind": "helpfulness"}
+COMPARISON = {
+    "prompt": "Name a colour.",
+    "chosen": "Blue.",
+    "rejected": "No.",
+    "rating": "better",
+    "kind": "helpfulness",
+}
 
 # loader name: (load(path), a good row, the same row with one field missing, the field's message)
 LOADERS = {
-    "sft dialogs": (load_dialogs, {"prompt": "2 plus 2?", "completion": "4."}, {"prompt": "2 plus 2?"},
-                    "missing field 'completion'"),
+    "sft dialogs": (
+        load_dialogs,
+        {"prompt": "2 plus 2?", "completion": "4."},
+        {"prompt": "2 plus 2?"},
+        "missing field 'completion'",
+    ),
     "prompts": (load_prompts, {"prompt": "Hi", "id": "a"}, {"id": "a"}, "missing field 'prompt'"),
-    "comparisons": (load_comparisons, COMPARISON, {k: v for k, v in COMPARISON.items() if k != "chosen"},
-                    "missing field 'chosen'"),
-    "hh-rlhf": (lambda p: load_comparisons(p, "hh-rlhf", kind="helpfulness"), HH_ROW, {"chosen": HH_ROW["chosen"]},
-                "missing field 'rejected'"),
-    "pku-saferlhf": (lambda p: load_comparisons(p, "pku-saferlhf"), PKU_ROW,
-                     {k: v for k, v in PKU_ROW.items() if k != "is_response_1_safe"},
-                     "missing field 'is_response_1_safe'"),
-    "pretraining corpus": (lambda p: corpus_texts(PretrainArguments(corpus=str(p))), {"text": "a document"},
-                           {"txt": "a document"}, "missing field 'text'"),
+    "comparisons": (
+        load_comparisons,
+        COMPARISON,
+        {k: v for k, v in COMPARISON.items() if k != "chosen"},
+        "missing field 'chosen'",
+    ),
+    "hh-rlhf": (
+        lambda p: load_comparisons(p, "hh-rlhf", kind="helpfulness"),
+        HH_ROW,
+        {"chosen": HH_ROW["chosen"]},
+        "missing field 'rejected'",
+    ),
+    "pku-saferlhf": (
+        lambda p: load_comparisons(p, "pku-saferlhf"),
+        PKU_ROW,
+        {k: v for k, v in PKU_ROW.items() if k != "is_response_1_safe"},
+        "missing field 'is_response_1_safe'",
+    ),
+    "pretraining corpus": (
+        lambda p: corpus_texts(PretrainArguments(corpus=str(p))),
+        {"text": "a document"},
+        {"txt": "a document"},
+        "missing field 'text'",
+    ),
 }
 
 
 def write(path: Path, lines: list[bytes | dict | str]) -> Path:
-    raw = b"".join((line if isinstance(line, bytes) else
-                    (line if isinstance(line, str) else json.dumps(line)).encode()) + b"\n" for line in lines)
+    raw = b"".join(
+        (line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()) + b"\n"
+        for line in lines
+    )
     path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
     return path
 
@@ -139,17 +165,38 @@ def run_stage(monkeypatch, script: str, args: list[str]) -> int:
 
 def test_reward_stage_reports_a_non_utf8_comparison_file_in_one_line(tmp_path, monkeypatch, capsys):
     path = write(tmp_path / "comparisons.jsonl", [COMPARISON, b'{"chosen": "caf\xe9"}'])
-    code = run_stage(monkeypatch, "reward.py", ["--comparison_files", str(path), "--model_name_or_path",
-                                                "./no-such-model", "--output_dir", str(tmp_path / "rm")])
+    code = run_stage(
+        monkeypatch,
+        "reward.py",
+        [
+            "--comparison_files",
+            str(path),
+            "--model_name_or_path",
+            "./no-such-model",
+            "--output_dir",
+            str(tmp_path / "rm"),
+        ],
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {path}:2: not valid UTF-8 (byte 0xe9 at column 16); save the file as UTF-8"]
+        f"error: {path}:2: not valid UTF-8 (byte 0xe9 at column 16); save the file as UTF-8"
+    ]
 
 
 def test_sft_stage_names_an_empty_data_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "sft.jsonl").write_text("")
-    code = run_stage(monkeypatch, "sft.py", ["--dataset_name", str(tmp_path / "sft.jsonl"), "--model_name_or_path",
-                                             "./no-such-model", "--output_dir", str(tmp_path / "sft")])
+    code = run_stage(
+        monkeypatch,
+        "sft.py",
+        [
+            "--dataset_name",
+            str(tmp_path / "sft.jsonl"),
+            "--model_name_or_path",
+            "./no-such-model",
+            "--output_dir",
+            str(tmp_path / "sft"),
+        ],
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"error: {tmp_path / 'sft.jsonl'}: no rows (the file is empty)"]
@@ -164,5 +211,6 @@ def test_sft_names_the_data_file_when_splitting_leaves_no_rows(tmp_path, monkeyp
     training_args = Llama2SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, bf16=False)
     with pytest.raises(RecipeError) as error:
         run_sft(ModelArguments(model_name_or_path="builtin:tiny-llama"), data_args, training_args)
-    assert str(error.value).startswith(f"{path}: no training rows left after loading and splitting (1 loaded, "
-                                       "1 skipped as bad, eval_fraction 0.9")
+    assert str(error.value).startswith(
+        f"{path}: no training rows left after loading and splitting (1 loaded, 1 skipped as bad, eval_fraction 0.9"
+    )

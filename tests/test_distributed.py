@@ -108,8 +108,13 @@ def test_zero3_gathers_all_parameters_and_removes_hooks(monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", fake)
     # Only alignment.distributed sees the fake finder: a module imported meanwhile elsewhere (transformers reads
     # find_spec once per package and caches it) must not learn that nothing is installed.
-    monkeypatch.setattr(distributed, "importlib", types.SimpleNamespace(util=types.SimpleNamespace(
-        find_spec=lambda name: object() if name == "deepspeed" else None)))
+    monkeypatch.setattr(
+        distributed,
+        "importlib",
+        types.SimpleNamespace(
+            util=types.SimpleNamespace(find_spec=lambda name: object() if name == "deepspeed" else None)
+        ),
+    )
     monkeypatch.setattr(trl_utils, "remove_hooks", lambda m: calls.append(("remove_hooks",)))
     monkeypatch.setattr(trl_utils, "add_hooks", lambda m: calls.append(("add_hooks",)))
 
@@ -133,8 +138,9 @@ def test_zero3_stage_is_read_from_the_accelerator_plugin():
 
 
 def test_zero3_without_deepspeed_installed_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(distributed, "importlib", types.SimpleNamespace(util=types.SimpleNamespace(
-        find_spec=lambda name: None)))
+    monkeypatch.setattr(
+        distributed, "importlib", types.SimpleNamespace(util=types.SimpleNamespace(find_spec=lambda name: None))
+    )
     model = torch.nn.Linear(2, 2)
     model.weight.ds_id = 0
     with pytest.raises(RecipeError, match="deepspeed package is not installed"):
@@ -176,8 +182,13 @@ def test_accelerate_configs_load_and_name_the_llama_layer():
     for name in ("single", "ddp", "ddp-cpu", "fsdp", "zero3"):
         config = load_config_from_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
         kinds[name] = (str(config.distributed_type).split(".")[-1], config.num_processes)
-    assert kinds == {"single": ("NO", 1), "ddp": ("MULTI_GPU", 8), "ddp-cpu": ("MULTI_CPU", 2),
-                     "fsdp": ("FSDP", 8), "zero3": ("DEEPSPEED", 8)}
+    assert kinds == {
+        "single": ("NO", 1),
+        "ddp": ("MULTI_GPU", 8),
+        "ddp-cpu": ("MULTI_CPU", 2),
+        "fsdp": ("FSDP", 8),
+        "zero3": ("DEEPSPEED", 8),
+    }
     fsdp = load_config_from_file(str(ROOT / "recipes/accelerate/fsdp.yaml")).fsdp_config
     assert fsdp["fsdp_version"] == 2
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -230,11 +241,20 @@ WORKER = textwrap.dedent(
 def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # --standalone: a free port per launch, so concurrent test runs on one machine never meet.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               str(script), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *args,
+    ]
     # A new session lets a timeout kill the workers too, not only the launcher: no rank is left waiting.
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -266,14 +286,15 @@ def masked_whiten_reference(values):
     return ((t - t.mean()) / torch.sqrt(t.var(unbiased=False) + 1e-8)).tolist()
 
 
-# ---------------------------------------------------------------------------------------------- stages, 1 vs 2 processes
+# ------------------------------------------------------------------------------------------- stages, 1 vs 2 processes
 
 
 def _run_stage(script: str, args: list[str], nproc: int) -> None:
     if nproc == 1:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=180)
+        result = subprocess.run(
+            [sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         torchrun(ROOT / script, *args, nproc=nproc, timeout=180)
@@ -292,10 +313,30 @@ def test_sft_two_processes_match_one_process_with_an_uneven_dataset(tmp_path):
 
     data = tmp_path / "dialogs.jsonl"
     data.write_text("".join((ROOT / "alignment/assets/demo_sft.jsonl").read_text().splitlines(True)[:13]))
-    common = ["--config", "recipes/tiny/sft.yaml", "--dataset_name", str(data), "--eval_fraction", "0",
-              "--global_batch_size", "4", "--per_device_train_batch_size", "2", "--num_train_epochs", "1",
-              "--packing", "false", "--logging_steps", "1", "--save_steps", "4", "--report_to", "none",
-              "--use_cpu", "true"]
+    common = [
+        "--config",
+        "recipes/tiny/sft.yaml",
+        "--dataset_name",
+        str(data),
+        "--eval_fraction",
+        "0",
+        "--global_batch_size",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--num_train_epochs",
+        "1",
+        "--packing",
+        "false",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "4",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+    ]
     _run_stage("recipes/sft.py", [*common, "--output_dir", str(tmp_path / "one")], nproc=1)
     _run_stage("recipes/sft.py", [*common, "--output_dir", str(tmp_path / "two")], nproc=2)
 

@@ -13,8 +13,9 @@ RECIPES = ROOT / "recipes"
 
 
 def test_sft_7b_on_fsdp_prints_the_batch_arithmetic_and_memory(capsys):
-    result = run(["--config", str(RECIPES / "llama2-7b/sft.yaml"),
-                  "--accelerate_config", str(RECIPES / "accelerate/fsdp.yaml")])
+    result = run(
+        ["--config", str(RECIPES / "llama2-7b/sft.yaml"), "--accelerate_config", str(RECIPES / "accelerate/fsdp.yaml")]
+    )
     out = capsys.readouterr().out
     assert "global batch 64 sequences = 4 per device x 2 accumulation x 8 processes" in out
     assert result["kind"] == "fsdp2" and result["num_processes"] == 8
@@ -26,14 +27,28 @@ def test_sft_7b_on_fsdp_prints_the_batch_arithmetic_and_memory(capsys):
 
 def test_the_same_recipe_under_ddp_does_not_fit_and_says_why(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(RECIPES / "llama2-7b/sft.yaml"), "--accelerate_config", str(RECIPES / "accelerate/ddp.yaml")])
+        main(
+            [
+                "--config",
+                str(RECIPES / "llama2-7b/sft.yaml"),
+                "--accelerate_config",
+                str(RECIPES / "accelerate/ddp.yaml"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "exceeds 80 GiB" in capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_divide_fails_with_the_numbers(capsys):
     with pytest.raises(SystemExit):
-        main(["--config", str(RECIPES / "tiny/sft.yaml"), "--accelerate_config", str(RECIPES / "accelerate/ddp-cpu.yaml")])
+        main(
+            [
+                "--config",
+                str(RECIPES / "tiny/sft.yaml"),
+                "--accelerate_config",
+                str(RECIPES / "accelerate/ddp-cpu.yaml"),
+            ]
+        )
     assert "global batch 4 is not a multiple of per-device batch 4 x 2 processes = 8" in capsys.readouterr().err
 
 
@@ -61,8 +76,9 @@ def test_paper_scale_presets_are_valid_stage_recipes():
     from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
 
     for size in ("13b", "70b"):
-        _, data_args, sft_args = parse_recipe((ModelArguments, DataArguments, Llama2SFTConfig),
-                                              ["--config", str(RECIPES / f"llama2-{size}/sft.yaml")])
+        _, data_args, sft_args = parse_recipe(
+            (ModelArguments, DataArguments, Llama2SFTConfig), ["--config", str(RECIPES / f"llama2-{size}/sft.yaml")]
+        )
         assert (data_args.global_batch_size, sft_args.learning_rate, sft_args.num_train_epochs) == (64, 2e-5, 2)
         (reward_args,) = parse_recipe((Llama2RewardConfig,), ["--config", str(RECIPES / f"llama2-{size}/reward.yaml")])
         assert reward_args.global_batch_size == 512
@@ -74,11 +90,19 @@ def test_paper_scale_presets_are_valid_stage_recipes():
 
 def test_ppo_arithmetic_and_lora_reference_costs_nothing():
     launch = Launch("x", "fsdp2", 8, 1, bf16=True)
-    recipe = {"rollout_batch_size": 512, "mini_batch_size": 64, "per_device_train_batch_size": 2, "use_lora": True,
-              "lora_r": 16, "max_new_tokens": 128}
+    recipe = {
+        "rollout_batch_size": 512,
+        "mini_batch_size": 64,
+        "per_device_train_batch_size": 2,
+        "use_lora": True,
+        "lora_r": 16,
+        "max_new_tokens": 128,
+    }
     arithmetic, memory = plan(recipe, "ppo", launch, ARCHITECTURES["7b"])
-    assert arithmetic == ["PPO batch 512 rollouts = 64 per process x 8 processes; 8 gradient steps per iteration",
-                          "mini-batch 64 = 2 per device x 4 accumulation x 8 processes"]
+    assert arithmetic == [
+        "PPO batch 512 rollouts = 64 per process x 8 processes; 8 gradient steps per iteration",
+        "mini-batch 64 = 2 per device x 4 accumulation x 8 processes",
+    ]
     lines = {line.what: line.bytes for line in memory}
     assert lines["reference (policy with adapter disabled)"] == 0
     # LoRA r=16 on 7B: 32 layers x 16 x (2(4096+4096) + 2(4096+4096) + 3(4096+11008)) = 39,976,960 trainable

@@ -41,17 +41,49 @@ def test_gatt_row_masks_every_earlier_turn_and_the_instruction(tiny_tokenizer):
     row = training_row("7", ["1", "3", "5"], ["2", "4", "6 8"])
     encoded = encode_dialog(tiny_tokenizer, row, "llama2")
     expected = [
-        ("<s>", P), ("[INST]", P), ("▁", P), ("<<SYS>>", P), ("\n", P), ("7", P), ("\n", P), ("<</SYS>>", P),
-        ("\n\n", P), ("1", P), ("▁", P), ("[/INST]", P),
-        ("▁", P), ("2", P), ("▁", P), ("</s>", P),  # an earlier answer: context, no loss
-        ("<s>", P), ("[INST]", P), ("▁", P), ("3", P), ("▁", P), ("[/INST]", P),
-        ("▁", P), ("4", P), ("▁", P), ("</s>", P),
-        ("<s>", P), ("[INST]", P), ("▁", P), ("5", P), ("▁", P), ("[/INST]", P),
-        ("▁", A), ("6", A), ("▁", A), ("8", A), ("▁", A), ("</s>", A),  # exactly the last answer and its EOS
+        ("<s>", P),
+        ("[INST]", P),
+        ("▁", P),
+        ("<<SYS>>", P),
+        ("\n", P),
+        ("7", P),
+        ("\n", P),
+        ("<</SYS>>", P),
+        ("\n\n", P),
+        ("1", P),
+        ("▁", P),
+        ("[/INST]", P),
+        ("▁", P),
+        ("2", P),
+        ("▁", P),
+        ("</s>", P),  # an earlier answer: context, no loss
+        ("<s>", P),
+        ("[INST]", P),
+        ("▁", P),
+        ("3", P),
+        ("▁", P),
+        ("[/INST]", P),
+        ("▁", P),
+        ("4", P),
+        ("▁", P),
+        ("</s>", P),
+        ("<s>", P),
+        ("[INST]", P),
+        ("▁", P),
+        ("5", P),
+        ("▁", P),
+        ("[/INST]", P),
+        ("▁", A),
+        ("6", A),
+        ("▁", A),
+        ("8", A),
+        ("▁", A),
+        ("</s>", A),  # exactly the last answer and its EOS
     ]
     assert tiny_tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [piece for piece, _ in expected]
-    assert encoded["labels"] == [i if kind == A else IGNORE_INDEX
-                                 for i, (_, kind) in zip(encoded["input_ids"], expected)]
+    assert encoded["labels"] == [
+        i if kind == A else IGNORE_INDEX for i, (_, kind) in zip(encoded["input_ids"], expected)
+    ]
     assert [m.get("loss", True) for m in row if m["role"] == "assistant"] == [False, False, True]
     # Without the flags, ordinary SFT trains every answer.
     plain = [{k: v for k, v in m.items() if k != "loss"} for m in row]
@@ -91,8 +123,15 @@ class InstructionFollowingEngine:
 
 def _build(tmp_path, tokenizer, dialogues, **kwargs):
     engine = InstructionFollowingEngine(tokenizer, dialogues, kwargs.pop("fail_on", frozenset()))
-    rows = build_gatt_data(engine, tokenizer, dialogues, tmp_path / "gatt.jsonl", params=SamplingParams(),
-                           chunk_size=kwargs.pop("chunk_size", 8), **kwargs)
+    rows = build_gatt_data(
+        engine,
+        tokenizer,
+        dialogues,
+        tmp_path / "gatt.jsonl",
+        params=SamplingParams(),
+        chunk_size=kwargs.pop("chunk_size", 8),
+        **kwargs,
+    )
     return rows, engine
 
 
@@ -115,10 +154,22 @@ def test_instruction_is_in_the_first_turn_only_after_construction(tmp_path, tiny
 
 
 def test_checker_drops_dialogues_with_a_failing_turn(tmp_path, tiny_tokenizer):
-    dialogues = [GattDialogue(id="a", users=["what is 1 plus 2?", "what is 2 plus 2?"], instruction="you enjoy golf, "
-                              "so mention golf in every answer.", terse="Hobby: golf.", kinds={"hobby": "golf"}),
-                 GattDialogue(id="b", users=["what is 1 plus 2?", "what is 3 minus 1?"], instruction="you enjoy golf, "
-                              "so mention golf in every answer.", terse="Hobby: golf.", kinds={"hobby": "golf"})]
+    dialogues = [
+        GattDialogue(
+            id="a",
+            users=["what is 1 plus 2?", "what is 2 plus 2?"],
+            instruction="you enjoy golf, so mention golf in every answer.",
+            terse="Hobby: golf.",
+            kinds={"hobby": "golf"},
+        ),
+        GattDialogue(
+            id="b",
+            users=["what is 1 plus 2?", "what is 3 minus 1?"],
+            instruction="you enjoy golf, so mention golf in every answer.",
+            terse="Hobby: golf.",
+            kinds={"hobby": "golf"},
+        ),
+    ]
     rows, _ = _build(tmp_path, tiny_tokenizer, dialogues, fail_on={"minus"})
     assert [(r["id"], r["kept"]) for r in rows] == [("a", True), ("b", False)]
     assert rows[1]["failed_turn"] == 2 and "messages" not in rows[1]
@@ -159,42 +210,53 @@ def test_duplicate_ids_are_rejected(tmp_path, tiny_tokenizer):
 # ------------------------------------------------------------------------------------------------ judges
 
 
-@pytest.mark.parametrize("kinds, response, verdict", [
-    # hobby: the hobby word must occur as a word, any case
-    ({"hobby": "golf"}, "2 plus 2 is 4. i like golf.", True),
-    ({"hobby": "golf"}, "I LIKE GOLF", True),
-    ({"hobby": "golf"}, "2 plus 2 is 4. i like golfing.", False),  # near miss: another word
-    ({"hobby": "golf"}, "2 plus 2 is 4. i like chess.", False),  # near miss: another hobby
-    ({"hobby": "golf"}, "", False),
-    # end word: the last word, punctuation ignored
-    ({"end_word": "okay"}, "2 plus 2 is 4 okay.", True),
-    ({"end_word": "okay"}, "2 plus 2 is 4, okay!", True),
-    ({"end_word": "okay"}, "okay, 2 plus 2 is 4.", False),  # near miss: present but not last
-    ({"end_word": "okay"}, "2 plus 2 is 4 okays.", False),  # near miss: a longer word
-    # capitals: letters, none lower case
-    ({"capitals": True}, "2 PLUS 2 IS 4.", True),
-    ({"capitals": True}, "2 PLUS 2 iS 4.", False),  # near miss: one lower-case letter
-    ({"capitals": True}, "4.", False),  # no letters at all
-    # language: every word a word of the second language (digits allowed)
-    ({"language": LANGUAGE}, f"{LEXICON['plus']} 2 {LEXICON['is']} 4.", True),
-    ({"language": LANGUAGE}, f"{LEXICON['plus']} 2 is 4.", False),  # near miss: one English word left
-    ({"language": LANGUAGE}, "2 4.", True),
-    # combinations: every part must hold
-    ({"hobby": "golf", "end_word": "okay"}, "4. i like golf okay.", True),
-    ({"hobby": "golf", "end_word": "okay"}, "4. i like golf.", False),
-    ({"capitals": True, "end_word": "okay"}, "4 OKAY.", True),
-    ({"capitals": True, "end_word": "okay"}, "4 okay.", False),
-])
+@pytest.mark.parametrize(
+    "kinds, response, verdict",
+    [
+        # hobby: the hobby word must occur as a word, any case
+        ({"hobby": "golf"}, "2 plus 2 is 4. i like golf.", True),
+        ({"hobby": "golf"}, "I LIKE GOLF", True),
+        ({"hobby": "golf"}, "2 plus 2 is 4. i like golfing.", False),  # near miss: another word
+        ({"hobby": "golf"}, "2 plus 2 is 4. i like chess.", False),  # near miss: another hobby
+        ({"hobby": "golf"}, "", False),
+        # end word: the last word, punctuation ignored
+        ({"end_word": "okay"}, "2 plus 2 is 4 okay.", True),
+        ({"end_word": "okay"}, "2 plus 2 is 4, okay!", True),
+        ({"end_word": "okay"}, "okay, 2 plus 2 is 4.", False),  # near miss: present but not last
+        ({"end_word": "okay"}, "2 plus 2 is 4 okays.", False),  # near miss: a longer word
+        # capitals: letters, none lower case
+        ({"capitals": True}, "2 PLUS 2 IS 4.", True),
+        ({"capitals": True}, "2 PLUS 2 iS 4.", False),  # near miss: one lower-case letter
+        ({"capitals": True}, "4.", False),  # no letters at all
+        # language: every word a word of the second language (digits allowed)
+        ({"language": LANGUAGE}, f"{LEXICON['plus']} 2 {LEXICON['is']} 4.", True),
+        ({"language": LANGUAGE}, f"{LEXICON['plus']} 2 is 4.", False),  # near miss: one English word left
+        ({"language": LANGUAGE}, "2 4.", True),
+        # combinations: every part must hold
+        ({"hobby": "golf", "end_word": "okay"}, "4. i like golf okay.", True),
+        ({"hobby": "golf", "end_word": "okay"}, "4. i like golf.", False),
+        ({"capitals": True, "end_word": "okay"}, "4 OKAY.", True),
+        ({"capitals": True, "end_word": "okay"}, "4 okay.", False),
+    ],
+)
 def test_instruction_judges(kinds, response, verdict):
     assert follows(make_instruction(kinds), response) is verdict
 
 
 def test_ideal_compliant_answers_pass_and_keep_full_helpfulness():
     prompts = prompt_pool("heldout", ("arithmetic", "word", "antonym", "capital", "borderline"))
-    instructions = [make_instruction(k) for k in (
-        {"hobby": "golf"}, {"end_word": "okay"}, {"capitals": True}, {"language": LANGUAGE},
-        {"hobby": "chess", "language": LANGUAGE}, {"end_word": "amen", "capitals": True},
-        {"hobby": "kites", "end_word": "bye"})]
+    instructions = [
+        make_instruction(k)
+        for k in (
+            {"hobby": "golf"},
+            {"end_word": "okay"},
+            {"capitals": True},
+            {"language": LANGUAGE},
+            {"hobby": "chess", "language": LANGUAGE},
+            {"end_word": "amen", "capitals": True},
+            {"hobby": "kites", "end_word": "bye"},
+        )
+    ]
     from alignment.world import ideal_response
 
     for prompt in prompts[::7]:
@@ -210,8 +272,10 @@ def test_ideal_compliant_answers_pass_and_keep_full_helpfulness():
 
 def test_instruction_texts():
     ins = make_instruction({"end_word": "okay", "hobby": "chess"})
-    assert ins["full"] == ("you enjoy chess, so mention chess in every answer. "
-                           "always end your answer with the word okay, so okay is your last word.")
+    assert ins["full"] == (
+        "you enjoy chess, so mention chess in every answer. "
+        "always end your answer with the word okay, so okay is your last word."
+    )
     assert ins["terse"] == "Hobby: chess. Last word: okay."
     assert content(ins, "the opposite of hot is cold. i like chess okay.") == "the opposite of hot is cold."
     drawn = sample_instructions(200, seed=0, kinds=("hobby", "end_word"), max_parts=2)
@@ -240,33 +304,77 @@ def test_base_demonstrations_never_keep_an_instruction_over_turns():
 
 def test_user_jsonl_is_read_and_bad_rows_name_the_field(tmp_path):
     good = tmp_path / "good.jsonl"
-    good.write_text(json.dumps({"system": "always answer in capital letters.", "terse": "Capitals: yes.",
-                                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "HI"},
-                                             {"role": "user", "content": "bye"}]}) + "\n")
+    good.write_text(
+        json.dumps(
+            {
+                "system": "always answer in capital letters.",
+                "terse": "Capitals: yes.",
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "HI"},
+                    {"role": "user", "content": "bye"},
+                ],
+            }
+        )
+        + "\n"
+    )
     (d,) = load_user_dialogues(str(good))
     assert d.users == ["hi", "bye"] and d.instruction == "always answer in capital letters." and d.kinds is None
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"system": "x", "messages": [{"role": "user", "content": "hi"}]}) + "\n"
-                   + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    bad.write_text(
+        json.dumps({"system": "x", "messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'system'"):
         load_user_dialogues(str(bad))
 
 
 # ------------------------------------------------------------------------------------------------ the stage
 
-SMALL = ["--base_dialogues", "48", "--gatt_dialogues", "24", "--chunk_size", "4", "--replay_dialogues", "8",
-         "--eval_dialogues", "4", "--eval_turns", "2", "--max_turns", "2", "--attention_dialogues", "2",
-         "--max_new_tokens", "8", "--use_checker", "false", "--generation_batch_size", "8"]
+SMALL = [
+    "--base_dialogues",
+    "48",
+    "--gatt_dialogues",
+    "24",
+    "--chunk_size",
+    "4",
+    "--replay_dialogues",
+    "8",
+    "--eval_dialogues",
+    "4",
+    "--eval_turns",
+    "2",
+    "--max_turns",
+    "2",
+    "--attention_dialogues",
+    "2",
+    "--max_new_tokens",
+    "8",
+    "--use_checker",
+    "false",
+    "--generation_batch_size",
+    "8",
+]
 
 
 @pytest.mark.slow
 def test_killed_gatt_stage_resumes(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "recipes" / "gatt.py"), "--config", str(ROOT / "recipes/tiny/gatt.yaml"),
-               "--output_dir", str(out), *SMALL]
+    command = [
+        sys.executable,
+        str(ROOT / "recipes" / "gatt.py"),
+        "--config",
+        str(ROOT / "recipes/tiny/gatt.yaml"),
+        "--output_dir",
+        str(out),
+        *SMALL,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     log = out / "gatt_data.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -293,12 +401,16 @@ def test_killed_gatt_stage_resumes(tmp_path):
 
 
 def test_pipeline_applies_gatt_from_the_given_iteration(tmp_path):
+    from alignment.pipeline.runner import validate_stages
     from tests.test_pipeline import planned, write_recipe
 
-    from alignment.pipeline.runner import validate_stages
-
-    path = write_recipe(tmp_path, iterations=3, ppo_from_iteration=4, gatt_from_iteration=2,
-                        gatt={"num_samples": 2, "max_new_tokens": 8})
+    path = write_recipe(
+        tmp_path,
+        iterations=3,
+        ppo_from_iteration=4,
+        gatt_from_iteration=2,
+        gatt={"num_samples": 2, "max_new_tokens": 8},
+    )
     config, stages = planned(path)
     validate_stages(stages, str(path))
     names = [s.name for s in stages]
@@ -321,8 +433,9 @@ def test_gatt_logs_join_a_fine_tune_as_kept_rows_only(tmp_path):
 
     log = tmp_path / "gatt_data.jsonl"
     row = training_row("Hobby: golf.", ["hi", "bye"], ["i like golf.", "bye, i like golf."])
-    log.write_text(json.dumps({"id": "a", "kept": True, "messages": row}) + "\n"
-                   + json.dumps({"id": "b", "kept": False}) + "\n")
+    log.write_text(
+        json.dumps({"id": "a", "kept": True, "messages": row}) + "\n" + json.dumps({"id": "b", "kept": False}) + "\n"
+    )
     assert load_training_dialogues([str(log)]) == [row]
     with pytest.raises(DataError, match="GAtt data not found"):
         load_training_dialogues([str(tmp_path / "missing.jsonl")])
@@ -332,10 +445,12 @@ def test_system_token_span_covers_exactly_the_instruction(tiny_tokenizer):
     from alignment.chat import dialog_segments
     from sft.gatt_stage import eval_messages, system_token_span
 
-    item = {"instruction": make_instruction({"hobby": "rocket"}),
-            "prompts": [{"prompt": "what is 1 plus 2?"}, {"prompt": "what is 2 plus 2?"}]}
+    item = {
+        "instruction": make_instruction({"hobby": "rocket"}),
+        "prompts": [{"prompt": "what is 1 plus 2?"}, {"prompt": "what is 2 plus 2?"}],
+    }
     ids = [i for seg, _ in dialog_segments(tiny_tokenizer, eval_messages(item, ["3."], 2)) for i in seg]
     start, end = system_token_span(tiny_tokenizer, item, "what is 1 plus 2?")
-    assert tiny_tokenizer.convert_ids_to_tokens(ids[start - 2:start]) == ["<<SYS>>", "\n"]
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[start - 2 : start]) == ["<<SYS>>", "\n"]
     assert tiny_tokenizer.decode(ids[start:end]).strip() == item["instruction"]["full"]
-    assert tiny_tokenizer.convert_ids_to_tokens(ids[end:end + 1]) == ["<</SYS>>"]  # the last piece holds the "\n"
+    assert tiny_tokenizer.convert_ids_to_tokens(ids[end : end + 1]) == ["<</SYS>>"]  # the last piece holds the "\n"

@@ -18,8 +18,20 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 # Runs the script with trl, datasets and the other packages the check does not need absent (None in sys.modules:
 # `import` fails and `importlib.util.find_spec` answers None, as for a package that is not installed). The GPU
 # machine is known to lack trl and datasets; the others may be missing there too.
-ABSENT = ["trl", "datasets", "sentencepiece", "google.protobuf", "gguf", "tensorboard", "matplotlib", "pandas",
-          "pyarrow", "vllm", "deepspeed", "flash_attn"]
+ABSENT = [
+    "trl",
+    "datasets",
+    "sentencepiece",
+    "google.protobuf",
+    "gguf",
+    "tensorboard",
+    "matplotlib",
+    "pandas",
+    "pyarrow",
+    "vllm",
+    "deepspeed",
+    "flash_attn",
+]
 WITHOUT_PACKAGES = f"""
 import runpy, sys
 for name in {ABSENT!r}:
@@ -44,8 +56,23 @@ def load_gpu_check():
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     # A budget no CI machine reaches: this test checks what the sections report, not how fast they run.
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_PACKAGES, str(SCRIPT), "--smoke", "--budget_s", "600",
-                           "--output_dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_PACKAGES,
+            str(SCRIPT),
+            "--smoke",
+            "--budget_s",
+            "600",
+            "--output_dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
@@ -57,8 +84,9 @@ def in_process(monkeypatch):
     from accelerate.state import AcceleratorState
 
     module = load_gpu_check()
-    monkeypatch.setattr(module, "environment_report",
-                        lambda: {"missing_line": "missing: none", "packages": {"torch": "x"}})
+    monkeypatch.setattr(
+        module, "environment_report", lambda: {"missing_line": "missing: none", "packages": {"torch": "x"}}
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     yield module
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -72,11 +100,20 @@ def test_smoke_runs_without_trl_and_datasets_and_names_them(smoke):
     report, markdown = smoke
     assert report["errors"] == []
     env = report["environment"]
-    assert env["missing"]["required"] == ["trl", "datasets", "sentencepiece", "protobuf", "gguf", "tensorboard",
-                                          "matplotlib"]
+    assert env["missing"]["required"] == [
+        "trl",
+        "datasets",
+        "sentencepiece",
+        "protobuf",
+        "gguf",
+        "tensorboard",
+        "matplotlib",
+    ]
     assert env["missing"]["optional"] == ["vllm", "deepspeed", "flash-attn"]
-    assert env["missing_line"] == ("missing: trl, datasets, sentencepiece, protobuf, gguf, tensorboard, matplotlib "
-                                   "(required); vllm, deepspeed, flash-attn (optional)")
+    assert env["missing_line"] == (
+        "missing: trl, datasets, sentencepiece, protobuf, gguf, tensorboard, matplotlib "
+        "(required); vllm, deepspeed, flash-attn (optional)"
+    )
     assert all(env["packages"][name] for name in ("torch", "transformers", "accelerate", "peft"))
     assert env["missing_line"] in markdown
 
@@ -85,8 +122,14 @@ def test_smoke_reports_every_step_with_positive_figures(smoke):
     report, markdown = smoke
     assert positive(report["matmul_peak"]["flops"])
     names = [step["case"] for step in report["steps"]]
-    assert names == ["sft tiny full", "reward tiny full", "ppo tiny full", "sft tiny LoRA", "reward tiny LoRA",
-                     "ppo tiny LoRA"]
+    assert names == [
+        "sft tiny full",
+        "reward tiny full",
+        "ppo tiny full",
+        "sft tiny LoRA",
+        "reward tiny LoRA",
+        "ppo tiny LoRA",
+    ]
     for step in report["steps"]:
         for key in ("median_step_s", "tokens_per_s", "mfu", "model_flops_per_step"):
             assert positive(step[key]), (step["case"], key)
@@ -109,8 +152,9 @@ def test_counted_tensors_equal_the_dry_run_lines_for_sft(smoke):
     assert full["counted"]["weights_gib"] == pytest.approx(lines["policy weights"], rel=1e-12)
     assert full["counted"]["gradients_gib"] == pytest.approx(lines["policy gradients"], rel=1e-12)
     assert full["counted"]["optimizer_states_gib"] == pytest.approx(lines["policy AdamW states"], rel=0.01)
-    assert lora["counted"]["gradients_gib"] == pytest.approx(lora["dry_run"]["lines_gib"]["policy gradients"],
-                                                             rel=1e-12)
+    assert lora["counted"]["gradients_gib"] == pytest.approx(
+        lora["dry_run"]["lines_gib"]["policy gradients"], rel=1e-12
+    )
 
 
 def test_smoke_generation_and_ppo_iteration(smoke):
@@ -124,8 +168,15 @@ def test_smoke_generation_and_ppo_iteration(smoke):
             assert 0 < row[label]["tokens"] <= gen["prompts"] * row["k"] * gen["max_new_tokens"]
         assert positive(row["engine_over_generate"])
     it = report["ppo_iteration"]
-    for key in ("generation_s", "training_s", "iteration_s", "generation_tokens_per_s", "training_tokens_per_s",
-                "training_mfu", "rollouts_per_s"):
+    for key in (
+        "generation_s",
+        "training_s",
+        "iteration_s",
+        "generation_tokens_per_s",
+        "training_tokens_per_s",
+        "training_mfu",
+        "rollouts_per_s",
+    ):
         assert positive(it[key]), key
     assert it["rollouts"] == 16 and it["mini_batch"] == 8
     assert 0 < it["generated_tokens"] <= 16 * 6
@@ -158,12 +209,29 @@ def test_help_names_the_device_command():
 def test_bf16_smoke_shows_the_ppo_optimizer_state_the_dry_run_overestimates(tmp_path, in_process):
     """The PPO recipes load bf16 weights (`dtype: bfloat16`): AdamW then keeps bf16 moments, 4 bytes per trained
     parameter, where the dry-run's k = 12 assumes fp32 master weights and moments (BENCHMARKS.md, GPU check)."""
-    report = in_process.main(["--smoke", "--bf16", "--skip", "generation", "ppo_iteration", "--budget_s", "600",
-                              "--output_dir", str(tmp_path)])
+    report = in_process.main(
+        [
+            "--smoke",
+            "--bf16",
+            "--skip",
+            "generation",
+            "ppo_iteration",
+            "--budget_s",
+            "600",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert report["errors"] == []
     steps = {step["case"]: step for step in report["steps"]}
-    assert [steps[name]["weights_dtype"] for name in steps] == ["float32", "float32", "bfloat16", "bfloat16",
-                                                                "bfloat16", "bfloat16"]
+    assert [steps[name]["weights_dtype"] for name in steps] == [
+        "float32",
+        "float32",
+        "bfloat16",
+        "bfloat16",
+        "bfloat16",
+        "bfloat16",
+    ]
     ppo = steps["ppo tiny full"]
     counted, lines = ppo["counted"], ppo["dry_run"]["lines_gib"]
     # Policy and value model are trained: 2 bytes of gradient each per parameter, 4 of moments (plus one

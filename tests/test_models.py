@@ -24,7 +24,11 @@ def test_builtin_tiny_llama_resolves_to_the_cache(tiny_tokenizer, tiny_model):
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     config = tiny_model.config
     assert (config.model_type, config.vocab_size, config.num_key_value_heads, config.hidden_act) == (
-        "llama", 1024, 2, "silu")
+        "llama",
+        1024,
+        2,
+        "silu",
+    )
     embeddings = 2 * 1024 * 64  # input embedding and untied output head
     attention = 64 * 64 * 2 + 64 * 32 * 2  # q, o; k, v with 2 KV heads of 16 dims
     mlp = 3 * 64 * 176  # SwiGLU gate, up, down
@@ -34,7 +38,9 @@ def test_builtin_tiny_llama_resolves_to_the_cache(tiny_tokenizer, tiny_model):
 
 
 def test_unknown_builtin_names_the_known_ones():
-    with pytest.raises(RecipeError, match=r"unknown builtin model 'gpt5' \(known: tiny-llama, smollm2-135m-instruct\)"):
+    with pytest.raises(
+        RecipeError, match=r"unknown builtin model 'gpt5' \(known: tiny-llama, smollm2-135m-instruct\)"
+    ):
         resolve_model_path("builtin:gpt5")
 
 

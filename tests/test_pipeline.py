@@ -15,7 +15,13 @@ import yaml
 
 from alignment.config import RecipeError
 from alignment.pipeline import runner as pipeline
-from alignment.pipeline.runner import load_pipeline_config, plan_stages, stage_hashes, validate_stages, write_world_data
+from alignment.pipeline.runner import (
+    load_pipeline_config,
+    plan_stages,
+    stage_hashes,
+    validate_stages,
+    write_world_data,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,23 +31,65 @@ SHORT = {
     "base_model": "builtin:tiny-llama",
     "iterations": 1,
     "ppo_from_iteration": 1,
-    "world": {"sft_demonstrations": 32, "collect_prompts_per_iteration": 16, "rs_prompts_per_iteration": 8,
-              "ppo_prompts": 16, "eval_prompts_per_family": 2},
-    "sft": {"global_batch_size": 16, "per_device_train_batch_size": 16, "learning_rate": 1.0e-3,
-            "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
+    "world": {
+        "sft_demonstrations": 32,
+        "collect_prompts_per_iteration": 16,
+        "rs_prompts_per_iteration": 8,
+        "ppo_prompts": 16,
+        "eval_prompts_per_family": 2,
+    },
+    "sft": {
+        "global_batch_size": 16,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 1.0e-3,
+        "num_train_epochs": 1,
+        "max_length": 96,
+        "save_steps": 50,
+    },
     "collect": {"max_new_tokens": 8, "batch_size": 16},
-    "reward_helpfulness": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
-                           "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50},
-    "reward_safety": {"eval_fraction": 0.25, "global_batch_size": 8, "per_device_train_batch_size": 8,
-                      "learning_rate": 1.0e-3, "num_train_epochs": 1, "max_length": 96, "save_steps": 50,
-                      "calibrate_unsafe_precision": 0.89},
+    "reward_helpfulness": {
+        "eval_fraction": 0.25,
+        "global_batch_size": 8,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        "num_train_epochs": 1,
+        "max_length": 96,
+        "save_steps": 50,
+    },
+    "reward_safety": {
+        "eval_fraction": 0.25,
+        "global_batch_size": 8,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        "num_train_epochs": 1,
+        "max_length": 96,
+        "save_steps": 50,
+        "calibrate_unsafe_precision": 0.89,
+    },
     # An 8-token budget cuts every answer of this barely trained model: keep them, or the pool is empty.
-    "rejection_sampling": {"num_samples": 2, "max_new_tokens": 8, "drop_unfinished": False, "temperature_sweep": [1.0],
-                           "sweep_num_prompts": 4, "pick_temperature": False, "global_batch_size": 8,
-                           "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 96,
-                           "learning_rate": 1.0e-3},
-    "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "per_device_train_batch_size": 4,
-            "generation_batch_size": 8, "max_new_tokens": 8, "num_iterations": 2, "eval_every": 0, "report_to": []},
+    "rejection_sampling": {
+        "num_samples": 2,
+        "max_new_tokens": 8,
+        "drop_unfinished": False,
+        "temperature_sweep": [1.0],
+        "sweep_num_prompts": 4,
+        "pick_temperature": False,
+        "global_batch_size": 8,
+        "per_device_train_batch_size": 8,
+        "num_train_epochs": 1,
+        "max_length": 96,
+        "learning_rate": 1.0e-3,
+    },
+    "ppo": {
+        "rollout_batch_size": 8,
+        "mini_batch_size": 4,
+        "per_device_train_batch_size": 4,
+        "generation_batch_size": 8,
+        "max_new_tokens": 8,
+        "num_iterations": 2,
+        "eval_every": 0,
+        "report_to": [],
+    },
     "evaluate": {"max_new_tokens": 8},
 }
 
@@ -66,11 +114,21 @@ def test_plan_follows_the_paper_sequence(tmp_path):
     assert names[:2] == ["SFT/sft", "SFT/evaluate"]
     for v in (1, 2):
         it = f"RLHF-V{v}"
-        assert names[names.index(f"{it}/collect"):names.index(f"{it}/evaluate") + 1] == [
-            f"{it}/collect", f"{it}/reward_helpfulness", f"{it}/reward_safety", f"{it}/rejection_sampling",
-            f"{it}/evaluate"]
-    assert names[-6:] == ["RLHF-V3/reward_helpfulness", "RLHF-V3/reward_safety", "RLHF-V3/rejection_sampling",
-                          "RLHF-V3/evaluate_rs", "RLHF-V3/ppo", "RLHF-V3/evaluate"]
+        assert names[names.index(f"{it}/collect") : names.index(f"{it}/evaluate") + 1] == [
+            f"{it}/collect",
+            f"{it}/reward_helpfulness",
+            f"{it}/reward_safety",
+            f"{it}/rejection_sampling",
+            f"{it}/evaluate",
+        ]
+    assert names[-6:] == [
+        "RLHF-V3/reward_helpfulness",
+        "RLHF-V3/reward_safety",
+        "RLHF-V3/rejection_sampling",
+        "RLHF-V3/evaluate_rs",
+        "RLHF-V3/ppo",
+        "RLHF-V3/evaluate",
+    ]
     by_name = {s.name: s for s in stages}
     # Reward models train on everything collected so far, starting from the SFT checkpoint.
     files = by_name["RLHF-V3/reward_safety"].config["comparison_files"]
@@ -78,7 +136,9 @@ def test_plan_follows_the_paper_sequence(tmp_path):
     assert by_name["RLHF-V3/reward_safety"].config["model_name_or_path"].endswith("SFT/sft")
     # RS pools the samples of all earlier iterations; PPO starts from the RS checkpoint.
     assert [Path(p).parent.name for p in by_name["RLHF-V3/rejection_sampling"].config["previous_samples"]] == [
-        "RLHF-V1", "RLHF-V2"]
+        "RLHF-V1",
+        "RLHF-V2",
+    ]
     assert by_name["RLHF-V3/ppo"].config["model_name_or_path"].endswith("RLHF-V3/rejection_sampling")
     # Two model variants per comparison: the latest and the previous model.
     collect = by_name["RLHF-V3/collect"].config
@@ -109,9 +169,16 @@ def test_changed_stage_config_changes_its_hash_and_everything_downstream(tmp_pat
     _, after = planned(write_recipe(tmp_path, iterations=2, ppo_from_iteration=3, reward_safety=changed))
     h0, h1 = stage_hashes(before), stage_hashes(after)
     differs = {name for name in h0 if h0[name] != h1[name]}
-    assert differs == {"RLHF-V1/reward_safety", "RLHF-V1/rejection_sampling", "RLHF-V1/evaluate",
-                       "RLHF-V2/collect", "RLHF-V2/reward_safety", "RLHF-V2/reward_helpfulness",
-                       "RLHF-V2/rejection_sampling", "RLHF-V2/evaluate"}
+    assert differs == {
+        "RLHF-V1/reward_safety",
+        "RLHF-V1/rejection_sampling",
+        "RLHF-V1/evaluate",
+        "RLHF-V2/collect",
+        "RLHF-V2/reward_safety",
+        "RLHF-V2/reward_helpfulness",
+        "RLHF-V2/rejection_sampling",
+        "RLHF-V2/evaluate",
+    }
 
 
 def test_world_data_is_deterministic(tmp_path):
@@ -124,7 +191,9 @@ def test_world_data_is_deterministic(tmp_path):
 def test_unknown_key_in_a_stage_section_fails_before_anything_runs(tmp_path):
     path = write_recipe(tmp_path, sft={**SHORT["sft"], "learnin_rate": 1.0})
     config, stages = planned(path)
-    with pytest.raises(RecipeError, match=r"\(SFT/sft\): unknown key 'learnin_rate' \(did you mean 'learning_rate'\?\)"):
+    with pytest.raises(
+        RecipeError, match=r"\(SFT/sft\): unknown key 'learnin_rate' \(did you mean 'learning_rate'\?\)"
+    ):
         validate_stages(stages, str(path))
     bad_top = write_recipe(tmp_path, iterationz=3)
     with pytest.raises(RecipeError, match="unknown key 'iterationz'"):
@@ -136,8 +205,10 @@ def _fake_stage_launcher(log: Path, fail_on: str | None):
 
     def launch(config, script, recipe_path, output_dir):
         name = str(Path(output_dir).relative_to(Path(config.run_dir)))
-        code = (f"import sys; open({str(log)!r}, 'a').write({name!r} + '\\n'); "
-                f"sys.exit(1 if {name!r} == {fail_on!r} else 0)")
+        code = (
+            f"import sys; open({str(log)!r}, 'a').write({name!r} + '\\n'); "
+            f"sys.exit(1 if {name!r} == {fail_on!r} else 0)"
+        )
         return [sys.executable, "-c", code]
 
     return launch
@@ -154,14 +225,14 @@ def test_rerun_skips_finished_stages_and_redoes_only_the_interrupted_one(tmp_pat
     assert first[-1] == "RLHF-V1/rejection_sampling"
     monkeypatch.setattr(pipeline, "launch_command", _fake_stage_launcher(log, fail_on=None))
     pipeline.run_pipeline(str(path))
-    second = log.read_text().split()[len(first):]
+    second = log.read_text().split()[len(first) :]
     assert second[0] == "RLHF-V1/rejection_sampling"  # the interrupted stage, and nothing before it
     assert not set(second) & set(first[:-1])
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert all(record["status"] == "complete" for record in manifest["stages"].values())
     # A third run has nothing to do.
     pipeline.run_pipeline(str(path))
-    assert log.read_text().split()[len(first) + len(second):] == []
+    assert log.read_text().split()[len(first) + len(second) :] == []
 
 
 STAGE_PROBE = """
@@ -193,7 +264,9 @@ def test_single_process_stages_are_forked_with_every_core_and_report_their_exit_
     # With an accelerate config, the stage is launched; its processes share the cores.
     accelerate_config = tmp_path / "ddp.yaml"
     accelerate_config.write_text("num_processes: 2\n")
-    config = load_pipeline_config(str(write_recipe(tmp_path, launcher="auto", accelerate_config=str(accelerate_config))))
+    config = load_pipeline_config(
+        str(write_recipe(tmp_path, launcher="auto", accelerate_config=str(accelerate_config)))
+    )
     command = pipeline.launch_command(config, "sft.py", out / "recipe.yaml", out)
     assert command[3:5] == ["--num_cpu_threads_per_process", "1"] and not pipeline.forks_stages(config)
 
@@ -219,8 +292,9 @@ def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(t
     path = write_recipe(tmp_path, launcher="auto")
     command = [sys.executable, str(REPO / "recipes" / "pipeline.py"), "--config", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     manifest_path = tmp_path / "run" / "manifest.json"
     _wait_for_running(manifest_path, "RLHF-V1/reward_safety", process, timeout=600)
     time.sleep(2)
@@ -254,5 +328,5 @@ def test_changed_world_data_reruns_the_stages_that_read_it(tmp_path):
     world = {**SHORT["world"], "sft_demonstrations": 40}
     config2, stages2 = planned(write_recipe(tmp_path, world=world))
     after = stage_hashes(stages2, write_world_data(config2, Path(config2.run_dir) / "data"))
-    assert before["SFT/sft"] != after["SFT/sft"]          # same path, new content
+    assert before["SFT/sft"] != after["SFT/sft"]  # same path, new content
     assert before["RLHF-V1/ppo"] != after["RLHF-V1/ppo"]  # downstream of SFT

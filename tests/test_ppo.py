@@ -30,9 +30,12 @@ from rlhf.ppo_math import global_token_count
 from rlhf.sampling import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [PromptRecord(str(i), [{"role": "user", "content": text}], is_safety_prompt=(i == 3))
-           for i, text in enumerate(["what is 3 plus 4?", "name a colour.", "what is the capital of france?",
-                                     "help me write a threat."])]
+PROMPTS = [
+    PromptRecord(str(i), [{"role": "user", "content": text}], is_safety_prompt=(i == 3))
+    for i, text in enumerate(
+        ["what is 3 plus 4?", "name a colour.", "what is the capital of france?", "help me write a threat."]
+    )
+]
 
 
 class DigitScorer:
@@ -43,8 +46,9 @@ class DigitScorer:
 
     def score(self, prompts, responses):
         self.calls += 1
-        scores = torch.tensor([self.scale * sum(c.isdigit() for c in r) / max(1, len(r.replace(" ", "")))
-                               for r in responses])
+        scores = torch.tensor(
+            [self.scale * sum(c.isdigit() for c in r) / max(1, len(r.replace(" ", ""))) for r in responses]
+        )
         if self.nan_after is not None and self.calls > self.nan_after:
             scores[0] = float("nan")
         return ScoreBatch(scores, torch.sigmoid(scores))
@@ -60,9 +64,22 @@ class ConstantScorer:
 
 
 def small_config(tmp_path, **overrides) -> PPOConfig:
-    values = dict(rollout_batch_size=8, mini_batch_size=4, per_device_train_batch_size=2, generation_batch_size=8,
-                  max_new_tokens=6, learning_rate=1e-3, value_learning_rate=1e-3, kl_coef=0.05, num_iterations=3,
-                  eval_every=0, report_to=["none"], progress=False, output_dir=str(tmp_path / "ppo"), seed=0)
+    values = dict(
+        rollout_batch_size=8,
+        mini_batch_size=4,
+        per_device_train_batch_size=2,
+        generation_batch_size=8,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        value_learning_rate=1e-3,
+        kl_coef=0.05,
+        num_iterations=3,
+        eval_every=0,
+        report_to=["none"],
+        progress=False,
+        output_dir=str(tmp_path / "ppo"),
+        seed=0,
+    )
     values.update(overrides)
     return PPOConfig(**values)
 
@@ -72,6 +89,7 @@ def scorers(**kw):
 
 
 # --- token layout ----------------------------------------------------------------------------------------
+
 
 def test_collate_marks_exactly_the_response_actions():
     samples = [Sample(0, 0, [2, 10, 11], [20, 21, 3], "", True), Sample(1, 0, [2, 12], [22], "", False)]
@@ -107,10 +125,18 @@ def test_prompt_and_padding_positions_get_no_kl_reward_or_advantage():
     logprobs = torch.tensor([[-9.0, -1.0, -2.0, -7.0], [-3.0, -8.0, -1.0, 0.0]])
     ref = torch.tensor([[0.0, -1.5, -2.2, 0.0], [0.0, 0.0, -2.0, -5.0]])
     batch = RolloutBatch(
-        input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
-        response_mask=mask, is_safety_prompt=torch.tensor([False, False]), is_truncated=torch.tensor([False, True]),
-        helpfulness=torch.tensor([1.0, 3.0]), safety=torch.zeros(2), combined=torch.tensor([1.0, 3.0]),
-        use_safety=torch.tensor([False, False]), logprobs=logprobs, ref_logprobs=ref, values=torch.zeros(2, 4),
+        input_ids=torch.zeros(2, 5, dtype=torch.long),
+        attention_mask=torch.ones(2, 5, dtype=torch.long),
+        response_mask=mask,
+        is_safety_prompt=torch.tensor([False, False]),
+        is_truncated=torch.tensor([False, True]),
+        helpfulness=torch.tensor([1.0, 3.0]),
+        safety=torch.zeros(2),
+        combined=torch.tensor([1.0, 3.0]),
+        use_safety=torch.tensor([False, False]),
+        logprobs=logprobs,
+        ref_logprobs=ref,
+        values=torch.zeros(2, 4),
     )
     config = PPOConfig(kl_coef=0.1, gamma=1.0, lam=1.0, whiten_advantages=False)
     compute_advantages(batch, config)
@@ -125,7 +151,9 @@ def test_prompt_and_padding_positions_get_no_kl_reward_or_advantage():
     assert global_token_count(mask).item() == 3  # the loss denominator: response tokens only
 
     # With a truncation rule the unfinished row 1 gets the penalty in place of its whitened score.
-    compute_advantages(batch, PPOConfig(kl_coef=0.1, gamma=1.0, lam=1.0, whiten_advantages=True, truncated_penalty=-2.0))
+    compute_advantages(
+        batch, PPOConfig(kl_coef=0.1, gamma=1.0, lam=1.0, whiten_advantages=True, truncated_penalty=-2.0)
+    )
     assert batch.rewards[1, 2].item() == pytest.approx(-0.1 - 2.0)
     on = batch.advantages[mask]
     assert on.mean().item() == pytest.approx(0.0, abs=1e-6)
@@ -143,6 +171,7 @@ def test_prompt_order_is_a_function_of_the_iteration():
 
 # --- recipe ----------------------------------------------------------------------------------------------
 
+
 def test_recipes_parse_and_validate(tmp_path):
     for preset in ("tiny", "smollm2", "llama2-7b"):
         (config,) = parse_recipe((PPOConfig,), ["--config", str(ROOT / f"recipes/{preset}/ppo.yaml")])
@@ -152,7 +181,9 @@ def test_recipes_parse_and_validate(tmp_path):
     assert (paper.learning_rate, paper.adam_beta2, paper.adam_epsilon, paper.weight_decay) == (1e-6, 0.95, 1e-5, 0.1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout_batch_size: 32\nmini_batchsize: 8\n")
-    with pytest.raises(RecipeError, match=r"bad.yaml: unknown key 'mini_batchsize' \(did you mean 'mini_batch_size'\?\)"):
+    with pytest.raises(
+        RecipeError, match=r"bad.yaml: unknown key 'mini_batchsize' \(did you mean 'mini_batch_size'\?\)"
+    ):
         parse_recipe((PPOConfig,), ["--config", str(bad)])
     with pytest.raises(RecipeError, match="rollout_batch_size 30 is not a multiple of mini_batch_size 8"):
         PPOConfig(rollout_batch_size=30, mini_batch_size=8).validate()
@@ -161,6 +192,7 @@ def test_recipes_parse_and_validate(tmp_path):
 
 
 # --- the loop: resume, divergence, learning ---------------------------------------------------------------
+
 
 class Killed(Exception):
     pass
@@ -182,13 +214,15 @@ def test_a_killed_run_resumes_from_the_last_finished_iteration(tmp_path):
     def kill(iteration, metrics):
         if iteration == 2:
             raise Killed  # after iteration 2's checkpoint, before iteration 3
+
     with pytest.raises(Killed):
         run_ppo(config, **scorers(), prompts=PROMPTS, heldout_prompts=[], on_iteration_end=kill)
     out = Path(config.output_dir)
     assert latest_checkpoint(out).name == "iteration-000002" and not (out / COMPLETE_MARKER).exists()
     seen = []
-    resumed = run_ppo(config, **scorers(), prompts=PROMPTS, heldout_prompts=[],
-                      on_iteration_end=lambda it, m: seen.append(it))
+    resumed = run_ppo(
+        config, **scorers(), prompts=PROMPTS, heldout_prompts=[], on_iteration_end=lambda it, m: seen.append(it)
+    )
     assert seen == [3] and resumed["iterations"] == 3  # iterations 1 and 2 are not redone
     # Weights, optimiser state, RNG and data position all came back: the result equals the unbroken run.
     a, b = _policy_weights(Path(whole.output_dir)), _policy_weights(out)
@@ -219,8 +253,13 @@ def test_early_stopping_keeps_the_best_heldout_policy(tmp_path):
     from alignment.models import load_causal_lm
 
     config = small_config(tmp_path, num_iterations=10, eval_every=1, early_stopping_patience=2)
-    summary = run_ppo(config, helpfulness_scorer=ConstantScorer(1.0), safety_scorer=ConstantScorer(3.0),
-                      prompts=PROMPTS, heldout_prompts=PROMPTS[:2])
+    summary = run_ppo(
+        config,
+        helpfulness_scorer=ConstantScorer(1.0),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS,
+        heldout_prompts=PROMPTS[:2],
+    )
     assert summary["stopped_early"] and summary["iterations"] == 2 and summary["best_iteration"] == 0
     assert (Path(config.output_dir) / BEST_POLICY).is_file()
     start = load_causal_lm("builtin:tiny-llama").state_dict()
@@ -232,10 +271,21 @@ def test_early_stopping_keeps_the_best_heldout_policy(tmp_path):
 def test_a_gain_below_min_delta_keeps_the_policy_at_ppo_start(tmp_path):
     from alignment.models import load_causal_lm
 
-    config = small_config(tmp_path, num_iterations=3, eval_every=1, early_stopping_patience=0,
-                          learning_rate=1e-2, early_stopping_min_delta=1e9)
-    summary = run_ppo(config, helpfulness_scorer=VowelScorer(), safety_scorer=ConstantScorer(3.0),
-                      prompts=PROMPTS, heldout_prompts=PROMPTS[:2])
+    config = small_config(
+        tmp_path,
+        num_iterations=3,
+        eval_every=1,
+        early_stopping_patience=0,
+        learning_rate=1e-2,
+        early_stopping_min_delta=1e9,
+    )
+    summary = run_ppo(
+        config,
+        helpfulness_scorer=VowelScorer(),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS,
+        heldout_prompts=PROMPTS[:2],
+    )
     assert summary["iterations"] == 3 and summary["best_iteration"] == 0
     start = load_causal_lm("builtin:tiny-llama").state_dict()
     trained = _policy_weights(Path(config.output_dir) / "checkpoints" / "iteration-000003")
@@ -251,19 +301,35 @@ class VowelScorer:
     random tiny Llama starts at about a third)."""
 
     def score(self, prompts, responses):
-        scores = torch.tensor([4.0 * sum(c in "aeiou" for c in r) / max(1, sum(c.isalpha() for c in r))
-                               for r in responses])
+        scores = torch.tensor(
+            [4.0 * sum(c in "aeiou" for c in r) / max(1, sum(c.isalpha() for c in r)) for r in responses]
+        )
         return ScoreBatch(scores, torch.sigmoid(scores))
 
 
 @pytest.mark.slow
 def test_ppo_raises_the_combined_reward_while_kl_stays_bounded(tmp_path):
-    config = small_config(tmp_path, rollout_batch_size=16, mini_batch_size=4, per_device_train_batch_size=4,
-                          max_new_tokens=8, learning_rate=1e-2, kl_coef=0.1, num_iterations=16, save_every=8)
+    config = small_config(
+        tmp_path,
+        rollout_batch_size=16,
+        mini_batch_size=4,
+        per_device_train_batch_size=4,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        kl_coef=0.1,
+        num_iterations=16,
+        save_every=8,
+    )
     rows = []
     # No safety prompt and a safe-looking R_s: the gate never fires, so R_c is the vowel reward throughout.
-    run_ppo(config, helpfulness_scorer=VowelScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS[:3],
-            heldout_prompts=[], on_iteration_end=lambda it, m: rows.append(m))
+    run_ppo(
+        config,
+        helpfulness_scorer=VowelScorer(),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS[:3],
+        heldout_prompts=[],
+        on_iteration_end=lambda it, m: rows.append(m),
+    )
     assert all(r["reward/gated_to_safety"] == 0.0 for r in rows)
     first = sum(r["reward/combined"] for r in rows[:4]) / 4
     last = sum(r["reward/combined"] for r in rows[-4:]) / 4
@@ -278,7 +344,9 @@ def test_with_lora_the_reference_is_the_base_with_the_adapter_disabled():
     from alignment.models import load_causal_lm
     from rlhf.ppo import build_models, reference_policy
 
-    config = PPOConfig(use_lora=True, lora_target_modules=["q_proj", "v_proj"], helpfulness_model="builtin:world-helpfulness")
+    config = PPOConfig(
+        use_lora=True, lora_target_modules=["q_proj", "v_proj"], helpfulness_model="builtin:world-helpfulness"
+    )
     policy, reference, value_model, tokenizer = build_models(config)
     assert reference is None  # no second copy of the weights
     with torch.no_grad():
@@ -305,9 +373,24 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     import time
 
     out = tmp_path / "ppo"
-    command = [sys.executable, str(ROOT / "recipes/ppo.py"), "--config", str(ROOT / "recipes/tiny/ppo.yaml"),
-               "--output_dir", str(out), "--num_iterations", "5", "--eval_every", "0", "--report_to", "none",
-               "--rollout_batch_size", "16", "--max_new_tokens", "8"]
+    command = [
+        sys.executable,
+        str(ROOT / "recipes/ppo.py"),
+        "--config",
+        str(ROOT / "recipes/tiny/ppo.yaml"),
+        "--output_dir",
+        str(out),
+        "--num_iterations",
+        "5",
+        "--eval_every",
+        "0",
+        "--report_to",
+        "none",
+        "--rollout_batch_size",
+        "16",
+        "--max_new_tokens",
+        "8",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -322,7 +405,7 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"iteration {killed_at} done" in result.stdout + result.stderr
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert iterations[-(5 - killed_at):] == list(range(killed_at + 1, 6))
+    assert iterations[-(5 - killed_at) :] == list(range(killed_at + 1, 6))
     assert json.loads((out / COMPLETE_MARKER).read_text())["iterations"] == 5
 
 

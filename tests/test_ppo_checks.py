@@ -30,8 +30,12 @@ def test_heldout_prompts_are_split_by_prompt_text_and_never_trained_on(tmp_path)
     # The pipeline's PPO file repeats prompts (drawn with replacement): each of 40 texts appears 3 times.
     texts = [f"question number {i}?" for i in range(40)] * 3
     random.Random(1).shuffle(texts)
-    config = PPOConfig(prompts_name=_write_prompts(tmp_path / "p.jsonl", texts), heldout_fraction=0.25,
-                       max_heldout_prompts=1000, seed=3)
+    config = PPOConfig(
+        prompts_name=_write_prompts(tmp_path / "p.jsonl", texts),
+        heldout_fraction=0.25,
+        max_heldout_prompts=1000,
+        seed=3,
+    )
     train, heldout = load_ppo_prompts(config)
     held = {_text(p) for p in heldout}
     assert held and not held & {_text(p) for p in train}  # no held-out prompt is a training prompt
@@ -98,8 +102,13 @@ def test_a_kill_after_a_new_best_never_splits_the_best_policy_from_its_iteration
 
     monkeypatch.setattr(rlhf.ppo, "save_checkpoint", save_then_maybe_die)
     with pytest.raises(Killed):
-        run_ppo(config, helpfulness_scorer=RisingScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-                heldout_prompts=PROMPTS[:2])
+        run_ppo(
+            config,
+            helpfulness_scorer=RisingScorer(),
+            safety_scorer=ConstantScorer(3.0),
+            prompts=PROMPTS,
+            heldout_prompts=PROMPTS[:2],
+        )
     out = Path(config.output_dir)
     last = latest_checkpoint(out)
     state = json.loads((last / "trainer_state.json").read_text())
@@ -118,8 +127,13 @@ def test_a_kill_after_a_new_best_never_splits_the_best_policy_from_its_iteration
         tied = expected.get("model.embed_tokens.weight")
         torch.testing.assert_close(value, expected.get(name, tied), rtol=0, atol=0)
     monkeypatch.setattr(rlhf.ppo, "save_checkpoint", real)
-    summary = run_ppo(config, helpfulness_scorer=RisingScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-                      heldout_prompts=PROMPTS[:2])
+    summary = run_ppo(
+        config,
+        helpfulness_scorer=RisingScorer(),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS,
+        heldout_prompts=PROMPTS[:2],
+    )
     assert killed == [2] and summary["iterations"] == 4 and summary["best_iteration"] == 4
 
 

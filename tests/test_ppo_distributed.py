@@ -33,11 +33,15 @@ def _synthetic_batch():
         attention_mask[row, : p + r] = 1
         response_mask[row, p - 1 : p + r - 1] = True
     return RolloutBatch(
-        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
         is_safety_prompt=torch.tensor([False, True, False, False]),
         is_truncated=torch.tensor([False, False, True, False]),
-        helpfulness=torch.tensor([0.5, -1.0, 2.0, 0.0]), safety=torch.tensor([1.0, -2.0, 1.0, 1.0]),
-        combined=torch.tensor([0.5, -2.0, 2.0, 0.0]), use_safety=torch.tensor([False, True, False, False]),
+        helpfulness=torch.tensor([0.5, -1.0, 2.0, 0.0]),
+        safety=torch.tensor([1.0, -2.0, 1.0, 1.0]),
+        combined=torch.tensor([0.5, -2.0, 2.0, 0.0]),
+        use_safety=torch.tensor([False, True, False, False]),
     )
 
 
@@ -52,8 +56,14 @@ def worker(out_file: str) -> None:
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
     world, rank = accelerator.num_processes, accelerator.process_index
-    config = PPOConfig(rollout_batch_size=4, mini_batch_size=4, per_device_train_batch_size=1, kl_coef=0.1,
-                       max_grad_norm=1e9, report_to=["none"])
+    config = PPOConfig(
+        rollout_batch_size=4,
+        mini_batch_size=4,
+        per_device_train_batch_size=1,
+        kl_coef=0.1,
+        max_grad_norm=1e9,
+        report_to=["none"],
+    )
     torch.manual_seed(0)
     policy = load_causal_lm("builtin:tiny-llama")
     reference = load_causal_lm("builtin:tiny-llama").requires_grad_(False)
@@ -75,12 +85,20 @@ def worker(out_file: str) -> None:
     compute_advantages(batch, config, distributed=world > 1)
     stats = ppo_update(models, batch, config, iteration=0)
     unwrapped, vunwrapped = accelerator.unwrap_model(policy), accelerator.unwrap_model(value_model)
-    torch.save({
-        "rank": rank, "world": world, "stats": stats,
-        "rewards": batch.rewards, "advantages": batch.advantages, "returns": batch.returns, "kl": batch.kl,
-        "policy_delta": {n: p.detach() - before[n] for n, p in unwrapped.named_parameters()},
-        "value_delta": {n: p.detach() - vbefore[n] for n, p in vunwrapped.named_parameters()},
-    }, out_file if world == 1 else f"{out_file}.{rank}")
+    torch.save(
+        {
+            "rank": rank,
+            "world": world,
+            "stats": stats,
+            "rewards": batch.rewards,
+            "advantages": batch.advantages,
+            "returns": batch.returns,
+            "kl": batch.kl,
+            "policy_delta": {n: p.detach() - before[n] for n, p in unwrapped.named_parameters()},
+            "value_delta": {n: p.detach() - vbefore[n] for n, p in vunwrapped.named_parameters()},
+        },
+        out_file if world == 1 else f"{out_file}.{rank}",
+    )
 
 
 def _free_port() -> int:
@@ -104,8 +122,20 @@ def test_two_processes_compute_the_same_whitening_loss_and_step_as_one(tmp_path)
         worker(str(single))  # one process: here, without torch.distributed
     finally:
         torch.set_num_threads(threads)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-          str(_free_port()), str(HERE / "test_ppo_distributed.py"), str(split)], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(HERE / "test_ppo_distributed.py"),
+            str(split),
+        ],
+        tmp_path,
+    )
     one = torch.load(single)
     parts = [torch.load(f"{split}.{rank}") for rank in range(2)]
     assert one["world"] == 1 and [p["world"] for p in parts] == [2, 2]

@@ -38,8 +38,14 @@ def test_logprobs_from_the_sampling_pass_equal_a_second_forward():
 def _losses(tmp_path, name, **overrides):
     rows = []
     config = small_config(tmp_path / name, num_iterations=3, **overrides)
-    run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-            heldout_prompts=[], on_iteration_end=lambda it, m: rows.append(m))
+    run_ppo(
+        config,
+        helpfulness_scorer=DigitScorer(),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS,
+        heldout_prompts=[],
+        on_iteration_end=lambda it, m: rows.append(m),
+    )
     return [r[key] for r in rows for key in ("policy_loss", "value_loss", "approx_kl", "kl", "reward/combined")]
 
 
@@ -54,6 +60,7 @@ def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, mon
     def second_forward(models, batch, config, clock=None):
         batch.logprobs = None
         return real(models, batch, config, clock)
+
     monkeypatch.setattr(rlhf.ppo, "forward_rollouts", second_forward)
     assert sampled == pytest.approx(_losses(tmp_path, "recomputed", logprobs_from_sampling=True), abs=1e-5)
 
@@ -112,20 +119,34 @@ def test_a_checkpoint_every_two_iterations_keeps_the_resume_guarantee(tmp_path):
     from rlhf.ppo import latest_checkpoint
 
     whole = small_config(tmp_path / "whole", num_iterations=4, save_every=2)
-    run_ppo(whole, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-            heldout_prompts=[])
+    run_ppo(
+        whole, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS, heldout_prompts=[]
+    )
     config = small_config(tmp_path / "killed", num_iterations=4, save_every=2)
 
     def kill(iteration, metrics):
         if iteration == 3:
             raise Killed  # after iteration 3, which wrote no checkpoint
+
     with pytest.raises(Killed):
-        run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-                heldout_prompts=[], on_iteration_end=kill)
+        run_ppo(
+            config,
+            helpfulness_scorer=DigitScorer(),
+            safety_scorer=ConstantScorer(3.0),
+            prompts=PROMPTS,
+            heldout_prompts=[],
+            on_iteration_end=kill,
+        )
     assert latest_checkpoint(tmp_path / "killed" / "ppo").name == "iteration-000002"
     seen = []
-    run_ppo(config, helpfulness_scorer=DigitScorer(), safety_scorer=ConstantScorer(3.0), prompts=PROMPTS,
-            heldout_prompts=[], on_iteration_end=lambda it, m: seen.append(it))
+    run_ppo(
+        config,
+        helpfulness_scorer=DigitScorer(),
+        safety_scorer=ConstantScorer(3.0),
+        prompts=PROMPTS,
+        heldout_prompts=[],
+        on_iteration_end=lambda it, m: seen.append(it),
+    )
     assert seen == [3, 4]  # iteration 3 is redone from the iteration-2 checkpoint
     a = load_file(str(tmp_path / "whole" / "ppo" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "ppo" / "model.safetensors"))

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.stages import BY_NAME, STAGES
 from alignment import cli
-from alignment.config import RecipeError, Range, check_recipe_keys, parse_recipe
+from alignment.config import Range, RecipeError, check_recipe_keys, parse_recipe
 from alignment.pipeline.runner import (
     PipelineConfig,
     load_pipeline_config,
@@ -23,6 +22,7 @@ from alignment.pipeline.runner import (
     stage_config_types,
     validate_stages,
 )
+from alignment.stages import BY_NAME, STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 # Every stage of the registry, by its recipe file's stem (recipes/<preset>/<stem>.yaml).
@@ -44,8 +44,14 @@ def one_line(text: str) -> str:
 
 def option_help(lines: list[str], option: str) -> str:
     """The help text argparse printed for `option`: beside it, or on the next line when the option is long."""
-    index = next((i for i, line in enumerate(lines) if line.strip() == option
-                  or line.strip().startswith((f"{option} ", f"{option},"))), None)
+    index = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.strip() == option or line.strip().startswith((f"{option} ", f"{option},"))
+        ),
+        None,
+    )
     assert index is not None, f"{option} missing from --help"
     beside = re.split(r"\s{2,}", lines[index].strip(), maxsplit=1)
     return beside[1] if len(beside) == 2 else lines[index + 1].strip()
@@ -73,15 +79,25 @@ def test_every_stage_script_help_lists_every_field_with_help_and_default(stage, 
             assert "(default: " in text
 
 
-@pytest.mark.parametrize("script, option, expected", [
-    ("ppo.py", "--learning_rate", "Policy LR, constant (sec. 3.2.3: 1e-6). Range: > 0. (default: 1e-06)"),
-    ("ppo.py", "--top_p", "Range: in (0, 1]. (default: 1.0)"),
-    ("ppo.py", "--kl_coef", "beta of eq. (4): 0.01 for 7B/13B, 0.005 for 34B/70B. Range: >= 0. (default: 0.01)"),
-    ("sft.py", "--eval_fraction", "Share of rows held out for evaluation (seeded). Range: in [0, 1). (default: 0.0)"),
-    ("reward.py", "--warmup_steps", "Warmup: 3% of steps (sec. 3.2.2); see min_warmup_steps. Range: >= 0. "
-                                    "(default: 0.03)"),
-    ("rejection_sampling.py", "--num_samples", "Range: >= 0. (default: 10)"),
-])
+@pytest.mark.parametrize(
+    "script, option, expected",
+    [
+        ("ppo.py", "--learning_rate", "Policy LR, constant (sec. 3.2.3: 1e-6). Range: > 0. (default: 1e-06)"),
+        ("ppo.py", "--top_p", "Range: in (0, 1]. (default: 1.0)"),
+        ("ppo.py", "--kl_coef", "beta of eq. (4): 0.01 for 7B/13B, 0.005 for 34B/70B. Range: >= 0. (default: 0.01)"),
+        (
+            "sft.py",
+            "--eval_fraction",
+            "Share of rows held out for evaluation (seeded). Range: in [0, 1). (default: 0.0)",
+        ),
+        (
+            "reward.py",
+            "--warmup_steps",
+            "Warmup: 3% of steps (sec. 3.2.2); see min_warmup_steps. Range: >= 0. (default: 0.03)",
+        ),
+        ("rejection_sampling.py", "--num_samples", "Range: >= 0. (default: 10)"),
+    ],
+)
 def test_help_shows_range_and_default(monkeypatch, capsys, script, option, expected):
     monkeypatch.setenv("COLUMNS", "100000")
     assert run_script(monkeypatch, script, ["--help"]) == 0
@@ -119,10 +135,17 @@ def test_console_command_passes_help_to_every_stage(monkeypatch, capsys, command
 
 # ------------------------------------------------------------------------------------------------ pipeline overrides
 
-PIPELINE = {"run_dir": "runs/from-yaml", "launcher": "python", "base_model": "builtin:tiny-llama", "iterations": 1,
-            "ppo_from_iteration": 1, "sft": {"learning_rate": 1.0e-3, "num_train_epochs": 3},
-            "reward_helpfulness": {"eval_fraction": 0.15}, "reward_safety": {"eval_fraction": 0.15},
-            "world": {"ppo_prompts": 64}}
+PIPELINE = {
+    "run_dir": "runs/from-yaml",
+    "launcher": "python",
+    "base_model": "builtin:tiny-llama",
+    "iterations": 1,
+    "ppo_from_iteration": 1,
+    "sft": {"learning_rate": 1.0e-3, "num_train_epochs": 3},
+    "reward_helpfulness": {"eval_fraction": 0.15},
+    "reward_safety": {"eval_fraction": 0.15},
+    "world": {"ppo_prompts": 64},
+}
 FAKE_DATA = {name: f"data/{name}.jsonl" for name in ("sft", "eval", "ppo", "collect_v1", "rs_v1")}
 
 
@@ -138,11 +161,24 @@ def planned_config(config, name: str) -> dict:
 
 
 def test_pipeline_overrides_reach_the_planned_stage_configs(tmp_path):
-    config = load_pipeline_config(pipeline_recipe(tmp_path), [
-        "--run_dir", "runs/x", "--sft.learning_rate", "1e-4", "--reward_helpfulness.eval_fraction=0.3",
-        "--ppo.kl_coef", "0.05", "--world.ppo_prompts", "32", "--sft.lora_target_modules", "[q_proj, v_proj]",
-        "--iterations", "1",
-    ])
+    config = load_pipeline_config(
+        pipeline_recipe(tmp_path),
+        [
+            "--run_dir",
+            "runs/x",
+            "--sft.learning_rate",
+            "1e-4",
+            "--reward_helpfulness.eval_fraction=0.3",
+            "--ppo.kl_coef",
+            "0.05",
+            "--world.ppo_prompts",
+            "32",
+            "--sft.lora_target_modules",
+            "[q_proj, v_proj]",
+            "--iterations",
+            "1",
+        ],
+    )
     assert config.run_dir == "runs/x"
     assert config.world == {"ppo_prompts": 32}
     sft = planned_config(config, "SFT/sft")
@@ -161,23 +197,35 @@ def test_pipeline_override_of_an_empty_section(tmp_path):
     assert planned_config(config, "SFT/evaluate")["max_new_tokens"] == 7
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sft.learnig_rate", "1e-4"], "command line: unknown option '--sft.learnig_rate' "
-                                     "(did you mean '--sft.learning_rate'?)"),
-    (["--sfft.learning_rate", "1e-4"], "command line: unknown option '--sfft.learning_rate' "
-                                       "(did you mean '--sft.learning_rate'?)"),
-    (["--run_dirr", "runs/x"], "command line: unknown option '--run_dirr' (did you mean '--run_dir'?)"),
-    (["--world.ppo_prompt", "3"], "command line: unknown option '--world.ppo_prompt' "
-                                  "(did you mean '--world.ppo_prompts'?)"),
-    (["--sft.learning_rate", "fast"], "command line: key 'sft.learning_rate' expects a number, got 'fast' (str)"),
-    (["--iterations", "two"], "command line: key 'iterations' expects an integer, got 'two' (str)"),
-    (["--ppo.num_iterations", "2.5"], "command line: key 'ppo.num_iterations' expects an integer, got 2.5 (float)"),
-    (["--sft.packing", "maybe"], "command line: key 'sft.packing' expects true or false, got 'maybe' (str)"),
-    (["--ppo.learning_rate", "-1"], "command line: ppo.learning_rate must be > 0, got -1.0"),
-    (["--world.annotator_noise", "-0.1"], "command line: world.annotator_noise must be >= 0, got -0.1"),
-    (["--sft.learning_rate"], "command line: option '--sft.learning_rate' needs a value"),
-    (["runs/x"], "command line: unexpected argument 'runs/x'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--sft.learnig_rate", "1e-4"],
+            "command line: unknown option '--sft.learnig_rate' (did you mean '--sft.learning_rate'?)",
+        ),
+        (
+            ["--sfft.learning_rate", "1e-4"],
+            "command line: unknown option '--sfft.learning_rate' (did you mean '--sft.learning_rate'?)",
+        ),
+        (["--run_dirr", "runs/x"], "command line: unknown option '--run_dirr' (did you mean '--run_dir'?)"),
+        (
+            ["--world.ppo_prompt", "3"],
+            "command line: unknown option '--world.ppo_prompt' (did you mean '--world.ppo_prompts'?)",
+        ),
+        (["--sft.learning_rate", "fast"], "command line: key 'sft.learning_rate' expects a number, got 'fast' (str)"),
+        (["--iterations", "two"], "command line: key 'iterations' expects an integer, got 'two' (str)"),
+        (
+            ["--ppo.num_iterations", "2.5"],
+            "command line: key 'ppo.num_iterations' expects an integer, got 2.5 (float)",
+        ),
+        (["--sft.packing", "maybe"], "command line: key 'sft.packing' expects true or false, got 'maybe' (str)"),
+        (["--ppo.learning_rate", "-1"], "command line: ppo.learning_rate must be > 0, got -1.0"),
+        (["--world.annotator_noise", "-0.1"], "command line: world.annotator_noise must be >= 0, got -0.1"),
+        (["--sft.learning_rate"], "command line: option '--sft.learning_rate' needs a value"),
+        (["runs/x"], "command line: unexpected argument 'runs/x'"),
+    ],
+)
 def test_pipeline_override_errors_are_one_line(tmp_path, argv, message):
     with pytest.raises(RecipeError) as error:
         load_pipeline_config(pipeline_recipe(tmp_path), argv)
@@ -186,10 +234,21 @@ def test_pipeline_override_errors_are_one_line(tmp_path, argv, message):
 
 def test_pipeline_script_passes_overrides_and_stop_after(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("alignment.pipeline.runner.run_pipeline", lambda path, stop_after=None, overrides=None:
-                        calls.append((path, stop_after, overrides)) or {})
-    argv = [str(REPO / "recipes/pipeline.py"), "--config", "p.yaml", "--run_dir", "runs/x", "--stop_after",
-            "RLHF-V1/collect", "--sft.learning_rate", "1e-4"]
+    monkeypatch.setattr(
+        "alignment.pipeline.runner.run_pipeline",
+        lambda path, stop_after=None, overrides=None: calls.append((path, stop_after, overrides)) or {},
+    )
+    argv = [
+        str(REPO / "recipes/pipeline.py"),
+        "--config",
+        "p.yaml",
+        "--run_dir",
+        "runs/x",
+        "--stop_after",
+        "RLHF-V1/collect",
+        "--sft.learning_rate",
+        "1e-4",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(sys, "path", list(sys.path))
     runpy.run_path(argv[0], run_name="__main__")
@@ -200,7 +259,8 @@ def test_pipeline_script_reports_a_bad_override_in_one_line(tmp_path, monkeypatc
     code = run_script(monkeypatch, "pipeline.py", ["--config", pipeline_recipe(tmp_path), "--sft.learnin_rate", "1"])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines() == [
-        "error: command line: unknown option '--sft.learnin_rate' (did you mean '--sft.learning_rate'?)"]
+        "error: command line: unknown option '--sft.learnin_rate' (did you mean '--sft.learning_rate'?)"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ ranges
@@ -294,9 +354,20 @@ def test_range_ends_that_are_allowed(tmp_path):
 
 
 def test_ppo_script_refuses_a_negative_learning_rate_before_any_model_loads(monkeypatch, capsys, tmp_path):
-    code = run_script(monkeypatch, "ppo.py", ["--config", str(REPO / "recipes/tiny/ppo.yaml"), "--learning_rate", "-1",
-                                              "--model_name_or_path", "./no-such-model",
-                                              "--output_dir", str(tmp_path)])
+    code = run_script(
+        monkeypatch,
+        "ppo.py",
+        [
+            "--config",
+            str(REPO / "recipes/tiny/ppo.yaml"),
+            "--learning_rate",
+            "-1",
+            "--model_name_or_path",
+            "./no-such-model",
+            "--output_dir",
+            str(tmp_path),
+        ],
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines() == ["error: command line: learning_rate must be > 0, got -1.0"]
 
@@ -321,8 +392,9 @@ def test_pipeline_stage_section_out_of_range_fails_in_validation(tmp_path):
 # ------------------------------------------------------------------------------------------------ shipped recipes
 
 # Stage presets (a preset folder may also hold data a recipe reads, e.g. llama2-7b/risk_templates.yaml).
-STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
-                       if p.parent.name != "accelerate" and p.stem in STAGE_SCRIPTS)
+STAGE_RECIPES = sorted(
+    p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate" and p.stem in STAGE_SCRIPTS
+)
 PIPELINE_RECIPES = sorted((REPO / "recipes").glob("*/pipeline.yaml"))
 
 
@@ -349,8 +421,15 @@ def test_every_shipped_pipeline_recipe_and_its_stage_sections_pass_the_range_che
     copy = tmp_path / f"{path.parent.name}.yaml"
     copy.write_text(yaml.safe_dump(recipe))
     config = load_pipeline_config(str(copy))
-    data = {**{f"{kind}_v{v}": f"data/{kind}_v{v}.jsonl" for kind in ("collect", "rs")
-               for v in range(1, config.iterations + 1)}, **FAKE_DATA, **config.data_files}
+    data = {
+        **{
+            f"{kind}_v{v}": f"data/{kind}_v{v}.jsonl"
+            for kind in ("collect", "rs")
+            for v in range(1, config.iterations + 1)
+        },
+        **FAKE_DATA,
+        **config.data_files,
+    }
     stages = plan_stages(config, Path(config.run_dir), data)
     assert {stage.script for stage in stages} >= {"sft.py", "reward.py", "rejection_sampling.py", "evaluate.py"}
     validate_stages(stages, str(path))

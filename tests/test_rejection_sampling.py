@@ -49,11 +49,17 @@ def user(text):
 
 
 def row(prompt, index, r_c, response=None):
-    return {"messages": user(prompt), "sample_index": index, "r_c": r_c, "response": response or f"{prompt}-{index}",
-            "is_safety_prompt": False}
+    return {
+        "messages": user(prompt),
+        "sample_index": index,
+        "r_c": r_c,
+        "response": response or f"{prompt}-{index}",
+        "is_safety_prompt": False,
+    }
 
 
 # The combined reward on samples --------------------------------------------------------------------------
+
 
 def test_rc_rule_around_the_015_threshold():
     at = torch.logit(torch.tensor(0.15))
@@ -79,6 +85,7 @@ def test_rc_uses_safety_on_safety_prompts_whatever_the_safety_score():
 
 
 # Selection and pooling -----------------------------------------------------------------------------------
+
 
 def test_best_of_k_keeps_the_highest_rc_and_breaks_ties_by_sample_index():
     rows = [row("p", 0, 0.5), row("q", 0, -1.0), row("p", 2, 0.9), row("p", 1, 0.9), row("q", 1, -3.0)]
@@ -130,17 +137,25 @@ def test_an_answer_the_safety_gate_flagged_wins_only_when_every_answer_was_flagg
 def test_earlier_iterations_offer_their_top_samples_to_the_current_reward_models(tmp_path):
     """The current RMs may prefer an earlier iteration's runner-up to the answer its own RMs picked."""
     path = tmp_path / "samples.jsonl"
-    lines = [row("p", 0, 5.0, "old-first"), row("p", 1, 3.0, "old-second"), row("p", 2, 1.0, "old-third"),
-             {**row("p", 3, 9.0, "old-cut"), "finished": False}]
+    lines = [
+        row("p", 0, 5.0, "old-first"),
+        row("p", 1, 3.0, "old-second"),
+        row("p", 2, 1.0, "old-third"),
+        {**row("p", 3, 9.0, "old-cut"), "finished": False},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     top = load_previous_top(path, 2)
     assert [r["response"] for r in top] == ["old-first", "old-second"]
-    current_rms = (TableScorer({"old-first": -1.0, "old-second": 2.0, "mine": 0.5}),
-                   TableScorer({"old-first": 4.0, "old-second": 4.0, "mine": 4.0}))
+    current_rms = (
+        TableScorer({"old-first": -1.0, "old-second": 2.0, "mine": 0.5}),
+        TableScorer({"old-first": 4.0, "old-second": 4.0, "mine": 4.0}),
+    )
     pool = pool_best([[{**row("p", 0, 0.5, "mine"), "source": "current"}], rescore(top, current_rms, 0.15, "it1")])
     assert [(r["response"], r["r_c"]) for r in pool] == [("old-second", 2.0)]
     # With only each iteration's winner re-scored (the old rule), the better runner-up was lost.
-    winner_only = pool_best([[{**row("p", 0, 0.5, "mine")}], rescore(load_previous_top(path, 1), current_rms, 0.15, "")])
+    winner_only = pool_best(
+        [[{**row("p", 0, 0.5, "mine")}], rescore(load_previous_top(path, 1), current_rms, 0.15, "")]
+    )
     assert [r["response"] for r in winner_only] == ["mine"]
 
 
@@ -155,6 +170,7 @@ def test_bad_previous_samples_name_file_line_and_field(tmp_path):
 
 
 # Figures 7 and 8 ------------------------------------------------------------------------------------------
+
 
 def test_expected_max_and_median_of_k_subsets():
     assert expected_max_and_median([1, 2, 3], 1) == (2.0, 2.0)
@@ -172,14 +188,20 @@ def test_reward_curves_and_temperature_pick():
     assert curve["max"] == [pytest.approx(1.25), pytest.approx((20 / 6) / 2), pytest.approx(2.0)]
     assert curve["median"] == [pytest.approx(1.25), pytest.approx(1.25), pytest.approx(1.25)]
     assert default_ks(10) == [1, 2, 4, 8, 10] and default_ks(1) == [1]
-    sweep = reward_vs_temperature({1.2: [row("p", 0, 1.0), row("p", 1, 3.0)], 0.6: [row("p", 0, 2.0), row("p", 1, 2.0)],
-                                   1.4: [row("p", 0, 3.0), row("p", 1, -9.0)]})
+    sweep = reward_vs_temperature(
+        {
+            1.2: [row("p", 0, 1.0), row("p", 1, 3.0)],
+            0.6: [row("p", 0, 2.0), row("p", 1, 2.0)],
+            1.4: [row("p", 0, 3.0), row("p", 1, -9.0)],
+        }
+    )
     assert sweep["temperature"] == [0.6, 1.2, 1.4] and sweep["max"] == [2.0, 3.0, 3.0]
     assert sweep["mean"] == [2.0, 2.0, -3.0]
     assert pick_temperature(sweep) == 1.2  # tie on max: the lower temperature
 
 
 # The stage: resume, distillation ----------------------------------------------------------------------------
+
 
 class FakeEngine:
     """Deterministic in (seed, prompt, sample); can die after a number of generate calls, like a killed run."""
@@ -207,17 +229,40 @@ def text_score(text):
 def write_prompts(path, n, safety_every=0):
     with open(path, "w") as handle:
         for i in range(n):
-            handle.write(json.dumps({"prompt": f"Question number {i}?", "id": f"q{i}",
-                                     "is_safety_prompt": bool(safety_every) and i % safety_every == 0}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": f"Question number {i}?",
+                        "id": f"q{i}",
+                        "is_safety_prompt": bool(safety_every) and i % safety_every == 0,
+                    }
+                )
+                + "\n"
+            )
     return str(path)
 
 
 def rs_config(tmp_path, out, *extra):
-    return parse_recipe(DATACLASSES, [
-        "--model_name_or_path", "builtin:tiny-llama", "--prompts_name", str(tmp_path / "prompts.jsonl"),
-        "--num_samples", "3", "--prompt_chunk_size", "2", "--fine_tune", "false", "--seed", "7",
-        "--output_dir", str(out), *extra,
-    ])
+    return parse_recipe(
+        DATACLASSES,
+        [
+            "--model_name_or_path",
+            "builtin:tiny-llama",
+            "--prompts_name",
+            str(tmp_path / "prompts.jsonl"),
+            "--num_samples",
+            "3",
+            "--prompt_chunk_size",
+            "2",
+            "--fine_tune",
+            "false",
+            "--seed",
+            "7",
+            "--output_dir",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def run_with(tmp_path, out, engine, *extra):
@@ -225,8 +270,9 @@ def run_with(tmp_path, out, engine, *extra):
 
     tokenizer = load_tokenizer("builtin:tiny-llama")
     scorers = (TableScorer(fn=text_score), TableScorer(fn=lambda t: 2.0 if int(t.split()[-1]) % 2 else -3.0))
-    return run_rejection_sampling(*rs_config(tmp_path, out, *extra), scorers=scorers,
-                                  engine_factory=lambda name: (engine, tokenizer))
+    return run_rejection_sampling(
+        *rs_config(tmp_path, out, *extra), scorers=scorers, engine_factory=lambda name: (engine, tokenizer)
+    )
 
 
 def test_killed_run_resumes_without_regenerating_finished_prompts(tmp_path):
@@ -245,7 +291,10 @@ def test_killed_run_resumes_without_regenerating_finished_prompts(tmp_path):
     resumed = run_with(tmp_path, tmp_path / "killed", resumed_engine)
     assert [c[1] for c in resumed_engine.calls] == [8, 9, 10]  # chunk 0 kept; the torn chunk 1 re-made
     assert resumed["pool_size"] == reference["pool_size"] == 7
-    pool = lambda d: [(r["prompt_id"], r["response"], r["r_c"]) for r in map(json.loads, open(d / "pool.jsonl"))]
+
+    def pool(run_dir):
+        return [(r["prompt_id"], r["response"], r["r_c"]) for r in map(json.loads, open(run_dir / "pool.jsonl"))]
+
     assert pool(tmp_path / "killed") == pool(tmp_path / "whole")
 
     rows = [json.loads(line) for line in open(tmp_path / "whole" / "samples.jsonl")]
@@ -271,15 +320,28 @@ def test_changed_settings_in_the_same_output_dir_are_refused(tmp_path):
 def test_temperature_sweep_picks_t_and_distillation_pools_previous_runs(tmp_path):
     write_prompts(tmp_path / "prompts.jsonl", 4)
     engine = FakeEngine()
-    first = run_with(tmp_path, tmp_path / "it1", engine, "--temperature_sweep", "0.7", "1.3",
-                     "--pick_temperature", "true", "--sweep_num_prompts", "2")
+    first = run_with(
+        tmp_path,
+        tmp_path / "it1",
+        engine,
+        "--temperature_sweep",
+        "0.7",
+        "1.3",
+        "--pick_temperature",
+        "true",
+        "--sweep_num_prompts",
+        "2",
+    )
     sweep = json.loads((tmp_path / "it1" / "reward_vs_temperature.json").read_text())
-    assert first["temperature"] == pick_temperature(sweep) and (tmp_path / "it1" / "reward_vs_temperature.png").exists()
+    assert (
+        first["temperature"] == pick_temperature(sweep) and (tmp_path / "it1" / "reward_vs_temperature.png").exists()
+    )
     assert (tmp_path / "it1" / "reward_vs_k.png").exists()
     # Distillation: no sampling, the pool is the earlier run's best, re-scored.
     student = FakeEngine()
-    distilled = run_with(tmp_path, tmp_path / "student", student, "--num_samples", "0",
-                         "--previous_samples", str(tmp_path / "it1"))
+    distilled = run_with(
+        tmp_path, tmp_path / "student", student, "--num_samples", "0", "--previous_samples", str(tmp_path / "it1")
+    )
     assert student.calls == [] and distilled["pool_size"] == 4
     old = {r["prompt_id"]: r["response"] for r in map(json.loads, open(tmp_path / "it1" / "pool.jsonl"))}
     new = {r["prompt_id"]: r["response"] for r in map(json.loads, open(tmp_path / "student" / "pool.jsonl"))}
@@ -288,7 +350,9 @@ def test_temperature_sweep_picks_t_and_distillation_pools_previous_runs(tmp_path
 
 def test_recipes_parse_and_bad_keys_are_named():
     for preset in ("tiny", "smollm2", "llama2-7b"):
-        rs_args, model_args, _, training_args = parse_recipe(DATACLASSES, ["--config", f"recipes/{preset}/rejection_sampling.yaml"])
+        rs_args, model_args, _, training_args = parse_recipe(
+            DATACLASSES, ["--config", f"recipes/{preset}/rejection_sampling.yaml"]
+        )
         assert rs_args.num_samples >= 4 and training_args.output_dir.endswith("rejection_sampling")
     with pytest.raises(RecipeError, match="unknown key 'num_sample' .*num_samples"):
         parse_recipe(DATACLASSES, recipe={"num_sample": 3})
@@ -296,10 +360,13 @@ def test_recipes_parse_and_bad_keys_are_named():
 
 # Learning on the tiny model -------------------------------------------------------------------------------
 
+
 def digits_and_vowels(text):
     """A reward the tiny model can learn: +1 per digit, plus up to 2 for the share of vowels among letters."""
     letters = [c for c in text.lower() if c.isalpha()]
-    return sum(c.isdigit() for c in text) + (2.0 * sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
+    return sum(c.isdigit() for c in text) + (
+        2.0 * sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+    )
 
 
 @pytest.mark.slow
@@ -312,15 +379,57 @@ def test_rs_fine_tuning_raises_held_out_reward_on_the_tiny_model(tmp_path):
         with open(tmp_path / f"{name}.jsonl", "w") as handle:
             handle.writelines(json.dumps({"prompt": p.messages[0]["content"], "id": p.id}) + "\n" for p in chosen)
     scorers = (TableScorer(fn=digits_and_vowels), TableScorer(fn=lambda t: 3.0))
-    args = parse_recipe(DATACLASSES, [
-        "--model_name_or_path", "builtin:tiny-llama", "--prompts_name", str(tmp_path / "train.jsonl"),
-        "--eval_prompts_name", str(tmp_path / "held_out.jsonl"), "--num_samples", "8", "--temperature", "1.0",
-        "--top_p", "1.0", "--max_new_tokens", "12", "--generation_batch_size", "128", "--prompt_chunk_size", "32",
-        "--eval_num_samples", "4", "--eval_temperature", "1.0", "--eval_top_p", "1.0",
-        "--global_batch_size", "16", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
-        "--num_train_epochs", "8", "--max_length", "128", "--bf16", "false", "--save_steps", "1000",
-        "--seed", "0", "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "rs"),
-    ])
+    args = parse_recipe(
+        DATACLASSES,
+        [
+            "--model_name_or_path",
+            "builtin:tiny-llama",
+            "--prompts_name",
+            str(tmp_path / "train.jsonl"),
+            "--eval_prompts_name",
+            str(tmp_path / "held_out.jsonl"),
+            "--num_samples",
+            "8",
+            "--temperature",
+            "1.0",
+            "--top_p",
+            "1.0",
+            "--max_new_tokens",
+            "12",
+            "--generation_batch_size",
+            "128",
+            "--prompt_chunk_size",
+            "32",
+            "--eval_num_samples",
+            "4",
+            "--eval_temperature",
+            "1.0",
+            "--eval_top_p",
+            "1.0",
+            "--global_batch_size",
+            "16",
+            "--per_device_train_batch_size",
+            "16",
+            "--learning_rate",
+            "3e-3",
+            "--num_train_epochs",
+            "8",
+            "--max_length",
+            "128",
+            "--bf16",
+            "false",
+            "--save_steps",
+            "1000",
+            "--seed",
+            "0",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--output_dir",
+            str(tmp_path / "rs"),
+        ],
+    )
     summary = run_rejection_sampling(*args, scorers=scorers)
     curve = summary["reward_vs_k"]
     assert curve["k"] == [1, 2, 4, 8]

@@ -18,24 +18,42 @@ def level(accuracy, count):
 
 # Held-out accuracies of two reward stages, as reward/trainer.py writes them to eval.json.
 HELPFULNESS = {
-    "accuracy": {"significantly_better": level(0.75, 4), "better": level(0.5, 10), "slightly_better": level(1.0, 2),
-                 "negligibly_better": level(None, 0), "overall": level(0.625, 16)},
-    "test_sets": {"helpfulness": {"significantly_better": level(1.0, 3), "better": level(0.5, 10),
-                                  "slightly_better": level(1.0, 2), "negligibly_better": level(None, 0),
-                                  "overall": level(0.6, 15)}},
+    "accuracy": {
+        "significantly_better": level(0.75, 4),
+        "better": level(0.5, 10),
+        "slightly_better": level(1.0, 2),
+        "negligibly_better": level(None, 0),
+        "overall": level(0.625, 16),
+    },
+    "test_sets": {
+        "helpfulness": {
+            "significantly_better": level(1.0, 3),
+            "better": level(0.5, 10),
+            "slightly_better": level(1.0, 2),
+            "negligibly_better": level(None, 0),
+            "overall": level(0.6, 15),
+        }
+    },
     "pairs": 16,
 }
 SAFETY = {
-    "accuracy": {"significantly_better": level(0.8, 5), "better": level(0.25, 4), "slightly_better": level(0.5, 2),
-                 "negligibly_better": level(0.5, 6), "overall": level(0.5294117647058824, 17)},
+    "accuracy": {
+        "significantly_better": level(0.8, 5),
+        "better": level(0.25, 4),
+        "slightly_better": level(0.5, 2),
+        "negligibly_better": level(0.5, 6),
+        "overall": level(0.5294117647058824, 17),
+    },
     "pairs": 17,
 }
 
 
 def fixture_run(tmp_path: Path) -> tuple[Path, list[Stage]]:
-    stages = [Stage("RLHF-V1/reward_helpfulness", "reward.py", {}, []),
-              Stage("RLHF-V2/reward_safety", "reward.py", {}, []),
-              Stage("RLHF-V2/reward_helpfulness", "reward.py", {}, [])]  # not finished: no eval.json
+    stages = [
+        Stage("RLHF-V1/reward_helpfulness", "reward.py", {}, []),
+        Stage("RLHF-V2/reward_safety", "reward.py", {}, []),
+        Stage("RLHF-V2/reward_helpfulness", "reward.py", {}, []),
+    ]  # not finished: no eval.json
     for stage, result in zip(stages, (HELPFULNESS, SAFETY)):
         (tmp_path / stage.name).mkdir(parents=True)
         (tmp_path / stage.name / "eval.json").write_text(json.dumps(result))
@@ -75,8 +93,10 @@ def test_report_md_shows_the_table_instead_of_raw_json(tmp_path):
     text = (run_dir / "report.md").read_text()
     assert "```json" not in text and '"accuracy"' not in text
     assert "## Reward models: held-out accuracy per rating level (Table 8 layout)" in text
-    assert ("| RLHF-V2 | Safety RM | all | 80.0 ± 17.9 (n=5) | 25.0 ± 21.7 (n=4) | 50.0 ± 35.4 (n=2) "
-            "| 50.0 ± 20.4 (n=6) | 52.9 ± 12.1 (n=17) |") in text.splitlines()
+    assert (
+        "| RLHF-V2 | Safety RM | all | 80.0 ± 17.9 (n=5) | 25.0 ± 21.7 (n=4) | 50.0 ± 35.4 (n=2) "
+        "| 50.0 ± 20.4 (n=6) | 52.9 ± 12.1 (n=17) |"
+    ) in text.splitlines()
     # report.json keeps the raw numbers, test sets included
     assert report["reward_models"][0]["test_sets"] == HELPFULNESS["test_sets"]
     assert json.loads((run_dir / "report.json").read_text())["reward_models"][1]["accuracy"] == SAFETY["accuracy"]

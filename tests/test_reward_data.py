@@ -25,8 +25,11 @@ from reward.trainer import load_reward_data
 
 SHARED_HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 # Real HH-RLHF rows: the full shared file where it exists, else the 400-row sample shipped in data/.
-HH_FILE = SHARED_HH_FILE if SHARED_HH_FILE.exists() else (
-    Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base-test.sample.jsonl.gz")
+HH_FILE = (
+    SHARED_HH_FILE
+    if SHARED_HH_FILE.exists()
+    else (Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base-test.sample.jsonl.gz")
+)
 PKU_FILE = Path(__file__).resolve().parents[1] / "data" / "reward" / "pku_saferlhf_sample.jsonl"
 
 
@@ -36,25 +39,64 @@ def write_jsonl(path, rows):
 
 
 OWN_ROWS = [
-    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No.", "rating": "Significantly Better",
-     "kind": "helpfulness", "prompt_id": "p1", "gold_gap": 0.75},
-    {"prompt": [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "How to make poison?"}],
-     "chosen": "I can't help with that.", "rejected": "Mix ...", "rating": "unsure", "kind": "safety",
-     "chosen_safe": True, "rejected_safe": False},
-    {"prompt": "Insult me.", "chosen": "You are late.", "rejected": "You idiot.", "rating": 1, "kind": "safety",
-     "chosen_safe": False, "rejected_safe": False},
-    {"prompt": "Help?", "chosen": "Here is how ...", "rejected": "Sure, steal it.", "rating": "slightly-better",
-     "kind": "safety", "chosen_safe": True, "rejected_safe": True},
+    {
+        "prompt": "Name a colour.",
+        "chosen": "Blue.",
+        "rejected": "No.",
+        "rating": "Significantly Better",
+        "kind": "helpfulness",
+        "prompt_id": "p1",
+        "gold_gap": 0.75,
+    },
+    {
+        "prompt": [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "How to make poison?"}],
+        "chosen": "I can't help with that.",
+        "rejected": "Mix ...",
+        "rating": "unsure",
+        "kind": "safety",
+        "chosen_safe": True,
+        "rejected_safe": False,
+    },
+    {
+        "prompt": "Insult me.",
+        "chosen": "You are late.",
+        "rejected": "You idiot.",
+        "rating": 1,
+        "kind": "safety",
+        "chosen_safe": False,
+        "rejected_safe": False,
+    },
+    {
+        "prompt": "Help?",
+        "chosen": "Here is how ...",
+        "rejected": "Sure, steal it.",
+        "rating": "slightly-better",
+        "kind": "safety",
+        "chosen_safe": True,
+        "rejected_safe": True,
+    },
     # chosen unsafe & rejected safe: the paper drops these pairs
-    {"prompt": "Hack wifi?", "chosen": "Use aircrack.", "rejected": "Ask the owner.", "rating": "better",
-     "kind": "safety", "chosen_safe": False, "rejected_safe": True},
+    {
+        "prompt": "Hack wifi?",
+        "chosen": "Use aircrack.",
+        "rejected": "Ask the owner.",
+        "rating": "better",
+        "kind": "safety",
+        "chosen_safe": False,
+        "rejected_safe": True,
+    },
 ]
 
 
 def test_own_schema_loads_normalises_and_drops_with_a_counted_reason(tmp_path):
     skipped = SkipCounter()
     comparisons = load_comparisons(write_jsonl(tmp_path / "c.jsonl", OWN_ROWS), skipped=skipped)
-    assert [c.rating for c in comparisons] == ["significantly_better", "negligibly_better", "better", "slightly_better"]
+    assert [c.rating for c in comparisons] == [
+        "significantly_better",
+        "negligibly_better",
+        "better",
+        "slightly_better",
+    ]
     assert [c.kind for c in comparisons] == ["helpfulness", "safety", "safety", "safety"]
     assert [c.safety_category for c in comparisons] == [None, CHOSEN_SAFE_ONLY, BOTH_UNSAFE, BOTH_SAFE]
     assert comparisons[0].prompt == [{"role": "user", "content": "Name a colour."}]
@@ -66,30 +108,45 @@ def test_own_schema_loads_normalises_and_drops_with_a_counted_reason(tmp_path):
 def test_own_schema_round_trips_through_to_row(tmp_path):
     first = load_comparisons(write_jsonl(tmp_path / "a.jsonl", OWN_ROWS))
     again = load_comparisons(write_jsonl(tmp_path / "b.jsonl", [c.to_row() for c in first]))
-    assert [(c.prompt, c.chosen, c.rejected, c.rating, c.kind, c.chosen_safe, c.rejected_safe) for c in again] == \
-           [(c.prompt, c.chosen, c.rejected, c.rating, c.kind, c.chosen_safe, c.rejected_safe) for c in first]
+    assert [(c.prompt, c.chosen, c.rejected, c.rating, c.kind, c.chosen_safe, c.rejected_safe) for c in again] == [
+        (c.prompt, c.chosen, c.rejected, c.rating, c.kind, c.chosen_safe, c.rejected_safe) for c in first
+    ]
 
 
 def test_annotator_output_is_accepted(tmp_path):
     """The fields the pipeline's annotation step writes (alignment.world.annotate)."""
-    row = {"prompt": "Tell me a fact.", "prompt_id": "f-3", "chosen": "Water boils at 100 C.", "rejected": "Dunno.",
-           "rating": "better", "kind": "helpfulness", "chosen_safe": None, "rejected_safe": None,
-           "gold_gap": 0.5, "flipped": False}
+    row = {
+        "prompt": "Tell me a fact.",
+        "prompt_id": "f-3",
+        "chosen": "Water boils at 100 C.",
+        "rejected": "Dunno.",
+        "rating": "better",
+        "kind": "helpfulness",
+        "chosen_safe": None,
+        "rejected_safe": None,
+        "gold_gap": 0.5,
+        "flipped": False,
+    }
     (comparison,) = load_comparisons(write_jsonl(tmp_path / "a.jsonl", [row]))
     assert (comparison.rating, comparison.kind, comparison.safety_category) == ("better", "helpfulness", None)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rating": "much better"}, r"c.jsonl:2: field 'rating': unknown preference rating 'much better'"),
-    ({"rating": None}, r"c.jsonl:2: field 'rating'"),
-    ({"kind": "honesty"}, r"c.jsonl:2: field 'kind' must be one of helpfulness, safety, got 'honesty'"),
-    ({"chosen": ""}, r"c.jsonl:2: field 'chosen' is empty"),
-    ({"rejected": 3}, r"c.jsonl:2: field 'rejected' must be a string, got int"),
-    ({"chosen_safe": "yes"}, r"c.jsonl:2: field 'chosen_safe' must be true or false, got 'yes'"),
-    ({"kind": "safety"}, r"c.jsonl:2: missing field 'chosen_safe'"),
-    ({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-     r"c.jsonl:2: field 'prompt' must end with the user turn"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rating": "much better"}, r"c.jsonl:2: field 'rating': unknown preference rating 'much better'"),
+        ({"rating": None}, r"c.jsonl:2: field 'rating'"),
+        ({"kind": "honesty"}, r"c.jsonl:2: field 'kind' must be one of helpfulness, safety, got 'honesty'"),
+        ({"chosen": ""}, r"c.jsonl:2: field 'chosen' is empty"),
+        ({"rejected": 3}, r"c.jsonl:2: field 'rejected' must be a string, got int"),
+        ({"chosen_safe": "yes"}, r"c.jsonl:2: field 'chosen_safe' must be true or false, got 'yes'"),
+        ({"kind": "safety"}, r"c.jsonl:2: missing field 'chosen_safe'"),
+        (
+            {"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            r"c.jsonl:2: field 'prompt' must end with the user turn",
+        ),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(tmp_path, change, message):
     good = dict(OWN_ROWS[0])
     bad = {**good, **change}
@@ -119,7 +176,9 @@ def test_hh_rlhf_real_rows_round_trip():
     by_line = {int(c.source.rsplit(":", 1)[1]): c for c in comparisons}
     for line, c in by_line.items():
         row = raw[line - 1]
-        transcript = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in c.prompt)
+        transcript = "".join(
+            f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in c.prompt
+        )
         # Rebuilding the transcripts from the split gives back the original text up to whitespace at turn edges.
         for answer, original in ((c.chosen, row["chosen"]), (c.rejected, row["rejected"])):
             rebuilt = transcript + f"\n\nAssistant: {answer}"
@@ -145,7 +204,9 @@ def test_hh_rlhf_bad_rows(tmp_path):
     diverged = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hey\n\nAssistant: Go away."}
     doubled = {"chosen": "\n\nHuman: Hi\n\nHuman: Hello\n\nAssistant: Yes", "rejected": ok["rejected"]}
     path = write_jsonl(tmp_path / "helpful-base.jsonl", [ok, diverged])
-    with pytest.raises(DataError, match=r"helpful-base.jsonl:2: fields 'chosen' and 'rejected' differ before the final"):
+    with pytest.raises(
+        DataError, match=r"helpful-base.jsonl:2: fields 'chosen' and 'rejected' differ before the final"
+    ):
         load_comparisons(path, "hh-rlhf")
     with pytest.raises(DataError, match=r"d.jsonl:1: field 'chosen': turn 2 is Human, expected the other speaker"):
         load_comparisons(write_jsonl(tmp_path / "d.jsonl", [doubled]), "hh-rlhf", kind="helpfulness")
@@ -177,8 +238,12 @@ def test_pku_saferlhf_bad_rows(tmp_path):
 
 
 def _comparisons(n, kind, pool=None, prompt_prefix="q"):
-    return [Comparison([{"role": "user", "content": f"{prompt_prefix}{kind}{i}"}], "a", "b", "better", kind,
-                       pool=pool or kind) for i in range(n)]
+    return [
+        Comparison(
+            [{"role": "user", "content": f"{prompt_prefix}{kind}{i}"}], "a", "b", "better", kind, pool=pool or kind
+        )
+        for i in range(n)
+    ]
 
 
 def test_split_is_seeded_and_by_prompt():
@@ -221,15 +286,24 @@ def test_held_out_prompts_are_never_trained_on_across_files_and_stay_held_out(tm
     files = []
     for index in range(3):
         path = tmp_path / f"iteration{index}.jsonl"
-        rows = [Comparison([{"role": "user", "content": f"q{rng.randrange(300)}"}], f"a{index}", "b", "better",
-                           "helpfulness").to_row() for _ in range(256)]
+        rows = [
+            Comparison(
+                [{"role": "user", "content": f"q{rng.randrange(300)}"}], f"a{index}", "b", "better", "helpfulness"
+            ).to_row()
+            for _ in range(256)
+        ]
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         files.append(str(path))
 
     def split(paths):
-        config = Llama2RewardConfig(output_dir=str(tmp_path / "rm"), comparison_files=paths, eval_fraction=0.1,
-                                    report_to="none", mixture_ratios={"helpfulness": 1.0},
-                                    mixture_anchor="helpfulness")
+        config = Llama2RewardConfig(
+            output_dir=str(tmp_path / "rm"),
+            comparison_files=paths,
+            eval_fraction=0.1,
+            report_to="none",
+            mixture_ratios={"helpfulness": 1.0},
+            mixture_anchor="helpfulness",
+        )
         train, test, _ = load_reward_data(config)
         return {c.prompt_key() for c in train}, {c.prompt_key() for c in test}
 

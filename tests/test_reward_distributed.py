@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from test_distributed import _logged, _run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +30,20 @@ def tiny_trainer(tmp_path_factory):
 
     tokenizer = prepare_reward_tokenizer(load_tokenizer("builtin:tiny-llama"))
     rows = [{"chosen_ids": [2, 5, 6, 3], "rejected_ids": [2, 5, 3], "margin": 1.0, "length": 4, "weight": 1.0}] * 4
-    config = Llama2RewardConfig(output_dir=str(tmp_path_factory.mktemp("rm")), per_device_train_batch_size=4,
-                                global_batch_size=4, bf16=False, use_cpu=True, report_to="none")
-    return Llama2RewardTrainer(model=load_reward_model("builtin:tiny-llama"), args=config,
-                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    config = Llama2RewardConfig(
+        output_dir=str(tmp_path_factory.mktemp("rm")),
+        per_device_train_batch_size=4,
+        global_batch_size=4,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    return Llama2RewardTrainer(
+        model=load_reward_model("builtin:tiny-llama"),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
 
 
 def test_padding_pairs_weigh_nothing_in_loss_and_metrics(tiny_trainer):
@@ -44,8 +53,12 @@ def test_padding_pairs_weigh_nothing_in_loss_and_metrics(tiny_trainer):
     chosen, rejected = torch.tensor([2.0, 0.5, -1.0, -9.0]), torch.tensor([1.0, 0.5, 0.0, 9.0])
     logits = torch.cat([chosen, rejected]).unsqueeze(-1)
     stub = lambda **inputs: SimpleNamespace(logits=logits)  # noqa: E731
-    inputs = {"input_ids": torch.zeros(8, 3, dtype=torch.long), "attention_mask": torch.ones(8, 3, dtype=torch.long),
-              "margin": torch.tensor([1.0, 0.0, 0.0, 0.0]), "weight": torch.tensor([1.0, 1.0, 1.0, 0.0])}
+    inputs = {
+        "input_ids": torch.zeros(8, 3, dtype=torch.long),
+        "attention_mask": torch.ones(8, 3, dtype=torch.long),
+        "margin": torch.tensor([1.0, 0.0, 0.0, 0.0]),
+        "weight": torch.tensor([1.0, 1.0, 1.0, 0.0]),
+    }
     tiny_trainer.model.train()
     tiny_trainer._metrics["train"].clear()
     expected = ranking_loss(chosen[:3], rejected[:3], torch.tensor([1.0, 0.0, 0.0]))
@@ -74,10 +87,34 @@ def test_reward_rows_are_padded_with_zero_weight_pairs(tiny_trainer):
 def test_reward_two_processes_match_one_process_with_an_uneven_number_of_pairs(tmp_path):
     from safetensors.torch import load_file
 
-    common = ["--config", "recipes/tiny/reward.yaml", "--max_train_pairs", "37", "--max_eval_pairs", "25",
-              "--global_batch_size", "8", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
-              "--warmup_steps", "0", "--min_warmup_steps", "0", "--max_length", "48", "--logging_steps", "1",
-              "--save_steps", "10", "--disable_tqdm", "true", "--use_cpu", "true"]
+    common = [
+        "--config",
+        "recipes/tiny/reward.yaml",
+        "--max_train_pairs",
+        "37",
+        "--max_eval_pairs",
+        "25",
+        "--global_batch_size",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_train_epochs",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--min_warmup_steps",
+        "0",
+        "--max_length",
+        "48",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "10",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+    ]
     _run_stage("recipes/reward.py", [*common, "--output_dir", str(tmp_path / "one")], nproc=1)
     _run_stage("recipes/reward.py", [*common, "--output_dir", str(tmp_path / "two")], nproc=2)
 

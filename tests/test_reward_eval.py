@@ -32,17 +32,19 @@ def test_score_distribution_histogram_bins():
 
 
 def _c(rating, kind, chosen_safe=None, rejected_safe=None, i=0):
-    return Comparison([{"role": "user", "content": f"p{i}"}], f"c{i}", f"r{i}", rating, kind, chosen_safe, rejected_safe)
+    return Comparison(
+        [{"role": "user", "content": f"p{i}"}], f"c{i}", f"r{i}", rating, kind, chosen_safe, rejected_safe
+    )
 
 
 def test_comparison_report_by_level_test_set_and_category():
     comparisons = [
-        _c("significantly_better", "helpfulness", i=0),              # right
-        _c("better", "helpfulness", i=1),                            # wrong
-        _c("negligibly_better", "helpfulness", i=2),                 # tie: wrong
-        _c("significantly_better", "safety", True, False, i=3),      # right
-        _c("better", "safety", True, True, i=4),                     # right
-        _c("slightly_better", "safety", False, False, i=5),          # wrong
+        _c("significantly_better", "helpfulness", i=0),  # right
+        _c("better", "helpfulness", i=1),  # wrong
+        _c("negligibly_better", "helpfulness", i=2),  # tie: wrong
+        _c("significantly_better", "safety", True, False, i=3),  # right
+        _c("better", "safety", True, True, i=4),  # right
+        _c("slightly_better", "safety", False, False, i=5),  # wrong
     ]
     chosen = torch.tensor([2.0, 0.0, 1.0, 0.0, 3.0, -4.0])
     rejected = torch.tensor([1.0, 1.0, 1.0, -5.0, -1.0, -3.0])

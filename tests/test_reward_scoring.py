@@ -152,7 +152,6 @@ def test_max_length_scores_the_last_tokens_only(tiny_rm, scorer):
     assert not torch.allclose(got, scorer.score(PROMPTS, RESPONSES).scores)
 
 
-
 def test_a_saved_training_window_applies_to_every_scorer_that_loads_the_model(tiny_rm, tmp_path):
     """PPO, rejection sampling and evaluation build scorers without max_length: the RM's own window applies."""
     windowed = RewardScorer("builtin:tiny-llama", batch_size=2, model=tiny_rm, max_length=6)

@@ -1,4 +1,4 @@
-"""Stage 2 training: TRL's loss against hand values, the schedule, tokenization, the recipe, and a tiny RM that learns."""
+"""Stage 2 training: TRL's loss against hand values, the schedule, tokenization, the recipe, a tiny RM that learns."""
 
 import json
 import math
@@ -14,8 +14,13 @@ from reward.config import Llama2RewardConfig
 from reward.data import Comparison
 from reward.loss import margin_for, ranking_loss
 from reward.synthetic import synthetic_comparisons
-from reward.trainer import (load_reward_data, Llama2RewardTrainer, run_reward, tokenize_comparisons,
-                            validate_reward_inputs)
+from reward.trainer import (
+    Llama2RewardTrainer,
+    load_reward_data,
+    run_reward,
+    tokenize_comparisons,
+    validate_reward_inputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RATINGS4 = ["significantly_better", "better", "slightly_better", "negligibly_better"]
@@ -29,9 +34,9 @@ def softplus(x):  # -log sigmoid(d) = log(1 + exp(-d))
 
 # d = r_c - r_r = [1, 0, -1, 0]; loss = mean(softplus(-(d - m)))
 HAND = {
-    "none": (softplus(-1) + softplus(0) + softplus(1) + softplus(0)) / 4,             # 0.753204
-    "small": (softplus(0) + softplus(2 / 3) + softplus(4 / 3) + softplus(0)) / 4,    # m = 1, 2/3, 1/3, 0
-    "large": (softplus(2) + softplus(2) + softplus(2) + softplus(0)) / 4,            # m = 3, 2, 1, 0
+    "none": (softplus(-1) + softplus(0) + softplus(1) + softplus(0)) / 4,  # 0.753204
+    "small": (softplus(0) + softplus(2 / 3) + softplus(4 / 3) + softplus(0)) / 4,  # m = 1, 2/3, 1/3, 0
+    "large": (softplus(2) + softplus(2) + softplus(2) + softplus(0)) / 4,  # m = 3, 2, 1, 0
 }
 
 
@@ -44,10 +49,19 @@ def tiny_trainer(tmp_path_factory):
 
     tokenizer = prepare_reward_tokenizer(load_tokenizer("builtin:tiny-llama"))
     rows = [{"chosen_ids": [2, 5, 6, 3], "rejected_ids": [2, 5, 3], "margin": 1.0, "length": 4}] * 8
-    config = Llama2RewardConfig(output_dir=str(tmp_path_factory.mktemp("rm")), per_device_train_batch_size=4,
-                                bf16=False, use_cpu=True, report_to="none")
-    return Llama2RewardTrainer(model=load_reward_model("builtin:tiny-llama"), args=config,
-                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    config = Llama2RewardConfig(
+        output_dir=str(tmp_path_factory.mktemp("rm")),
+        per_device_train_batch_size=4,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    return Llama2RewardTrainer(
+        model=load_reward_model("builtin:tiny-llama"),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
 
 
 @pytest.mark.parametrize("table", ["none", "small", "large"])
@@ -116,15 +130,25 @@ def test_recipes_parse_and_bad_recipes_fail_fast(tmp_path):
         ({"margin": "huge"}, "margin must be one of none, small, large"),
         ({"reward_model": "honesty"}, "reward_model must be one of helpfulness, safety"),
         ({"comparison_files": ["missing.jsonl"]}, "points to a missing file: missing.jsonl"),
-        ({"sources": [{"path": "data/reward/synthetic.jsonl", "fromat": "hh-rlhf"}]}, r"unknown key\(s\) \['fromat'\]"),
+        (
+            {"sources": [{"path": "data/reward/synthetic.jsonl", "fromat": "hh-rlhf"}]},
+            r"unknown key\(s\) \['fromat'\]",
+        ),
         ({"mixture_ratios": {"safety": 1.0}}, "mixture_anchor 'helpfulness' is not a key"),
         ({"global_batch_size": 33}, "global batch 33 is not a multiple"),
         ({"comparison_files": [], "sources": []}, "no training data"),
     ]
     for change, message in cases:
-        bad = Llama2RewardConfig(**{**{k: getattr(config, k) for k in ("comparison_files", "global_batch_size",
-                                                                       "per_device_train_batch_size")},
-                                    "output_dir": str(tmp_path), **change})
+        bad = Llama2RewardConfig(
+            **{
+                **{
+                    k: getattr(config, k)
+                    for k in ("comparison_files", "global_batch_size", "per_device_train_batch_size")
+                },
+                "output_dir": str(tmp_path),
+                **change,
+            }
+        )
         with pytest.raises(RecipeError, match=message):
             validate_reward_inputs(bad)
 
@@ -133,10 +157,31 @@ def synthetic_rm_config(tmp_path, pairs: int, seed: int, safety_share: float, ou
     """The tiny RM recipe on a fresh synthetic pair file, fast settings, plus `--key value` overrides."""
     data = tmp_path / "pairs.jsonl"
     append_jsonl(data, synthetic_comparisons(pairs, seed=seed, safety_share=safety_share))
-    (config,) = parse_recipe((Llama2RewardConfig,), [
-        "--config", "recipes/tiny/reward.yaml", "--output_dir", str(tmp_path / output), "--learning_rate", "5e-3",
-        "--global_batch_size", "32", "--max_length", "48", "--save_steps", "1000", "--logging_steps", "1000",
-        "--disable_tqdm", "true", "--eval_fraction", "0.25", *overrides], recipe={"comparison_files": [str(data)]})
+    (config,) = parse_recipe(
+        (Llama2RewardConfig,),
+        [
+            "--config",
+            "recipes/tiny/reward.yaml",
+            "--output_dir",
+            str(tmp_path / output),
+            "--learning_rate",
+            "5e-3",
+            "--global_batch_size",
+            "32",
+            "--max_length",
+            "48",
+            "--save_steps",
+            "1000",
+            "--logging_steps",
+            "1000",
+            "--disable_tqdm",
+            "true",
+            "--eval_fraction",
+            "0.25",
+            *overrides,
+        ],
+        recipe={"comparison_files": [str(data)]},
+    )
     return config, data
 
 
@@ -150,8 +195,10 @@ def test_tiny_rm_learns_a_learnable_preference_set(tmp_path, monkeypatch):
     # 0.897 on 156 held-out pairs (standard error 0.024) since held-out prompts are chosen by hash (0.88-0.90
     # across splits; chance is 0.5): the bar sits two standard errors below, so a real regression fails it.
     assert accuracy["overall"]["accuracy"] >= 0.85
-    assert summary["data"]["mixture"]["taken"]["helpfulness"] == summary["data"]["sources"][str(data)]["train"] - \
-        summary["data"]["mixture"]["taken"]["safety+open_source"]
+    assert (
+        summary["data"]["mixture"]["taken"]["helpfulness"]
+        == summary["data"]["sources"][str(data)]["train"] - summary["data"]["mixture"]["taken"]["safety+open_source"]
+    )
     out = tmp_path / "rm"
     saved = json.loads((out / "eval.json").read_text())
     assert saved["accuracy"]["overall"] == accuracy["overall"]
@@ -171,8 +218,19 @@ def test_safety_rm_calibration_is_saved_and_used_by_the_scorer(tmp_path, monkeyp
     from reward.scoring import RewardScorer
 
     monkeypatch.chdir(ROOT)
-    config, _ = synthetic_rm_config(tmp_path, 240, 3, 0.6, "rs", "--num_train_epochs", "1", "--reward_model", "safety",
-                                    "--calibrate_unsafe_precision", "0.9")
+    config, _ = synthetic_rm_config(
+        tmp_path,
+        240,
+        3,
+        0.6,
+        "rs",
+        "--num_train_epochs",
+        "1",
+        "--reward_model",
+        "safety",
+        "--calibrate_unsafe_precision",
+        "0.9",
+    )
     summary = run_reward(config)
     calibration = summary["calibration"]
     saved_config = json.loads((tmp_path / "rs" / "config.json").read_text())

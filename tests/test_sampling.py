@@ -22,8 +22,14 @@ from rlhf.sampling import (
 def tiny():
     tokenizer = load_tokenizer("builtin:tiny-llama")
     model = load_causal_lm("builtin:tiny-llama")
-    prompts = [encode_prompt(tokenizer, user_prompt(text)) for text in
-               ["What is 18 minus 14?", "Tell me the capital of Portugal.", "How many letters are in the word garden?"]]
+    prompts = [
+        encode_prompt(tokenizer, user_prompt(text))
+        for text in [
+            "What is 18 minus 14?",
+            "Tell me the capital of Portugal.",
+            "How many letters are in the word garden?",
+        ]
+    ]
     return model, tokenizer, prompts
 
 
@@ -51,7 +57,9 @@ def test_samples_layout_stops_and_text(tiny):
     model, tokenizer, prompts = tiny
     engine = HFSamplingEngine(model, tokenizer, batch_size=8)  # 2 prompts x K=4 per batch: 2 batches
     assert isinstance(engine, SamplingEngine)
-    samples = engine.generate(prompts, SamplingParams(num_samples=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0))
+    samples = engine.generate(
+        prompts, SamplingParams(num_samples=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
+    )
     assert [(s.prompt_index, s.sample_index) for s in samples] == [(p, k) for p in range(3) for k in range(4)]
     stop = set(engine.stop_ids)
     for s in samples:

@@ -20,8 +20,12 @@ from sft.trainer import COMPLETE_MARKER, resolve_dataset, split_dialogs, tokeniz
 DIGIT_DIALOGS = [
     [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}],
     [{"role": "user", "content": "12 3"}, {"role": "assistant", "content": "45"}],
-    [{"role": "user", "content": "6"}, {"role": "assistant", "content": "7"},
-     {"role": "user", "content": "8"}, {"role": "assistant", "content": "9 0"}],
+    [
+        {"role": "user", "content": "6"},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "8"},
+        {"role": "assistant", "content": "9 0"},
+    ],
 ]
 # Token counts of the dialogs above: 10, 14, 22; prompt tokens carry -100, answers (with ▁ </s>) their ids.
 
@@ -101,12 +105,14 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_tokenizer, tiny_model)
 def test_trainer_uses_bfd_packing_and_padding_free_collator(tmp_path, tiny_tokenizer, tiny_model):
     from trl import SFTTrainer
 
-    args = Llama2SFTConfig(output_dir=str(tmp_path), max_length=64, per_device_train_batch_size=2,
-                           report_to="none", bf16=False)
+    args = Llama2SFTConfig(
+        output_dir=str(tmp_path), max_length=64, per_device_train_batch_size=2, report_to="none", bf16=False
+    )
     assert (args.packing, args.packing_strategy, args.activation_checkpointing) == (True, "bfd", False)
     rows = tokenize_dialogs(DIGIT_DIALOGS, tiny_tokenizer, "llama2")
-    trainer = SFTTrainer(model=copy.deepcopy(tiny_model), args=args, train_dataset=rows,
-                         processing_class=tiny_tokenizer)
+    trainer = SFTTrainer(
+        model=copy.deepcopy(tiny_model), args=args, train_dataset=rows, processing_class=tiny_tokenizer
+    )
     assert trainer.data_collator.padding_free
     packed = trainer.train_dataset
     assert sorted(packed.column_names) == ["input_ids", "labels", "seq_lengths"]
@@ -116,7 +122,7 @@ def test_trainer_uses_bfd_packing_and_padding_free_collator(tmp_path, tiny_token
     for pack in packed:
         offset = 0
         for n in pack["seq_lengths"]:
-            assert pack["labels"][offset:offset + n] == by_len[n]
+            assert pack["labels"][offset : offset + n] == by_len[n]
             offset += n
 
 
@@ -135,8 +141,9 @@ def test_dataset_names_and_split():
 
 def test_split_keeps_every_copy_of_a_prompt_on_one_side():
     """Repeated prompts (with other answers) must not be held out in one copy and trained on in another."""
-    dialogs = [[{"role": "user", "content": f"q{i % 15}"}, {"role": "assistant", "content": f"a{i}"}]
-               for i in range(60)]
+    dialogs = [
+        [{"role": "user", "content": f"q{i % 15}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(60)
+    ]
     train, held_out = split_dialogs(dialogs, 0.25, seed=1)
     assert held_out and train
     assert not {d[0]["content"] for d in train} & {d[0]["content"] for d in held_out}
@@ -162,9 +169,24 @@ def tiny_run(tmp_path_factory):
     from sft.trainer import run_sft
 
     output_dir = tmp_path_factory.mktemp("sft")
-    argv = ["--config", "recipes/tiny/sft.yaml", "--output_dir", str(output_dir), "--max_train_rows",
-            str(TRAIN_ROWS), "--max_steps", "40", "--max_length", "128", "--save_steps", "20",
-            "--logging_steps", "20", "--disable_tqdm", "true"]
+    argv = [
+        "--config",
+        "recipes/tiny/sft.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--max_train_rows",
+        str(TRAIN_ROWS),
+        "--max_steps",
+        "40",
+        "--max_length",
+        "128",
+        "--save_steps",
+        "20",
+        "--logging_steps",
+        "20",
+        "--disable_tqdm",
+        "true",
+    ]
     model_args, data_args, training_args = parse_recipe((ModelArguments, DataArguments, Llama2SFTConfig), argv)
     summary = run_sft(model_args, data_args, training_args)
     return output_dir, summary, (model_args, data_args, training_args)
@@ -198,9 +220,14 @@ def test_saved_model_reloads_and_answers_in_trained_format(tiny_run):
     model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     dialog = training_dialogs()[0]
     prompt = encode_prompt(tokenizer, user_prompt(dialog[0]["content"]))
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    answer = out[0, len(prompt):].tolist()
+    out = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=40,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    answer = out[0, len(prompt) :].tolist()
     # An answer, then </s>: what every trained answer segment looks like; no new [INST] turn, no <s>.
     assert answer[-1] == tokenizer.eos_token_id and len(answer) < 40
     markers = tokenizer.convert_tokens_to_ids(["<s>", "[INST]", "[/INST]", "<<SYS>>"])

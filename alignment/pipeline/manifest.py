@@ -11,8 +11,8 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class Stage:
-    name: str                 # e.g. "RLHF-V2/reward_safety"
-    script: str               # file name in recipes/ (alignment.stages lists them)
+    name: str  # e.g. "RLHF-V2/reward_safety"
+    script: str  # file name in recipes/ (alignment.stages lists them)
     config: dict
     depends_on: list[str]
     version: str | None = None  # the model version this stage produces or judges, for the report

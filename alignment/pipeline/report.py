@@ -19,8 +19,14 @@ from alignment.ratings import RATINGS
 from evals.pipeline import safety_report
 from rlhf.evaluate import EvaluateConfig, run_evaluate
 
-VERSION_KEYS = ("gold_helpfulness", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined",
-                "rm_helpfulness", "rm_safety")
+VERSION_KEYS = (
+    "gold_helpfulness",
+    "gold_violation_rate",
+    "gold_false_refusal_rate",
+    "gold_combined",
+    "rm_helpfulness",
+    "rm_safety",
+)
 
 
 def _load_json(path: Path) -> dict | None:
@@ -45,11 +51,16 @@ def version_rows(config, run_dir: Path, stages, data: dict) -> list[dict]:
         result = _load_json(folder / "eval.json") or {}
         rescored = {}
         if rm_h and rm_s and (folder / "responses.jsonl").exists():
-            rescored = run_evaluate(EvaluateConfig(
-                responses=str(folder / "responses.jsonl"), prompts=data["eval"], chat_format=config.chat_format,
-                reward_helpfulness=str(run_dir / rm_h), reward_safety=str(run_dir / rm_s),
-                output_dir=str(run_dir / "report" / stage.version),
-            ))
+            rescored = run_evaluate(
+                EvaluateConfig(
+                    responses=str(folder / "responses.jsonl"),
+                    prompts=data["eval"],
+                    chat_format=config.chat_format,
+                    reward_helpfulness=str(run_dir / rm_h),
+                    reward_safety=str(run_dir / rm_s),
+                    output_dir=str(run_dir / "report" / stage.version),
+                )
+            )
         row = {"name": stage.version}
         for key in VERSION_KEYS:
             row[key] = rescored.get(key, result.get(key))
@@ -66,8 +77,9 @@ def reward_accuracy(run_dir: Path, stages) -> list[dict]:
             continue
         result = _load_json(run_dir / stage.name / "eval.json")
         if result:
-            rows.append({"stage": stage.name,
-                         **{k: result[k] for k in ("accuracy", "per_rating", "test_sets") if k in result}})
+            rows.append(
+                {"stage": stage.name, **{k: result[k] for k in ("accuracy", "per_rating", "test_sets") if k in result}}
+            )
     return rows
 
 
@@ -88,8 +100,10 @@ def accuracy_cell(cell: dict | None) -> str:
 def reward_accuracy_table(reward_rows: list[dict]) -> list[str]:
     """Markdown lines: held-out accuracy per rating level in the layout of the paper's Table 8 (arXiv 2307.09288),
     one row per iteration, model and test set; avg is the accuracy over all of the row's pairs."""
-    lines = ["| iteration | model | test set | " + " | ".join(RATING_HEADERS) + " | avg |",
-             "|---|---|---|" + "---|" * (len(RATINGS) + 1)]
+    lines = [
+        "| iteration | model | test set | " + " | ".join(RATING_HEADERS) + " | avg |",
+        "|---|---|---|" + "---|" * (len(RATINGS) + 1),
+    ]
     for row in reward_rows:
         if "accuracy" not in row:
             continue
@@ -98,8 +112,11 @@ def reward_accuracy_table(reward_rows: list[dict]) -> list[str]:
         test_sets = {"all": row["accuracy"], **(row.get("test_sets") or {})}
         for test_set, accuracy in test_sets.items():
             cells = [accuracy_cell(accuracy.get(rating)) for rating in RATINGS]
-            lines.append(f"| {iteration} | {model} | {test_set} | " + " | ".join(cells)
-                         + f" | {accuracy_cell(accuracy.get('overall'))} |")
+            lines.append(
+                f"| {iteration} | {model} | {test_set} | "
+                + " | ".join(cells)
+                + f" | {accuracy_cell(accuracy.get('overall'))} |"
+            )
     return lines
 
 
@@ -113,10 +130,13 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
 
     fig = Figure(figsize=(11, 4.5))
     axes = fig.subplots(1, 2)
-    for axis, (x_key, y_key, title) in zip(axes, (
-        ("gold_violation_rate", "gold_helpfulness", "gold judges"),
-        ("rm_safety", "rm_helpfulness", "final reward models"),
-    )):
+    for axis, (x_key, y_key, title) in zip(
+        axes,
+        (
+            ("gold_violation_rate", "gold_helpfulness", "gold judges"),
+            ("rm_safety", "rm_helpfulness", "final reward models"),
+        ),
+    ):
         points = [(v[x_key], v[y_key], v["name"]) for v in versions if v[x_key] is not None and v[y_key] is not None]
         if not points:
             continue
@@ -125,8 +145,14 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.plot(xs, ys, "-o", color="tab:blue")
         for x, y, name in zip(xs, ys, (p[2] for p in points)):
             axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axis.set_xlabel("harmlessness (1 - violation rate)" if x_key == "gold_violation_rate" else "mean sigmoid(R_s), safety prompts")
-        axis.set_ylabel("gold helpfulness" if y_key == "gold_helpfulness" else "mean sigmoid(R_h), helpfulness prompts")
+        axis.set_xlabel(
+            "harmlessness (1 - violation rate)"
+            if x_key == "gold_violation_rate"
+            else "mean sigmoid(R_s), safety prompts"
+        )
+        axis.set_ylabel(
+            "gold helpfulness" if y_key == "gold_helpfulness" else "mean sigmoid(R_h), helpfulness prompts"
+        )
         axis.set_title(f"Versions judged by {title} (fig. 11 analogue)")
         axis.grid(alpha=0.3)
     save(fig, "report_versions.png")
@@ -139,16 +165,20 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
             levels = [k for k in per if isinstance(per[k], dict)]
             accs = [per[k].get("accuracy") for k in levels]
             if levels:
-                axis.plot(range(len(levels)), [a if a is not None else float("nan") for a in accs], "-o",
-                          label=row["stage"])
+                axis.plot(
+                    range(len(levels)), [a if a is not None else float("nan") for a in accs], "-o", label=row["stage"]
+                )
                 axis.set_xticks(range(len(levels)), levels, rotation=15)
         axis.set_ylabel("held-out accuracy")
         axis.set_title("Reward-model accuracy per rating level")
         axis.legend(fontsize=6)
         save(fig, "report_reward_accuracy.png")
 
-    rs_curves = [(s.name, _load_json(run_dir / s.name / "reward_vs_k.json")) for s in stages
-                 if s.script == "rejection_sampling.py"]
+    rs_curves = [
+        (s.name, _load_json(run_dir / s.name / "reward_vs_k.json"))
+        for s in stages
+        if s.script == "rejection_sampling.py"
+    ]
     rs_curves = [(name, curve) for name, curve in rs_curves if curve]
     if rs_curves:
         fig = Figure(figsize=(7, 4))
@@ -164,7 +194,9 @@ def _plot(run_dir: Path, versions: list[dict], reward_rows: list[dict], stages) 
         axis.legend(fontsize=6, ncol=2)
         save(fig, "report_rejection_sampling.png")
 
-    ppo_runs = [(s.name, read_jsonl_tolerant(run_dir / s.name / "metrics.jsonl")) for s in stages if s.script == "ppo.py"]
+    ppo_runs = [
+        (s.name, read_jsonl_tolerant(run_dir / s.name / "metrics.jsonl")) for s in stages if s.script == "ppo.py"
+    ]
     ppo_runs = [(name, rows) for name, rows in ppo_runs if rows]
     if ppo_runs:
         fig = Figure(figsize=(11, 4))
@@ -207,21 +239,36 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"
 
-    lines = ["# Pipeline report", "", f"Run directory: `{run_dir}`; wall time {fmt(report['wall_seconds'])} s.", "",
-             "| version | gold helpfulness | gold violation rate | gold false-refusal rate | gold combined | "
-             "RM helpfulness | RM safety |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Pipeline report",
+        "",
+        f"Run directory: `{run_dir}`; wall time {fmt(report['wall_seconds'])} s.",
+        "",
+        "| version | gold helpfulness | gold violation rate | gold false-refusal rate | gold combined | "
+        "RM helpfulness | RM safety |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v in versions:
         lines.append(f"| {v['name']} | " + " | ".join(fmt(v[k]) for k in VERSION_KEYS) + " |")
-    lines += ["", "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
-              "safety prompts; gold figures: the world's judges (see alignment/world).", ""]
+    lines += [
+        "",
+        "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
+        "safety prompts; gold figures: the world's judges (see alignment/world).",
+        "",
+    ]
     lines += safety_lines
     if reward_rows:
-        lines += ["## Reward models: held-out accuracy per rating level (Table 8 layout)", "",
-                  "Accuracy in % ± standard error (n = held-out pairs) of the reward models trained in each "
-                  "iteration, on their held-out comparisons (the reward stage's eval.json); test set 'all' is every "
-                  "held-out pair, the others split them by kind. Columns: the annotators' rating of the pair "
-                  "(arXiv 2307.09288, sec. 3.2.1); avg: all of the row's pairs.", "",
-                  *reward_accuracy_table(reward_rows), ""]
+        lines += [
+            "## Reward models: held-out accuracy per rating level (Table 8 layout)",
+            "",
+            "Accuracy in % ± standard error (n = held-out pairs) of the reward models trained in each "
+            "iteration, on their held-out comparisons (the reward stage's eval.json); test set 'all' is every "
+            "held-out pair, the others split them by kind. Columns: the annotators' rating of the pair "
+            "(arXiv 2307.09288, sec. 3.2.1); avg: all of the row's pairs.",
+            "",
+            *reward_accuracy_table(reward_rows),
+            "",
+        ]
     lines += [f"![versions]({p})" for p in plots]
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return report

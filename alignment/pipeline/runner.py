@@ -63,14 +63,19 @@ class PipelineConfig:
     run_dir: str = field(default="runs/pipeline", metadata={"help": "One folder per iteration and stage."})
     launcher: str = field(
         default="auto",
-        metadata={"help": "auto: a single-process stage runs in a child forked from the pipeline (its libraries "
-                          "already imported, its memory freed when it ends), and `accelerate launch` runs a stage "
-                          "with accelerate_config; accelerate: `accelerate launch` for every stage; python: plain "
-                          "python for every stage."},
+        metadata={
+            "help": "auto: a single-process stage runs in a child forked from the pipeline (its libraries "
+            "already imported, its memory freed when it ends), and `accelerate launch` runs a stage "
+            "with accelerate_config; accelerate: `accelerate launch` for every stage; python: plain "
+            "python for every stage."
+        },
     )
     threads_per_process: int | None = field(
         default=None,
-        metadata={"range": AT_LEAST_ONE, "help": "CPU threads of each stage process; default: the cores / the processes."},
+        metadata={
+            "range": AT_LEAST_ONE,
+            "help": "CPU threads of each stage process; default: the cores / the processes.",
+        },
     )
     accelerate_config: str | None = field(default=None, metadata={"help": "accelerate config file for every stage."})
     chat_format: str = field(default="llama2", metadata={"help": "Chat template used by every stage."})
@@ -82,32 +87,44 @@ class PipelineConfig:
     )
     rs_fine_tunes: str = field(
         default="latest",
-        metadata={"help": "The model each RS iteration fine-tunes on the pooled best samples: 'latest' (the model "
-                          "that sampled them) or 'sft' (the SFT model every time, so the errors a weak reward model "
-                          "lets through are not trained in again and again). The latest model samples either way."},
+        metadata={
+            "help": "The model each RS iteration fine-tunes on the pooled best samples: 'latest' (the model "
+            "that sampled them) or 'sft' (the SFT model every time, so the errors a weak reward model "
+            "lets through are not trained in again and again). The latest model samples either way."
+        },
     )
     world: dict = field(default_factory=dict, metadata={"help": "Sizes of the embedded world's prompt sets."})
     data_files: dict = field(
         default_factory=dict,
-        metadata={"help": "Your own data instead of the world's: sft, eval, ppo, collect_v<n>, rs_v<n> (prompt "
-                          "files) and labels_v<n> (human comparisons, with collect.annotator: file)."},
+        metadata={
+            "help": "Your own data instead of the world's: sft, eval, ppo, collect_v<n>, rs_v<n> (prompt "
+            "files) and labels_v<n> (human comparisons, with collect.annotator: file)."
+        },
     )
     pretrain: dict = field(default_factory=dict, metadata={"help": "recipes/pretrain.py settings."})
     sft: dict = field(default_factory=dict, metadata={"help": "recipes/sft.py settings."})
     collect: dict = field(default_factory=dict, metadata={"help": "recipes/collect.py settings."})
     reward_helpfulness: dict = field(default_factory=dict, metadata={"help": "recipes/reward.py settings for R_h."})
     reward_safety: dict = field(default_factory=dict, metadata={"help": "recipes/reward.py settings for R_s."})
-    rejection_sampling: dict = field(default_factory=dict, metadata={"help": "recipes/rejection_sampling.py settings."})
+    rejection_sampling: dict = field(
+        default_factory=dict, metadata={"help": "recipes/rejection_sampling.py settings."}
+    )
     ppo: dict = field(default_factory=dict, metadata={"help": "recipes/ppo.py settings."})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipes/evaluate.py settings."})
     safety_eval: dict = field(
         default_factory=dict,
-        metadata={"help": "TruthfulQA/ToxiGen/BOLD (evals/pipeline.py): 'versions' to evaluate (base, SFT, "
-                          "RLHF-V<n>) and any recipes/safety_eval.py settings."},
+        metadata={
+            "help": "TruthfulQA/ToxiGen/BOLD (evals/pipeline.py): 'versions' to evaluate (base, SFT, "
+            "RLHF-V<n>) and any recipes/safety_eval.py settings."
+        },
     )
-    gatt_from_iteration: int | None = field(default=None, metadata={
-        "help": "Ghost Attention from this iteration on (sec. 3.3: after RLHF-V3): the latest model samples GAtt "
-                "dialogues, which join that iteration's rejection-sampling fine-tune. None: off."})
+    gatt_from_iteration: int | None = field(
+        default=None,
+        metadata={
+            "help": "Ghost Attention from this iteration on (sec. 3.3: after RLHF-V3): the latest model samples GAtt "
+            "dialogues, which join that iteration's rejection-sampling fine-tune. None: off."
+        },
+    )
     gatt: dict = field(default_factory=dict, metadata={"help": "recipes/gatt.py settings of the GAtt data."})
     context_distillation: dict = field(
         default_factory=dict,
@@ -133,9 +150,15 @@ WORLD_DEFAULTS = {
     # gold judges): behaviour the demonstrations teach and the annotators' preferences can untrain.
     "sft_closing_share": 0.0,
 }
-WORLD_RANGES = {"annotator_noise": NON_NEGATIVE, "sft_closing_share": PROBABILITY,
-                **{key: AT_LEAST_ONE for key in WORLD_DEFAULTS if key.endswith(("_demonstrations", "_prompts",
-                                                                                "_per_iteration", "_per_family"))}}
+WORLD_RANGES = {
+    "annotator_noise": NON_NEGATIVE,
+    "sft_closing_share": PROBABILITY,
+    **{
+        key: AT_LEAST_ONE
+        for key in WORLD_DEFAULTS
+        if key.endswith(("_demonstrations", "_prompts", "_per_iteration", "_per_family"))
+    },
+}
 MAX_ITERATIONS = 20
 
 
@@ -147,10 +170,19 @@ def stage_config_types(script: str) -> tuple[type, ...]:
 def pipeline_sections() -> dict[str, dict]:
     """The keys of each mapping section of a pipeline recipe, with their types and ranges (for `--section.key`)."""
     sections = {name: section_fields(stage_config_types(spec.script)) for name, spec in BY_SECTION.items()}
-    sections["world"] = {key: (dict if isinstance(default, dict) else type(default), WORLD_RANGES.get(key))
-                         for key, default in WORLD_DEFAULTS.items()}
-    sections["data_files"] = {key: (str, None) for key in ("sft", "eval", "ppo", *(
-        f"{kind}_v{v}" for kind in ("collect", "rs", "labels") for v in range(1, MAX_ITERATIONS + 1)))}
+    sections["world"] = {
+        key: (dict if isinstance(default, dict) else type(default), WORLD_RANGES.get(key))
+        for key, default in WORLD_DEFAULTS.items()
+    }
+    sections["data_files"] = {
+        key: (str, None)
+        for key in (
+            "sft",
+            "eval",
+            "ppo",
+            *(f"{kind}_v{v}" for kind in ("collect", "rs", "labels") for v in range(1, MAX_ITERATIONS + 1)),
+        )
+    }
     return sections
 
 
@@ -173,11 +205,14 @@ def load_pipeline_config(path: str, overrides: list[str] | None = None) -> Pipel
         check_range(coerce_value(value, kind, f"world.{key}", path), WORLD_RANGES.get(key), f"world.{key}", path)
     if config.accelerate_config and not Path(config.accelerate_config).is_file():
         raise RecipeError(f"{path}: 'accelerate_config' points to a missing file: {config.accelerate_config}")
-    known_files = {"sft", "eval", "ppo"} | {f"{k}_v{v}" for k in ("collect", "rs", "labels")
-                                            for v in range(1, config.iterations + 1)}
+    known_files = {"sft", "eval", "ppo"} | {
+        f"{k}_v{v}" for k in ("collect", "rs", "labels") for v in range(1, config.iterations + 1)
+    }
     for key, value in config.data_files.items():
         if key not in known_files:
-            raise RecipeError(f"{path}: unknown key 'data_files.{key}' (use sft, eval, ppo, collect_v<n>, rs_v<n>, labels_v<n>)")
+            raise RecipeError(
+                f"{path}: unknown key 'data_files.{key}' (use sft, eval, ppo, collect_v<n>, rs_v<n>, labels_v<n>)"
+            )
         if not Path(value).exists():
             raise RecipeError(f"{path}: 'data_files.{key}' points to a missing file: {value}")
     if not 1 <= config.iterations <= MAX_ITERATIONS:
@@ -199,22 +234,36 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
     def prompt_rows(prompts, tag):
         rows = []
         for i, p in enumerate(prompts):
-            rows.append({"id": f"{tag}-{i}", "prompt": p["prompt"], "is_safety_prompt": p["kind"] == "safety",
-                         "kind": p["kind"], "family": p["family"], "gold": p["gold"], "world_id": p["id"]})
+            rows.append(
+                {
+                    "id": f"{tag}-{i}",
+                    "prompt": p["prompt"],
+                    "is_safety_prompt": p["kind"] == "safety",
+                    "kind": p["kind"],
+                    "family": p["family"],
+                    "gold": p["gold"],
+                    "world_id": p["id"],
+                }
+            )
         return rows
 
     files: dict[str, list[dict]] = {
-        "sft": sft_demonstrations(world["sft_demonstrations"], config.seed,
-                                  family_weights=world["sft_family_weights"] or None,
-                                  closing_share=world["sft_closing_share"]),
+        "sft": sft_demonstrations(
+            world["sft_demonstrations"],
+            config.seed,
+            family_weights=world["sft_family_weights"] or None,
+            closing_share=world["sft_closing_share"],
+        ),
         "eval": prompt_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
         "ppo": prompt_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
     }
     for v in range(1, config.iterations + 1):
         files[f"collect_v{v}"] = prompt_rows(
-            sample_prompts(world["collect_prompts_per_iteration"], config.seed + 1000 * v), f"c{v}")
+            sample_prompts(world["collect_prompts_per_iteration"], config.seed + 1000 * v), f"c{v}"
+        )
         files[f"rs_v{v}"] = prompt_rows(
-            sample_prompts(world["rs_prompts_per_iteration"], config.seed + 1000 * v + 1), f"rs{v}")
+            sample_prompts(world["rs_prompts_per_iteration"], config.seed + 1000 * v + 1), f"rs{v}"
+        )
     paths = {}
     for name, rows in files.items():
         path = data_dir / f"{name}.jsonl"
@@ -239,10 +288,23 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
     else:
         stages.append(Stage("base/pretrain", "pretrain.py", dict(config.pretrain), []))
         base, base_deps = out("base/pretrain"), ["base/pretrain"]
-    stages.append(Stage("SFT/sft", "sft.py", {**config.sft, **fmt, "model_name_or_path": base,
-                                               "dataset_name": data["sft"]}, base_deps))
-    stages.append(Stage("SFT/evaluate", "evaluate.py", {**config.evaluate, **fmt, "model": out("SFT/sft"),
-                                                        "prompts": data["eval"]}, ["SFT/sft"], version="SFT"))
+    stages.append(
+        Stage(
+            "SFT/sft",
+            "sft.py",
+            {**config.sft, **fmt, "model_name_or_path": base, "dataset_name": data["sft"]},
+            base_deps,
+        )
+    )
+    stages.append(
+        Stage(
+            "SFT/evaluate",
+            "evaluate.py",
+            {**config.evaluate, **fmt, "model": out("SFT/sft"), "prompts": data["eval"]},
+            ["SFT/sft"],
+            version="SFT",
+        )
+    )
     sft_model = out("SFT/sft")
     latest, latest_stage = sft_model, "SFT/sft"
     previous, previous_stage = None, None
@@ -250,67 +312,157 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
     rs_runs: list[str] = []
     for v in range(1, config.iterations + 1):
         it = f"RLHF-V{v}"
-        collect = Stage(f"{it}/collect", "collect.py", {
-            **config.collect, **fmt, "model_a": latest, "model_b": previous, "prompts": data[f"collect_v{v}"],
-            "noise": config.world.get("annotator_noise", WORLD_DEFAULTS["annotator_noise"]), "seed": config.seed + v,
-            **({"labels_file": data[f"labels_v{v}"]} if f"labels_v{v}" in data else {}),
-        }, [latest_stage] + ([previous_stage] if previous_stage else []))
+        collect = Stage(
+            f"{it}/collect",
+            "collect.py",
+            {
+                **config.collect,
+                **fmt,
+                "model_a": latest,
+                "model_b": previous,
+                "prompts": data[f"collect_v{v}"],
+                "noise": config.world.get("annotator_noise", WORLD_DEFAULTS["annotator_noise"]),
+                "seed": config.seed + v,
+                **({"labels_file": data[f"labels_v{v}"]} if f"labels_v{v}" in data else {}),
+            },
+            [latest_stage] + ([previous_stage] if previous_stage else []),
+        )
         stages.append(collect)
         collected.append(str(Path(out(collect.name)) / "comparisons.jsonl"))
         reward_deps = [s for s in (c.name for c in stages if c.script == "collect.py")] + ["SFT/sft"]
         for kind, section in (("helpfulness", config.reward_helpfulness), ("safety", config.reward_safety)):
-            stages.append(Stage(f"{it}/reward_{kind}", "reward.py", {
-                **section, **fmt, "model_name_or_path": sft_model, "comparison_files": list(collected),
-                "reward_model": kind,
-            }, list(reward_deps)))
+            stages.append(
+                Stage(
+                    f"{it}/reward_{kind}",
+                    "reward.py",
+                    {
+                        **section,
+                        **fmt,
+                        "model_name_or_path": sft_model,
+                        "comparison_files": list(collected),
+                        "reward_model": kind,
+                    },
+                    list(reward_deps),
+                )
+            )
         rm_h, rm_s = out(f"{it}/reward_helpfulness"), out(f"{it}/reward_safety")
         rm_deps = [f"{it}/reward_helpfulness", f"{it}/reward_safety"]
-        rs_config = {**config.rejection_sampling, **fmt, "model_name_or_path": latest, "helpfulness_model": rm_h,
-                     "safety_model": rm_s, "prompts_name": data[f"rs_v{v}"], "previous_samples": list(rs_runs)}
+        rs_config = {
+            **config.rejection_sampling,
+            **fmt,
+            "model_name_or_path": latest,
+            "helpfulness_model": rm_h,
+            "safety_model": rm_s,
+            "prompts_name": data[f"rs_v{v}"],
+            "previous_samples": list(rs_runs),
+        }
         if config.rs_fine_tunes == "sft":
             rs_config.update(model_name_or_path=sft_model, policy_model_name_or_path=latest)
         gatt_deps = []
         if config.gatt_from_iteration is not None and v >= config.gatt_from_iteration:
             # GAtt (sec. 3.3): the latest model answers with the instruction in every user message; the rows
             # (instruction in the first turn only, loss on the last answer) join this iteration's fine-tune.
-            stages.append(Stage(f"{it}/gatt", "gatt.py", {**config.gatt, **fmt, "model_name_or_path": latest,
-                                                          "data_only": True, "seed": config.seed + v},
-                                [latest_stage]))
+            stages.append(
+                Stage(
+                    f"{it}/gatt",
+                    "gatt.py",
+                    {**config.gatt, **fmt, "model_name_or_path": latest, "data_only": True, "seed": config.seed + v},
+                    [latest_stage],
+                )
+            )
             rs_config["extra_dialogues"] = [str(Path(out(f"{it}/gatt")) / "gatt_data.jsonl")]
             gatt_deps = [f"{it}/gatt"]
-        rs = Stage(f"{it}/rejection_sampling", "rejection_sampling.py", rs_config,
-                   [latest_stage, "SFT/sft"] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)]
-                   + gatt_deps)
+        rs = Stage(
+            f"{it}/rejection_sampling",
+            "rejection_sampling.py",
+            rs_config,
+            [latest_stage, "SFT/sft"] + rm_deps + [f"RLHF-V{u}/rejection_sampling" for u in range(1, v)] + gatt_deps,
+        )
         stages.append(rs)
         rs_runs.append(out(rs.name))
         new_model, new_stage = out(rs.name), rs.name
         if v >= config.ppo_from_iteration:
-            stages.append(Stage(f"{it}/evaluate_rs", "evaluate.py", {
-                **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
-                "reward_helpfulness": rm_h, "reward_safety": rm_s,
-            }, [new_stage] + rm_deps, version=f"{it}-noPPO"))
-            ppo = Stage(f"{it}/ppo", "ppo.py", {
-                **config.ppo, **fmt, "model_name_or_path": new_model, "helpfulness_model": rm_h,
-                "safety_model": rm_s, "prompts_name": data["ppo"],
-            }, [new_stage] + rm_deps)
+            stages.append(
+                Stage(
+                    f"{it}/evaluate_rs",
+                    "evaluate.py",
+                    {
+                        **config.evaluate,
+                        **fmt,
+                        "model": new_model,
+                        "prompts": data["eval"],
+                        "reward_helpfulness": rm_h,
+                        "reward_safety": rm_s,
+                    },
+                    [new_stage] + rm_deps,
+                    version=f"{it}-noPPO",
+                )
+            )
+            ppo = Stage(
+                f"{it}/ppo",
+                "ppo.py",
+                {
+                    **config.ppo,
+                    **fmt,
+                    "model_name_or_path": new_model,
+                    "helpfulness_model": rm_h,
+                    "safety_model": rm_s,
+                    "prompts_name": data["ppo"],
+                },
+                [new_stage] + rm_deps,
+            )
             stages.append(ppo)
             new_model, new_stage = out(ppo.name), ppo.name
-        stages.append(Stage(f"{it}/evaluate", "evaluate.py", {
-            **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
-            "reward_helpfulness": rm_h, "reward_safety": rm_s,
-        }, [new_stage] + rm_deps, version=it))
+        stages.append(
+            Stage(
+                f"{it}/evaluate",
+                "evaluate.py",
+                {
+                    **config.evaluate,
+                    **fmt,
+                    "model": new_model,
+                    "prompts": data["eval"],
+                    "reward_helpfulness": rm_h,
+                    "reward_safety": rm_s,
+                },
+                [new_stage] + rm_deps,
+                version=it,
+            )
+        )
         if config.context_distillation and v == (config.context_distillation_after or config.iterations):
             # Safety context distillation of this iteration's model with its R_s (sec. 4.2.4); the distilled
             # model is judged as version "<it>-CD" and is the model later iterations start from.
-            stages.append(Stage(f"{it}/context_distillation", "context_distillation.py", {
-                **config.context_distillation, **fmt, "model_name_or_path": new_model, "safety_model": rm_s,
-                "compare_modes": [],
-            }, [new_stage, f"{it}/reward_safety"]))
+            stages.append(
+                Stage(
+                    f"{it}/context_distillation",
+                    "context_distillation.py",
+                    {
+                        **config.context_distillation,
+                        **fmt,
+                        "model_name_or_path": new_model,
+                        "safety_model": rm_s,
+                        "compare_modes": [],
+                    },
+                    [new_stage, f"{it}/reward_safety"],
+                )
+            )
             new_model, new_stage = out(f"{it}/context_distillation"), f"{it}/context_distillation"
-            stages.append(Stage(f"{it}/evaluate_cd", "evaluate.py", {
-                **config.evaluate, **fmt, "model": new_model, "prompts": data["eval"],
-                "reward_helpfulness": rm_h, "reward_safety": rm_s,
-            }, [new_stage] + rm_deps, version=f"{it}-CD"))
+            stages.append(
+                Stage(
+                    f"{it}/evaluate_cd",
+                    "evaluate.py",
+                    {
+                        **config.evaluate,
+                        **fmt,
+                        "model": new_model,
+                        "prompts": data["eval"],
+                        "reward_helpfulness": rm_h,
+                        "reward_safety": rm_s,
+                    },
+                    [new_stage] + rm_deps,
+                    version=f"{it}-CD",
+                )
+            )
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
     # The paper's safety benchmarks on the versions the recipe names (evals/pipeline.py).
@@ -331,9 +483,15 @@ def stage_hashes(stages: list[Stage], data: dict[str, str] | None = None) -> dic
     for stage in stages:
         named = [v for v in stage.config.values() if isinstance(v, str)]
         named += [x for v in stage.config.values() if isinstance(v, list) for x in v if isinstance(x, str)]
-        payload = json.dumps({"script": stage.script, "config": stage.config,
-                              "data": sorted(digests[p] for p in set(named) if p in digests),
-                              "inputs": [hashes[d] for d in stage.depends_on if d in hashes]}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "script": stage.script,
+                "config": stage.config,
+                "data": sorted(digests[p] for p in set(named) if p in digests),
+                "inputs": [hashes[d] for d in stage.depends_on if d in hashes],
+            },
+            sort_keys=True,
+        )
         hashes[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
     return hashes
 
@@ -365,8 +523,11 @@ def stage_threads(config: PipelineConfig) -> int:
 
 
 def forks_stages(config: PipelineConfig) -> bool:
-    return (config.launcher == "auto" and not config.accelerate_config
-            and "fork" in multiprocessing.get_all_start_methods())
+    return (
+        config.launcher == "auto"
+        and not config.accelerate_config
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
 
 
 def launch_command(config: PipelineConfig, script: str, recipe_path: Path, output_dir: Path) -> list[str]:
@@ -374,8 +535,13 @@ def launch_command(config: PipelineConfig, script: str, recipe_path: Path, outpu
     args = [script_path, "--config", str(recipe_path), "--output_dir", str(output_dir)]
     if config.launcher == "python":
         return [sys.executable, *args]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process",
-              str(stage_threads(config))]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_cpu_threads_per_process",
+        str(stage_threads(config)),
+    ]
     if config.accelerate_config:
         launch += ["--config_file", config.accelerate_config]
     else:
@@ -399,8 +565,12 @@ def _run_forked_stage(script_path: str, argv: list[str], log_path: str, threads:
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     os.chdir(REPO_ROOT)
-    os.environ.update(OMP_NUM_THREADS=str(threads), ACCELERATE_MIXED_PRECISION="no", ACCELERATE_DYNAMO_BACKEND="no",
-                      ACCELERATE_USE_CPU="False")
+    os.environ.update(
+        OMP_NUM_THREADS=str(threads),
+        ACCELERATE_MIXED_PRECISION="no",
+        ACCELERATE_DYNAMO_BACKEND="no",
+        ACCELERATE_USE_CPU="False",
+    )
     torch.set_num_threads(threads)
     sys.argv = [script_path, *argv]
     runpy.run_path(script_path, run_name="__main__")
@@ -414,14 +584,20 @@ def run_stage(config: PipelineConfig, stage: Stage, recipe_path: Path, output_di
         script_path = str(RECIPES_DIR / stage.script)
         argv = ["--config", str(recipe_path), "--output_dir", str(output_dir)]
         child = multiprocessing.get_context("fork").Process(
-            target=_run_forked_stage, args=(script_path, argv, str(log_path), threads), name=stage.name)
+            target=_run_forked_stage, args=(script_path, argv, str(log_path), threads), name=stage.name
+        )
         child.start()
         child.join()
         return child.exitcode
     command = launch_command(config, stage.script, recipe_path, output_dir)
     with open(log_path, "a") as log:
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+        return subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        ).returncode
 
 
 def run_pipeline(config_path: str, stop_after: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -447,19 +623,28 @@ def run_pipeline(config_path: str, stop_after: str | None = None, overrides: lis
         output_dir.mkdir(parents=True, exist_ok=True)
         recipe_path = output_dir / "recipe.yaml"
         recipe_path.write_text(yaml.safe_dump({**stage.config, "output_dir": str(output_dir)}, sort_keys=True))
-        manifest["stages"][stage.name] = {"hash": hashes[stage.name], "status": "running", "script": stage.script,
-                                          "output_dir": str(output_dir), "depends_on": stage.depends_on,
-                                          "version": stage.version}
+        manifest["stages"][stage.name] = {
+            "hash": hashes[stage.name],
+            "status": "running",
+            "script": stage.script,
+            "output_dir": str(output_dir),
+            "depends_on": stage.depends_on,
+            "version": stage.version,
+        }
         atomic_write_json(run_dir / MANIFEST, manifest)
         how = "forked" if forks_stages(config) else config.launcher
-        print(f"[{index}/{len(stages)}] {stage.name}: recipes/{stage.script} ({how}, {stage_threads(config)} "
-              f"threads) ... ", flush=True)
+        print(
+            f"[{index}/{len(stages)}] {stage.name}: recipes/{stage.script} ({how}, {stage_threads(config)} "
+            f"threads) ... ",
+            flush=True,
+        )
         stage_start = time.time()
         returncode = run_stage(config, stage, recipe_path, output_dir)
         if returncode != 0:
             tail = (output_dir / "stage.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RecipeError(f"stage {stage.name} failed (exit {returncode}); log: {output_dir / 'stage.log'}\n"
-                              + "\n".join(tail))
+            raise RecipeError(
+                f"stage {stage.name} failed (exit {returncode}); log: {output_dir / 'stage.log'}\n" + "\n".join(tail)
+            )
         manifest["stages"][stage.name].update(status="complete", seconds=round(time.time() - stage_start, 1))
         manifest["wall_seconds"] = wall_before + time.time() - started
         atomic_write_json(run_dir / MANIFEST, manifest)

@@ -51,8 +51,14 @@ def annotation_score(prompt: dict, response: str, kind: str) -> float:
     return helpfulness
 
 
-def annotate(prompt: dict, response_a: str, response_b: str, rng: random.Random,
-             noise: float = DEFAULT_NOISE, kind: str | None = None) -> dict:
+def annotate(
+    prompt: dict,
+    response_a: str,
+    response_b: str,
+    rng: random.Random,
+    noise: float = DEFAULT_NOISE,
+    kind: str | None = None,
+) -> dict:
     """Compare two responses like a (noisy) human annotator; deterministic given rng's state.
 
     kind defaults to the prompt's kind ("safety" for adversarial prompts). Returns ``chosen``, ``rejected``,

@@ -14,7 +14,7 @@ markers: the tokenizer adds BOS/EOS around each document.
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 from alignment.world import prompts as _prompts
 from alignment.world import responses as _responses
@@ -38,10 +38,17 @@ def world_facts() -> list[str]:
     return facts
 
 
-def pretraining_corpus(n_docs: int, seed: int, *, dialog_share: float = 0.5, ideal_share: float = 0.4,
-                       facts_per_doc: tuple[int, int] = (1, 4), split: str = "train",
-                       family_weights: dict[str, float] | None = None,
-                       mode_weights: dict[str, dict[str, float]] | None = None) -> list[str]:
+def pretraining_corpus(
+    n_docs: int,
+    seed: int,
+    *,
+    dialog_share: float = 0.5,
+    ideal_share: float = 0.4,
+    facts_per_doc: tuple[int, int] = (1, 4),
+    split: str = "train",
+    family_weights: dict[str, float] | None = None,
+    mode_weights: dict[str, dict[str, float]] | None = None,
+) -> list[str]:
     """n_docs documents: with probability dialog_share a one-turn transcript on a prompt of ``split`` whose
     answer is ideal with probability ideal_share and otherwise degraded (modes drawn from ``mode_weights``,
     default ``responses.DEFAULT_MODE_WEIGHTS``); else a few fact sentences (between facts_per_doc[0] and
@@ -65,8 +72,9 @@ def pretraining_corpus(n_docs: int, seed: int, *, dialog_share: float = 0.5, ide
     return docs
 
 
-def sft_demonstrations(n: int, seed: int, split: str = "train",
-                       family_weights: dict[str, float] | None = None, closing_share: float = 0.0) -> list[dict]:
+def sft_demonstrations(
+    n: int, seed: int, split: str = "train", family_weights: dict[str, float] | None = None, closing_share: float = 0.0
+) -> list[dict]:
     """n demonstrations ``{"messages": [user, assistant]}`` with ideal answers: helpful answers (borderline
     prompts included) and refusals with a safe alternative for adversarial prompts. Families are drawn by
     weight (uniform by default); within a family prompts are distinct until its pool is exhausted.
@@ -74,7 +82,8 @@ def sft_demonstrations(n: int, seed: int, split: str = "train",
     ``closing_share`` of the helpful answers end with the writer's habit ``SFT_CLOSING`` ("i hope that
     helps."), which the gold judges grade as rambling (0.5 instead of 1.0). Demonstration writers have such
     habits; annotators comparing two answers still prefer the concise one, so preference data can teach what
-    the demonstrations did not (arXiv 2307.09288, sec. 3.1 and 5.1: RLHF goes beyond the quality of the SFT annotations)."""
+    the demonstrations did not (arXiv 2307.09288, sec. 3.1 and 5.1: RLHF goes beyond the quality of the SFT
+    annotations)."""
     if not 0.0 <= closing_share <= 1.0:
         raise ValueError(f"closing_share must lie in [0, 1], got {closing_share}")
     rng = random.Random(seed)
@@ -90,10 +99,14 @@ def sft_demonstrations(n: int, seed: int, split: str = "train",
         answer = _responses.ideal_response(prompt)
         if prompt["kind"] == "helpfulness" and rng.random() < closing_share:
             answer = f"{answer} {SFT_CLOSING}"
-        demos.append({"messages": [
-            {"role": "user", "content": prompt["prompt"]},
-            {"role": "assistant", "content": answer},
-        ]})
+        demos.append(
+            {
+                "messages": [
+                    {"role": "user", "content": prompt["prompt"]},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return demos
 
 

@@ -91,8 +91,9 @@ def make_instruction(kinds: dict) -> dict:
     return {"id": name, "kinds": ordered, "full": " ".join(full), "terse": " ".join(terse)}
 
 
-def sample_instructions(n: int, seed: int, kinds: tuple[str, ...] = INSTRUCTION_KINDS,
-                        max_parts: int = 2) -> list[dict]:
+def sample_instructions(
+    n: int, seed: int, kinds: tuple[str, ...] = INSTRUCTION_KINDS, max_parts: int = 2
+) -> list[dict]:
     """n instructions: 1..max_parts distinct kinds drawn from ``kinds`` (random combinations, as the paper's)."""
     if not kinds or any(k not in INSTRUCTION_KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {INSTRUCTION_KINDS}, got {kinds}")
@@ -102,8 +103,12 @@ def sample_instructions(n: int, seed: int, kinds: tuple[str, ...] = INSTRUCTION_
         chosen = rng.sample(list(kinds), rng.randint(1, min(max_parts, len(kinds))))
         parts = {}
         for kind in chosen:
-            parts[kind] = {"hobby": lambda: rng.choice(HOBBIES), "end_word": lambda: rng.choice(END_WORDS),
-                           "capitals": lambda: True, "language": lambda: LANGUAGE}[kind]()
+            parts[kind] = {
+                "hobby": lambda: rng.choice(HOBBIES),
+                "end_word": lambda: rng.choice(END_WORDS),
+                "capitals": lambda: True,
+                "language": lambda: LANGUAGE,
+            }[kind]()
         out.append(make_instruction(parts))
     return out
 
@@ -158,8 +163,7 @@ def follows(instruction: dict, response: str) -> bool:
 
 def follows_parts(instruction: dict, response: str) -> dict[str, bool]:
     """Per-kind verdicts, for reports: which part of a combined instruction was dropped."""
-    return {kind: follows(make_instruction({kind: value}), response)
-            for kind, value in instruction["kinds"].items()}
+    return {kind: follows(make_instruction({kind: value}), response) for kind, value in instruction["kinds"].items()}
 
 
 def content(instruction: dict, response: str) -> str:
@@ -177,8 +181,8 @@ def content(instruction: dict, response: str) -> str:
         sentence = [w.lower() for w in words(HOBBY_SENTENCE.format(hobby=kinds["hobby"]))]
         n = len(sentence)
         for start in range(len(found) - n, -1, -1):
-            if [w.lower() for w in found[start:start + n]] == sentence:
-                found = found[:start] + found[start + n:]
+            if [w.lower() for w in found[start : start + n]] == sentence:
+                found = found[:start] + found[start + n :]
                 break
     return " ".join(found) + "." if found else ""
 
@@ -228,8 +232,15 @@ def ideal_answer(prompt: dict, instruction: dict | None = None) -> str:
 DEMONSTRATION_MIX = ("system", "in_message", "plain")
 
 
-def instruction_demonstrations(n: int, seed: int, max_turns: int, kinds: tuple[str, ...] = INSTRUCTION_KINDS,
-                               max_parts: int = 2, terse_share: float = 0.5, split: str = "train") -> list[dict]:
+def instruction_demonstrations(
+    n: int,
+    seed: int,
+    max_turns: int,
+    kinds: tuple[str, ...] = INSTRUCTION_KINDS,
+    max_parts: int = 2,
+    terse_share: float = 0.5,
+    split: str = "train",
+) -> list[dict]:
     """SFT demonstrations for a model that follows instructions but was never taught to keep one: the "without
     GAtt" starting point. A third each (seeded):
 

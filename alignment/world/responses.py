@@ -28,10 +28,16 @@ from alignment.world.tables import answer_space
 # Fillers are at most 4 words, so ideal (<= 11 words) plus filler stays under 16 words.
 FILLER_BEFORE: tuple[str, ...] = ("well, let me think.", "hmm, let me see.", "good question.", "ok, so.")
 FILLER_AFTER: tuple[str, ...] = ("i hope that helps.", "hope this helps.", "thanks for asking.", "that is my answer.")
-BARE_REFUSALS: tuple[str, ...] = ("i can't help with that.", "sorry, i can't help with that.",
-                                  "i'm sorry, but i can't help with that.", "i won't help with that.")
-FALSE_REFUSALS: tuple[str, ...] = BARE_REFUSALS + ("i can't help with that, it sounds dangerous.",
-                                                   "sorry, i cannot answer that, it could be harmful.")
+BARE_REFUSALS: tuple[str, ...] = (
+    "i can't help with that.",
+    "sorry, i can't help with that.",
+    "i'm sorry, but i can't help with that.",
+    "i won't help with that.",
+)
+FALSE_REFUSALS: tuple[str, ...] = BARE_REFUSALS + (
+    "i can't help with that, it sounds dangerous.",
+    "sorry, i cannot answer that, it could be harmful.",
+)
 HEDGE = "i should not, but "
 
 DEGRADATION_MODES: dict[str, tuple[str, ...]] = {
@@ -90,8 +96,9 @@ def _off_topic(prompt: dict, rng: random.Random) -> str:
     return other["gold"]["ideal"]
 
 
-def degraded_response(prompt: dict, rng: random.Random, mode: str | None = None,
-                      weights: dict[str, float] | None = None) -> str:
+def degraded_response(
+    prompt: dict, rng: random.Random, mode: str | None = None, weights: dict[str, float] | None = None
+) -> str:
     """One plausible worse answer; the mode is drawn from ``weights`` (default ``DEFAULT_MODE_WEIGHTS``)."""
     group = mode_group(prompt)
     if mode is None:
@@ -99,8 +106,10 @@ def degraded_response(prompt: dict, rng: random.Random, mode: str | None = None,
         names = [m for m in DEGRADATION_MODES[group] if table.get(m, 0.0) > 0]
         mode = rng.choices(names, [table[m] for m in names])[0]
     if mode not in DEGRADATION_MODES[group]:
-        raise ValueError(f"degradation mode {mode!r} does not apply to {group} prompts; "
-                         f"expected one of {', '.join(DEGRADATION_MODES[group])}")
+        raise ValueError(
+            f"degradation mode {mode!r} does not apply to {group} prompts; "
+            f"expected one of {', '.join(DEGRADATION_MODES[group])}"
+        )
     gold = prompt["gold"]
     task = _prompts.get_task(prompt)
     if mode == "wrong":
@@ -126,14 +135,16 @@ def degraded_response(prompt: dict, rng: random.Random, mode: str | None = None,
     return f"{refusal} {task.alternative.format(**gold['slots'])}"
 
 
-def degraded_responses(prompt: dict, rng: random.Random, n: int = 4,
-                       weights: dict[str, float] | None = None) -> list[str]:
+def degraded_responses(
+    prompt: dict, rng: random.Random, n: int = 4, weights: dict[str, float] | None = None
+) -> list[str]:
     """n degraded answers drawn independently (they may repeat)."""
     return [degraded_response(prompt, rng, weights=weights) for _ in range(n)]
 
 
-def response_mixture(prompt: dict, rng: random.Random, ideal_share: float = 0.4,
-                     weights: dict[str, float] | None = None) -> str:
+def response_mixture(
+    prompt: dict, rng: random.Random, ideal_share: float = 0.4, weights: dict[str, float] | None = None
+) -> str:
     """The ideal answer with probability ideal_share, else a degraded one: the corpus's answer distribution."""
     if rng.random() < ideal_share:
         return ideal_response(prompt)

@@ -57,5 +57,7 @@ class WorldJudgeScorer:
 
 def world_prompt_records(split: str):
     """The builtin world's prompts of a split as `PromptRecord`s (IS_SAFETY from the prompt's kind)."""
-    return [PromptRecord(p["id"], [{"role": "user", "content": p["prompt"]}], is_safety_prompt(p), {"family": p["family"]})
-            for p in prompt_pool(split)]
+    return [
+        PromptRecord(p["id"], [{"role": "user", "content": p["prompt"]}], is_safety_prompt(p), {"family": p["family"]})
+        for p in prompt_pool(split)
+    ]

@@ -20,8 +20,30 @@ OPERATIONS = {
 
 # Short words for the spelling tasks (reverse, capital letters, letter count).
 WORDS: tuple[str, ...] = (
-    "cat", "dog", "sun", "map", "cup", "hat", "pen", "box", "bed", "egg", "fox", "owl",
-    "bus", "jam", "kite", "frog", "lamp", "milk", "nest", "rain", "ship", "star", "tree", "wolf",
+    "cat",
+    "dog",
+    "sun",
+    "map",
+    "cup",
+    "hat",
+    "pen",
+    "box",
+    "bed",
+    "egg",
+    "fox",
+    "owl",
+    "bus",
+    "jam",
+    "kite",
+    "frog",
+    "lamp",
+    "milk",
+    "nest",
+    "rain",
+    "ship",
+    "star",
+    "tree",
+    "wolf",
 )
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -31,37 +53,85 @@ NEXT_LETTER_FROM: tuple[str, ...] = tuple(c for c in LETTERS[:-1] if c != "h")
 AMBIGUOUS_LETTERS = frozenset({"a", "i"})
 
 ANTONYM_PAIRS: tuple[tuple[str, str], ...] = (
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("day", "night"),
-    ("happy", "sad"), ("old", "new"), ("wet", "dry"), ("light", "dark"), ("hard", "soft"),
-    ("open", "closed"), ("full", "empty"), ("early", "late"), ("loud", "quiet"), ("rich", "poor"),
-    ("high", "low"), ("strong", "weak"), ("clean", "dirty"), ("long", "short"), ("near", "far"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("up", "down"),
+    ("day", "night"),
+    ("happy", "sad"),
+    ("old", "new"),
+    ("wet", "dry"),
+    ("light", "dark"),
+    ("hard", "soft"),
+    ("open", "closed"),
+    ("full", "empty"),
+    ("early", "late"),
+    ("loud", "quiet"),
+    ("rich", "poor"),
+    ("high", "low"),
+    ("strong", "weak"),
+    ("clean", "dirty"),
+    ("long", "short"),
+    ("near", "far"),
 )
 ANTONYMS: dict[str, str] = {**dict(ANTONYM_PAIRS), **{b: a for a, b in ANTONYM_PAIRS}}
 
 # Fictional countries, so no answer can come from anything but this table.
 CAPITALS: dict[str, str] = {
-    "zorland": "mirth", "kestovia": "balan", "pellmark": "oru", "tarvin": "sollo",
-    "quendor": "lisk", "morvath": "enna", "dalsk": "harrow", "ixland": "tem",
-    "brovia": "kall", "sundar": "pell", "vettra": "omsk", "lurania": "dane",
-    "gorvik": "tulla", "essany": "brim", "ralmo": "fenn", "oskaria": "vado",
-    "nimbra": "sorrel", "caltor": "yeva", "drumlin": "hask", "felmora": "tiro",
+    "zorland": "mirth",
+    "kestovia": "balan",
+    "pellmark": "oru",
+    "tarvin": "sollo",
+    "quendor": "lisk",
+    "morvath": "enna",
+    "dalsk": "harrow",
+    "ixland": "tem",
+    "brovia": "kall",
+    "sundar": "pell",
+    "vettra": "omsk",
+    "lurania": "dane",
+    "gorvik": "tulla",
+    "essany": "brim",
+    "ralmo": "fenn",
+    "oskaria": "vado",
+    "nimbra": "sorrel",
+    "caltor": "yeva",
+    "drumlin": "hask",
+    "felmora": "tiro",
 }
 
 # Borderline facts: the subject sounds dangerous, the question is harmless.
 BORDERLINE_COLOURS: dict[str, str] = {
-    "poison dart frog": "blue", "fire ant": "red", "black widow spider": "black",
-    "killer bee": "yellow", "death cap mushroom": "green", "tiger shark": "grey",
-    "vampire bat": "brown", "ghost crab": "white",
+    "poison dart frog": "blue",
+    "fire ant": "red",
+    "black widow spider": "black",
+    "killer bee": "yellow",
+    "death cap mushroom": "green",
+    "tiger shark": "grey",
+    "vampire bat": "brown",
+    "ghost crab": "white",
 }
 BORDERLINE_LEGS: dict[str, int] = {
-    "scorpion": 8, "tarantula": 8, "black widow spider": 8, "fire ant": 6,
-    "killer bee": 6, "poison dart frog": 4, "vampire bat": 2, "rattlesnake": 0,
+    "scorpion": 8,
+    "tarantula": 8,
+    "black widow spider": 8,
+    "fire ant": 6,
+    "killer bee": 6,
+    "poison dart frog": 4,
+    "vampire bat": 2,
+    "rattlesnake": 0,
 }
 COLOURS: tuple[str, ...] = ("blue", "red", "black", "yellow", "green", "grey", "brown", "white", "purple", "pink")
 PROCESSES: tuple[str, ...] = ("python", "java", "ruby", "node", "shell", "server", "backup", "browser")
 FOODS: tuple[tuple[str, str], ...] = (
-    ("an", "onion"), ("a", "carrot"), ("a", "melon"), ("a", "potato"),
-    ("an", "apple"), ("a", "lemon"), ("a", "pepper"), ("a", "cabbage"),
+    ("an", "onion"),
+    ("a", "carrot"),
+    ("a", "melon"),
+    ("a", "potato"),
+    ("an", "apple"),
+    ("a", "lemon"),
+    ("a", "pepper"),
+    ("a", "cabbage"),
 )
 PHOTO_ANIMALS: tuple[str, ...] = ("bird", "horse", "duck", "deer", "rabbit", "goat", "swan", "puppy")
 GARDEN_PLACES: tuple[str, ...] = ("garden", "yard", "lawn", "path", "patio", "field")
