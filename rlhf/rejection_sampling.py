@@ -461,21 +461,7 @@ class RejectionSampler:
         return out
 
     def _sample_chunk(self, chunk_prompts: list[PromptRecord], start: int, params: SamplingParams) -> list[dict]:
-        sampler, tokenizer = self.engines[self.policy_name]()
-        samples = sampler.generate(
-            [encode_prompt(tokenizer, p.messages, self.chat_format) for p in chunk_prompts], params
-        )
-        samples.sort(key=lambda s: (s.prompt_index, s.sample_index))
-        owners = [chunk_prompts[s.prompt_index] for s in samples]
-        h, r = self.reward_models()
-        scores = score_samples(
-            h,
-            r,
-            [p.messages for p in owners],
-            [s.text for s in samples],
-            [p.is_safety_prompt for p in owners],
-            self.threshold,
-        )
+        samples, owners, scores = self.generate_scored(self.engines[self.policy_name], chunk_prompts, params)
         return [
             {
                 "prompt_id": owner.id,
@@ -492,6 +478,23 @@ class RejectionSampler:
             }
             for owner, sample, score in zip(owners, samples, scores.rows())
         ]
+
+    def generate_scored(self, engine: Lazy, prompts: list[PromptRecord], params: SamplingParams):
+        """(samples in prompt order, each sample's prompt, their R_h / R_s / R_c scores)."""
+        sampler, tokenizer = engine()
+        samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in prompts], params)
+        samples.sort(key=lambda s: (s.prompt_index, s.sample_index))
+        owners = [prompts[s.prompt_index] for s in samples]
+        h, r = self.reward_models()
+        scores = score_samples(
+            h,
+            r,
+            [p.messages for p in owners],
+            [s.text for s in samples],
+            [p.is_safety_prompt for p in owners],
+            self.threshold,
+        )
+        return samples, owners, scores
 
     def sweep_temperature(self, prompts: list[PromptRecord]) -> float:
         """Figure 8's sweep on the first prompts; returns the temperature to sample with."""
@@ -575,18 +578,7 @@ class RejectionSampler:
             rs_args.max_new_tokens,
             self.seed,
         )
-        sampler, tokenizer = engine()
-        samples = sampler.generate([encode_prompt(tokenizer, p.messages, self.chat_format) for p in prompts], params)
-        owners = [prompts[s.prompt_index] for s in samples]
-        h, r = self.reward_models()
-        scores = score_samples(
-            h,
-            r,
-            [p.messages for p in owners],
-            [s.text for s in samples],
-            [p.is_safety_prompt for p in owners],
-            self.threshold,
-        )
+        samples, _, scores = self.generate_scored(engine, prompts, params)
         count = max(1, len(scores))
         return {
             "mean_r_c": float(scores.combined.mean()) if len(scores) else 0.0,

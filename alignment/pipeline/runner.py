@@ -346,6 +346,13 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
                 )
             )
         rm_h, rm_s = out(f"{it}/reward_helpfulness"), out(f"{it}/reward_safety")
+
+        def evaluate_stage(name: str, model: str, deps: list[str], version: str, rm_h=rm_h, rm_s=rm_s) -> Stage:
+            """Gold and RM judgement of one version, by this iteration's reward models."""
+            judges = {"reward_helpfulness": rm_h, "reward_safety": rm_s}
+            settings = {**config.evaluate, **fmt, "model": model, "prompts": data["eval"], **judges}
+            return Stage(name, "evaluate.py", settings, deps, version=version)
+
         rm_deps = [f"{it}/reward_helpfulness", f"{it}/reward_safety"]
         rs_config = {
             **config.rejection_sampling,
@@ -382,22 +389,7 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
         rs_runs.append(out(rs.name))
         new_model, new_stage = out(rs.name), rs.name
         if v >= config.ppo_from_iteration:
-            stages.append(
-                Stage(
-                    f"{it}/evaluate_rs",
-                    "evaluate.py",
-                    {
-                        **config.evaluate,
-                        **fmt,
-                        "model": new_model,
-                        "prompts": data["eval"],
-                        "reward_helpfulness": rm_h,
-                        "reward_safety": rm_s,
-                    },
-                    [new_stage] + rm_deps,
-                    version=f"{it}-noPPO",
-                )
-            )
+            stages.append(evaluate_stage(f"{it}/evaluate_rs", new_model, [new_stage] + rm_deps, f"{it}-noPPO"))
             ppo = Stage(
                 f"{it}/ppo",
                 "ppo.py",
@@ -413,22 +405,7 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
             )
             stages.append(ppo)
             new_model, new_stage = out(ppo.name), ppo.name
-        stages.append(
-            Stage(
-                f"{it}/evaluate",
-                "evaluate.py",
-                {
-                    **config.evaluate,
-                    **fmt,
-                    "model": new_model,
-                    "prompts": data["eval"],
-                    "reward_helpfulness": rm_h,
-                    "reward_safety": rm_s,
-                },
-                [new_stage] + rm_deps,
-                version=it,
-            )
-        )
+        stages.append(evaluate_stage(f"{it}/evaluate", new_model, [new_stage] + rm_deps, it))
         if config.context_distillation and v == (config.context_distillation_after or config.iterations):
             # Safety context distillation of this iteration's model with its R_s (sec. 4.2.4); the distilled
             # model is judged as version "<it>-CD" and is the model later iterations start from.
@@ -447,22 +424,7 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
                 )
             )
             new_model, new_stage = out(f"{it}/context_distillation"), f"{it}/context_distillation"
-            stages.append(
-                Stage(
-                    f"{it}/evaluate_cd",
-                    "evaluate.py",
-                    {
-                        **config.evaluate,
-                        **fmt,
-                        "model": new_model,
-                        "prompts": data["eval"],
-                        "reward_helpfulness": rm_h,
-                        "reward_safety": rm_s,
-                    },
-                    [new_stage] + rm_deps,
-                    version=f"{it}-CD",
-                )
-            )
+            stages.append(evaluate_stage(f"{it}/evaluate_cd", new_model, [new_stage] + rm_deps, f"{it}-CD"))
         previous, previous_stage = latest, latest_stage
         latest, latest_stage = new_model, new_stage
     # The paper's safety benchmarks on the versions the recipe names (evals/pipeline.py).
