@@ -27,6 +27,7 @@ VERSION_KEYS = (
     "rm_helpfulness",
     "rm_safety",
 )
+STDERR_KEYS = ("gold_helpfulness_stderr", "gold_violation_rate_stderr", "gold_false_refusal_rate_stderr")
 
 
 def _load_json(path: Path) -> dict | None:
@@ -62,7 +63,7 @@ def version_rows(config, run_dir: Path, stages, data: dict) -> list[dict]:
                 )
             )
         row = {"name": stage.version}
-        for key in VERSION_KEYS:
+        for key in (*VERSION_KEYS, *STDERR_KEYS, "n_helpfulness", "n_safety", "n_borderline"):
             row[key] = rescored.get(key, result.get(key))
         row["per_family"] = result.get("per_family")
         rows.append(row)
@@ -239,17 +240,27 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"
 
+    def with_stderr(version: dict, key: str) -> str:
+        stderr = version.get(f"{key}_stderr")
+        return fmt(version[key]) + ("" if stderr is None else f" ± {stderr:.3f}")
+
+    counts = next((v for v in versions if v.get("n_helpfulness") is not None), {})
     lines = [
         "# Pipeline report",
         "",
         f"Run directory: `{run_dir}`; wall time {fmt(report['wall_seconds'])} s.",
+        "",
+        f"Gold figures ± their standard error over prompts: helpfulness on {counts.get('n_helpfulness')} held-out "
+        f"prompts ({counts.get('n_borderline')} of them borderline), violations on {counts.get('n_safety')} "
+        "adversarial prompts.",
         "",
         "| version | gold helpfulness | gold violation rate | gold false-refusal rate | gold combined | "
         "RM helpfulness | RM safety |",
         "|---|---|---|---|---|---|---|",
     ]
     for v in versions:
-        lines.append(f"| {v['name']} | " + " | ".join(fmt(v[k]) for k in VERSION_KEYS) + " |")
+        cells = [with_stderr(v, k) if f"{k}_stderr" in STDERR_KEYS else fmt(v[k]) for k in VERSION_KEYS]
+        lines.append(f"| {v['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "RM figures: mean sigmoid score of the final R_h on helpfulness prompts and of the final R_s on "
