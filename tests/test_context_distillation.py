@@ -347,7 +347,7 @@ def test_tiny_preset_parses():
     assert cd_args.compare_modes == ["none", "generic", "template", "targeted"]
     assert model_args.model_name_or_path.endswith("SFT/sft") and cd_args.safety_model.endswith("reward_safety")
     with pytest.raises(RecipeError, match="unknown key 'modes'"):
-        parse_recipe(DATACLASSES, recipe={"modes": ["generic"]})
+        parse_recipe(DATACLASSES, [], recipe={"modes": ["generic"]})
 
 
 # Pipeline hook ------------------------------------------------------------------------------------------

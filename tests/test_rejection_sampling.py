@@ -355,7 +355,7 @@ def test_recipes_parse_and_bad_keys_are_named():
         )
         assert rs_args.num_samples >= 4 and training_args.output_dir.endswith("rejection_sampling")
     with pytest.raises(RecipeError, match="unknown key 'num_sample' .*num_samples"):
-        parse_recipe(DATACLASSES, recipe={"num_sample": 3})
+        parse_recipe(DATACLASSES, [], recipe={"num_sample": 3})  # [], not pytest's own argv
 
 
 # Learning on the tiny model -------------------------------------------------------------------------------
