@@ -283,13 +283,14 @@ def _wait_for_running(manifest_path: Path, stage: str, process, timeout: float) 
                 record = None
             if record and record["status"] == "running":
                 return
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"{stage} did not start within {timeout}s")
 
 
 def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(tmp_path):
     """The tiny end-to-end pipeline (SFT, V1 with RS and PPO), killed with SIGKILL inside V1 (forked stages)."""
-    path = write_recipe(tmp_path, launcher="auto")
+    # A longer R_s stage (10 epochs) so the kill lands inside it on a fast machine too.
+    path = write_recipe(tmp_path, launcher="auto", reward_safety={**SHORT["reward_safety"], "num_train_epochs": 10})
     command = [sys.executable, str(REPO / "recipes" / "pipeline.py"), "--config", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
