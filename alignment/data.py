@@ -248,6 +248,11 @@ def load_dialogs(
     return dialogs
 
 
+def messages_key(messages) -> str:
+    """A prompt's identity for held-out splits: its messages as canonical JSON (the same text, the same key)."""
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
 def held_out_share(key: str, seed: int) -> float:
     """A fixed point in [0, 1) for (seed, key): the key is held out when it falls below the held-out fraction.
 

@@ -33,14 +33,13 @@ Formats (`load_comparisons(..., format=...)`):
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignment.config import DataError, RecipeError
-from alignment.data import SkipCounter, read_records, row_to_prompt, split_by_key
+from alignment.data import SkipCounter, messages_key, read_records, row_to_prompt, split_by_key
 from alignment.ratings import normalize_rating
 
 KINDS = ("helpfulness", "safety")
@@ -74,7 +73,7 @@ class Comparison:
         return BOTH_UNSAFE  # chosen unsafe & rejected safe never gets here: see _finish
 
     def prompt_key(self) -> str:
-        return json.dumps(self.prompt, sort_keys=True, ensure_ascii=False)
+        return messages_key(self.prompt)
 
     def to_row(self) -> dict:
         """The project's own schema (round-trips through load_comparisons)."""

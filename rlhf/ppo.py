@@ -77,6 +77,7 @@ from alignment.data import (
     append_jsonl,
     atomic_write_json,
     load_prompts,
+    messages_key,
     read_jsonl_tolerant,
     split_by_key,
 )
@@ -377,7 +378,7 @@ def load_ppo_prompts(config: PPOConfig) -> tuple[list[PromptRecord], list[Prompt
 
 
 def prompt_key(prompt: PromptRecord) -> str:
-    return json.dumps(prompt.messages, sort_keys=True, ensure_ascii=False)
+    return messages_key(prompt.messages)
 
 
 def split_heldout_by_prompt(

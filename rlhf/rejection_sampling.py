@@ -288,11 +288,6 @@ def load_previous_top(path: str | Path, top: int = 1, drop_unfinished: bool = Tr
     return top_of_k(rows, top, drop_unfinished)
 
 
-def load_previous_best(path: str | Path) -> list[dict]:
-    """The best finished sample per prompt of an earlier iteration, by that iteration's scores."""
-    return load_previous_top(path, 1)
-
-
 def rescore(rows: list[dict], scorers: tuple[Scorer, Scorer], threshold: float, source: str) -> list[dict]:
     """The same samples with the current reward models' scores (R_c is only comparable under one RM pair)."""
     if not rows:

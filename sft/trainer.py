@@ -20,7 +20,7 @@ from trl import SFTTrainer
 from alignment.batching import accumulation_steps, world_size
 from alignment.chat import check_chat_format, encode_dialog
 from alignment.config import RecipeError, config_to_dict, require_file
-from alignment.data import SkipCounter, atomic_write_json, load_dialogs, resolve_dataset, split_by_key
+from alignment.data import SkipCounter, atomic_write_json, load_dialogs, messages_key, resolve_dataset, split_by_key
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
 from alignment.training import train_resumable
@@ -43,7 +43,7 @@ def tokenize_dialogs(dialogs: list[list[dict]], tokenizer, chat_format: str):
 def dialog_prompt_key(dialog) -> str:
     """A dialogue's prompt (every message before its last answer): rows that share it are held out together."""
     prompt = dialog[:-1] if isinstance(dialog, list) and dialog and dialog[-1].get("role") == "assistant" else dialog
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return messages_key(prompt)
 
 
 def split_dialogs(dialogs: list, eval_fraction: float, seed: int) -> tuple[list, list]:

@@ -11,7 +11,6 @@ import torch
 from alignment.config import DataError, RecipeError, parse_recipe
 from rlhf.rejection_sampling import (
     RejectionSamplingArguments,
-    load_previous_best,
     load_previous_top,
     rescore,
     run_rejection_sampling,
@@ -104,7 +103,7 @@ def test_previous_best_is_rescored_by_the_current_reward_models(tmp_path):
     path = tmp_path / "samples.jsonl"
     lines = [row("p", 0, 5.0, "old-high"), row("p", 1, 1.0, "old-low")]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    previous = load_previous_best(tmp_path)  # a run directory works as well as its file
+    previous = load_previous_top(tmp_path)  # a run directory works as well as its file
     assert [p["response"] for p in previous] == ["old-high"]  # chosen by that iteration's own scores
     current_rms = (TableScorer({"old-high": -1.0, "mine": 0.5}), TableScorer({"old-high": 4.0, "mine": 4.0}))
     rescored = rescore(previous, current_rms, 0.15, str(path))
@@ -163,10 +162,10 @@ def test_bad_previous_samples_name_file_line_and_field(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(row("p", 0, 1.0)) + "\n" + json.dumps({"messages": user("q"), "response": "x"}) + "\n")
     with pytest.raises(DataError, match=r"s\.jsonl:2: missing field 'r_c'"):
-        load_previous_best(path)
+        load_previous_top(path)
     path.write_text(json.dumps(row("p", 0, 1.0)) + "\n{not json\n")
     with pytest.raises(DataError, match=r"s\.jsonl:2: malformed JSON"):
-        load_previous_best(path)
+        load_previous_top(path)
 
 
 # Figures 7 and 8 ------------------------------------------------------------------------------------------

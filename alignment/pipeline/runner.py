@@ -164,7 +164,8 @@ MAX_ITERATIONS = 20
 
 def stage_config_types(script: str) -> tuple[type, ...]:
     """The dataclasses a stage script parses, to validate the pipeline recipe before anything runs."""
-    return STAGE_CONFIG_TYPES[stage_by_script(script).script]
+    stage_by_script(script)  # an unknown script fails here, naming the known ones
+    return STAGE_CONFIG_TYPES[script]
 
 
 def pipeline_sections() -> dict[str, dict]:
