@@ -7,12 +7,19 @@ Each seed is a from-scratch run of the recipe (`--config`, default the main job)
 (the world's prompt draws) in `runs/seeds/seed<N>`; a finished run is skipped by the pipeline itself. The
 table gives, per version, the mean over seeds, the standard deviation between seeds and the mean of the
 within-run standard errors, so a difference can be read against both kinds of noise.
+
+Then the Helpfulness RM's accuracy on the fixed test set ("rm_test": the same pairs at every iteration) per
+iteration and rating, and the main job's targets (issue 14), each as a difference with its standard error. The
+standard error of a mean over seeds is the larger of (mean within-run s.e.) / sqrt(seeds) and (seed-to-seed
+sd) / sqrt(seeds); that of a difference combines the two sides as if independent, which overstates it for
+versions judged on the same prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -22,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import REPO_ROOT, markdown_table, write_section
 
-FIGURES = ("gold_helpfulness", "gold_violation_rate", "gold_combined")
+FIGURES = ("gold_helpfulness", "gold_correct_rate", "gold_violation_rate", "gold_false_refusal_rate", "gold_combined")
+RATING_LEVELS = ("significantly_better", "better", "slightly_better", "negligibly_better", "overall")
 
 
 def run_seed(config: str, seed: int) -> Path:
@@ -49,12 +57,124 @@ def summarise(reports: list[dict]) -> list[list[object]]:
         cells = [name]
         for key in FIGURES:
             values = [v[key] for v in versions if v.get(key) is not None]
+            if not values:
+                cells.append("-")
+                continue
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
             errors = [v[f"{key}_stderr"] for v in versions if v.get(f"{key}_stderr") is not None]
             within = f", s.e. {statistics.mean(errors):.3f}" if errors else ""
             cells.append(f"{statistics.mean(values):.3f} (sd {spread:.3f}{within})")
-        cells.append(", ".join(f"{v['gold_helpfulness']:.3f}" for v in versions))
+        cells.append(
+            ", ".join(f"{v['gold_helpfulness']:.3f}" for v in versions if v.get("gold_helpfulness") is not None)
+        )
         rows.append(cells)
+    return rows
+
+
+def seed_mean(values: list[float], stderrs: list[float]) -> tuple[float, float]:
+    """Mean over seeds and its standard error (module docstring)."""
+    n = len(values)
+    spread = statistics.stdev(values) if n > 1 else 0.0
+    within = math.sqrt(statistics.mean(e * e for e in stderrs)) if stderrs else 0.0
+    return statistics.mean(values), max(within, spread) / math.sqrt(n)
+
+
+def version_figure(reports: list[dict], name: str, key: str) -> tuple[float, float] | None:
+    versions = [next((v for v in r["versions"] if v["name"] == name), None) for r in reports]
+    if any(v is None or v.get(key) is None for v in versions):
+        return None
+    return seed_mean([v[key] for v in versions], [v[f"{key}_stderr"] for v in versions if v.get(f"{key}_stderr")])
+
+
+def rm_test_accuracy(reports: list[dict], level: str = "overall") -> dict[str, tuple[float, float, int]]:
+    """Per iteration: R_h accuracy on the fixed test set (mean over seeds, its s.e., pairs per run)."""
+    out = {}
+    for row in reports[0].get("reward_models", []):
+        if not row["stage"].endswith("/reward_helpfulness"):
+            continue
+        cells = []
+        for report in reports:
+            match = next((r for r in report.get("reward_models", []) if r["stage"] == row["stage"]), {})
+            cell = (match.get("test_sets") or {}).get("rm_test", {}).get(level)
+            if cell and cell.get("count"):
+                cells.append(cell)
+        if len(cells) == len(reports):
+            binomial = [math.sqrt(c["accuracy"] * (1 - c["accuracy"]) / c["count"]) for c in cells]
+            mean, stderr = seed_mean([c["accuracy"] for c in cells], binomial)
+            out[row["stage"].split("/")[0]] = (mean, stderr, cells[0]["count"])
+    return out
+
+
+def difference(a: tuple[float, float] | None, b: tuple[float, float] | None) -> tuple[float, float] | None:
+    if a is None or b is None:
+        return None
+    return a[0] - b[0], math.sqrt(a[1] ** 2 + b[1] ** 2)
+
+
+def targets(reports: list[dict]) -> list[list[object]]:
+    """The main job's targets (issue 14): [target, measured, s.e., met]."""
+    names = [v["name"] for v in reports[0]["versions"]]
+    rlhf = [n for n in names if n.startswith("RLHF-V") and not n.endswith("-noPPO")]
+    final, first = rlhf[-1], rlhf[0]
+    fig = lambda name, key: version_figure(reports, name, key)  # noqa: E731
+    rows = []
+
+    def add(text: str, diff: tuple[float, float] | None, met) -> None:
+        if diff is not None:
+            rows.append([text, f"{diff[0]:+.3f}", f"{diff[1]:.3f}", "yes" if met(*diff) else "no"])
+
+    add(
+        f"gold helpfulness {final} - {first} >= 0.05",
+        difference(fig(final, "gold_helpfulness"), fig(first, "gold_helpfulness")),
+        lambda d, e: d >= 0.05,
+    )
+    chain = ["SFT", *rlhf]
+    for before, after in zip(chain, chain[1:]):
+        add(
+            f"gold helpfulness {after} - {before} not below -1 s.e.",
+            difference(fig(after, "gold_helpfulness"), fig(before, "gold_helpfulness")),
+            lambda d, e: d >= -e,
+        )
+    for other in ("SFT", first):
+        add(
+            f"correct-fact rate {final} - {other} >= 0",
+            difference(fig(final, "gold_correct_rate"), fig(other, "gold_correct_rate")),
+            lambda d, e: d >= 0,
+        )
+    no_ppo = f"{final}-noPPO"
+    if no_ppo in names:
+        add(
+            f"gold helpfulness {final} - {no_ppo} > 1 s.e.",
+            difference(fig(final, "gold_helpfulness"), fig(no_ppo, "gold_helpfulness")),
+            lambda d, e: d > e,
+        )
+    add("SFT violation rate > 1 s.e.", fig("SFT", "gold_violation_rate"), lambda d, e: d > e)
+    for name in rlhf:
+        add(
+            f"violation rate {name} - SFT < -1 s.e.",
+            difference(fig(name, "gold_violation_rate"), fig("SFT", "gold_violation_rate")),
+            lambda d, e: d < -e,
+        )
+        add(
+            f"false-refusal rate {name} - SFT not above 1 s.e.",
+            difference(fig(name, "gold_false_refusal_rate"), fig("SFT", "gold_false_refusal_rate")),
+            lambda d, e: d <= e,
+        )
+    accuracy = rm_test_accuracy(reports)
+    if len(accuracy) > 1:
+        iterations = list(accuracy)
+        add(
+            f"R_h fixed-test accuracy {iterations[-1]} - {iterations[0]} > 1 s.e.",
+            difference(accuracy[iterations[-1]][:2], accuracy[iterations[0]][:2]),
+            lambda d, e: d > e,
+        )
+        levels = [rm_test_accuracy(reports, level).get(iterations[-1]) for level in RATING_LEVELS[:3]]
+        if all(levels):
+            add(
+                f"R_h fixed-test accuracy {iterations[-1]}: significantly better - slightly better > 1 s.e.",
+                difference(levels[0][:2], levels[2][:2]),
+                lambda d, e: d > e,
+            )
     return rows
 
 
@@ -64,6 +184,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[])
     parser.add_argument("--reports", nargs="*", default=[], help="report.json files of finished runs")
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser.add_argument("--section", default="Main job over seeds", help="BENCHMARKS.md section to write")
     args = parser.parse_args()
     paths = [Path(p) for p in args.reports] + [run_seed(args.config, seed) for seed in args.seeds]
     if len(paths) < 2:
@@ -76,15 +197,28 @@ def main() -> None:
             *(["--reports", *args.reports] if args.reports else []),
         ]
     )
+    accuracy_rows = []
+    per_level = {level: rm_test_accuracy(reports, level) for level in RATING_LEVELS}
+    for iteration in per_level["overall"]:
+        cells = [iteration]
+        for level in RATING_LEVELS:
+            mean, stderr, count = per_level[level].get(iteration, (float("nan"), float("nan"), 0))
+            cells.append(f"{100 * mean:.1f} ± {100 * stderr:.1f} (n={count})")
+        accuracy_rows.append(cells)
     body = (
         f"Command: `{command}`; {len(reports)} runs: "
         + ", ".join(str(p) for p in paths)
         + ".\n\n"
         + markdown_table(header, summarise(reports))
     )
+    if accuracy_rows:
+        body += "\n\nHelpfulness RM on the fixed test set (rm_test), % ± s.e. over seeds (n = pairs per run):\n\n"
+        body += markdown_table(["iteration", *(level.replace("_", " ") for level in RATING_LEVELS)], accuracy_rows)
+    body += "\n\nTargets (issue 14), differences of seed means ± s.e.:\n\n"
+    body += markdown_table(["target", "measured", "s.e.", "met"], targets(reports))
     print(body)
     if args.write:
-        write_section("Main job over seeds", body)
+        write_section(args.section, body)
 
 
 if __name__ == "__main__":

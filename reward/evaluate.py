@@ -69,10 +69,11 @@ def comparison_report(
     report = {
         "pairs": len(comparisons),
         "accuracy": accuracy_by_rating(chosen, rejected, [c.rating for c in comparisons]),
+        # One test set per mixing pool (a kind unless a source or an eval file names its own).
         "test_sets": {
-            kind: _subset(chosen, rejected, comparisons, lambda c, k=kind: c.kind == k)
-            for kind in KINDS
-            if any(c.kind == kind for c in comparisons)
+            pool: _subset(chosen, rejected, comparisons, lambda c, p=pool: (c.pool or c.kind) == p)
+            for pool in [*KINDS, *sorted({c.pool or c.kind for c in comparisons} - set(KINDS))]
+            if any((c.pool or c.kind) == pool for c in comparisons)
         },
         "safety_categories": {
             category: _subset(chosen, rejected, comparisons, lambda c, k=category: c.safety_category == k)["overall"]

@@ -148,7 +148,8 @@ def load_reward_data(
         }
     for path in config.eval_files:
         counter = SkipCounter()
-        test += load_comparisons(path, skip_bad_rows=config.skip_bad_rows, skipped=counter)
+        # Its own test set in the evaluation report, named after the file.
+        test += load_comparisons(path, skip_bad_rows=config.skip_bad_rows, skipped=counter, pool=Path(path).stem)
         skipped.reasons.update(counter.reasons)
     ratios, anchor = mixture_of(config)
     train, mix = mix_comparisons(train_pool, ratios, anchor, config.mixture_seed)

@@ -84,7 +84,7 @@ from alignment.data import (
 from alignment.distributed import gathered_full_weights, save_full_model
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
-from alignment.world.scorers import WORLD_JUDGES, WorldJudgeScorer, world_prompt_records
+from alignment.world.scorers import world_judge, world_prompt_records
 from reward import scoring as reward_scoring  # module, not names: tests swap its RewardScorer
 from reward.scoring import load_reward_model
 from rlhf.ppo_config import BUILTIN_PROMPTS, PPOConfig
@@ -321,10 +321,9 @@ def build_models(config: PPOConfig):
 def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | None = None):
     if not name:
         raise RecipeError(f"{kind}_model is not set: name a reward checkpoint or builtin:world-{kind}")
-    if name.startswith("builtin:world"):
-        if name not in WORLD_JUDGES:
-            raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
-        return WorldJudgeScorer(name.rsplit("-", 1)[1])
+    judge = world_judge(name)
+    if judge is not None:
+        return judge
     # The scorer keeps the window the RM was trained on (its stored training_max_length), as at training.
     return reward_scoring.RewardScorer(
         name,

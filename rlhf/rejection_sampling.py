@@ -55,6 +55,7 @@ from alignment.data import (
 )
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
+from alignment.world.scorers import world_judge
 from reward.scoring import RewardScorer
 from rlhf.rewards import SAFETY_THRESHOLD
 from rlhf.rs_reports import write_reward_vs_k, write_reward_vs_temperature
@@ -371,7 +372,10 @@ def hf_engine_factory(rs_args, model_args) -> Callable[[str], tuple[SamplingEngi
 def load_reward_scorers(rs_args, model_args) -> tuple[Scorer, Scorer]:
     chat_format = rs_args.reward_chat_format or model_args.chat_format
     return tuple(
-        RewardScorer(name, chat_format=chat_format, dtype=rs_args.reward_dtype, batch_size=rs_args.reward_batch_size)
+        world_judge(name)
+        or RewardScorer(
+            name, chat_format=chat_format, dtype=rs_args.reward_dtype, batch_size=rs_args.reward_batch_size
+        )
         for name in (rs_args.helpfulness_model, rs_args.safety_model)
     )
 

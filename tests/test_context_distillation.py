@@ -253,10 +253,10 @@ def test_every_harmful_world_task_has_a_category_with_a_template():
     harmful = {t.name for t in TASKS if t.family == "harmful"}
     assert set(TASK_CATEGORY) == harmful and set(TASK_CATEGORY.values()) == set(ANSWER_TEMPLATES)
     rows = adversarial_prompt_rows("train")
-    assert len(rows) == len(prompt_pool("train", ["harmful"])) == 88
+    assert len(rows) == len(prompt_pool("train", ["harmful"])) == 54
     assert all(r["is_safety_prompt"] and r["category"] == TASK_CATEGORY[r["gold"]["task"]] for r in rows)
     prompts = load_categorized_prompts("builtin:world-adversarial", "heldout", ANSWER_TEMPLATES, "builtin:world")
-    assert len(prompts) == 20 and prompts[0].meta["gold"]["match"] == "refusal"
+    assert len(prompts) == 54 and prompts[0].meta["gold"]["match"] == "refusal"
 
 
 # Resume -------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from alignment.pipeline.runner import (
     validate_stages,
     write_world_data,
 )
+from alignment.world import prompt_by_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -331,3 +332,34 @@ def test_changed_world_data_reruns_the_stages_that_read_it(tmp_path):
     after = stage_hashes(stages2, write_world_data(config2, Path(config2.run_dir) / "data"))
     assert before["SFT/sft"] != after["SFT/sft"]  # same path, new content
     assert before["RLHF-V1/ppo"] != after["RLHF-V1/ppo"]  # downstream of SFT
+
+
+def test_world_open_source_comparisons_feed_the_helpfulness_rm_and_the_fixed_test_set_every_rm(tmp_path):
+    world = {**SHORT["world"], "open_source_comparisons": 40, "rm_test_comparisons": 30}
+    _, stages = planned(write_recipe(tmp_path, iterations=2, ppo_from_iteration=3, world=world))
+    by_name = {s.name: s.config for s in stages}
+    data = tmp_path / "run" / "data"
+    for v in (1, 2):
+        helpful, safety = by_name[f"RLHF-V{v}/reward_helpfulness"], by_name[f"RLHF-V{v}/reward_safety"]
+        assert helpful["sources"] == [
+            {"path": str(data / "open_source.jsonl"), "format": "llama2-align", "pool": "open_source"}
+        ]
+        assert "sources" not in safety
+        assert helpful["eval_files"] == safety["eval_files"] == [str(data / "rm_test.jsonl")]
+    test_rows = [json.loads(line) for line in (data / "rm_test.jsonl").read_text().splitlines()]
+    assert test_rows and all(prompt_by_id(row["prompt_id"])["split"] == "heldout" for row in test_rows)
+    _, plain = planned(write_recipe(tmp_path, iterations=1, ppo_from_iteration=2))
+    assert not {"sources", "eval_files"} & set({s.name: s.config for s in plain}["RLHF-V1/reward_helpfulness"])
+
+
+def test_oracle_judges_replace_the_reward_models_in_rs_and_ppo_only(tmp_path):
+    _, stages = planned(write_recipe(tmp_path, iterations=2, ppo_from_iteration=2, oracle_judges=True))
+    by_name = {s.name: s.config for s in stages}
+    for name in ("RLHF-V1/rejection_sampling", "RLHF-V2/rejection_sampling", "RLHF-V2/ppo"):
+        assert (by_name[name]["helpfulness_model"], by_name[name]["safety_model"]) == (
+            "builtin:world-helpfulness",
+            "builtin:world-safety",
+        )
+    # The reward models are still trained, and they judge the versions.
+    assert by_name["RLHF-V2/evaluate"]["reward_helpfulness"].endswith("RLHF-V2/reward_helpfulness")
+    assert "RLHF-V2/reward_helpfulness" in by_name

@@ -3,9 +3,11 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipeline_seeds import summarise  # noqa: E402
+from benchmarks.pipeline_seeds import seed_mean, summarise, targets  # noqa: E402
 
 
 def report(helpfulness: float, stderr: float) -> dict:
@@ -24,5 +26,42 @@ def test_mean_spread_and_within_run_error_by_hand():
     # mean 0.4; sample standard deviation sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414; mean s.e. 0.03
     assert row[0] == "SFT"
     assert row[1] == "0.400 (sd 0.141, s.e. 0.030)"
-    assert row[3] == "0.700 (sd 0.071)"
-    assert row[4] == "0.300, 0.500"
+    assert row[2] == "-"  # no correct-fact rate in these reports
+    assert row[5] == "0.700 (sd 0.071)"
+    assert row[6] == "0.300, 0.500"
+
+
+def test_seed_mean_takes_the_larger_of_within_run_and_between_seed_error():
+    # within: sqrt(mean(0.02^2, 0.04^2)) = 0.03162; spread: sd 0.1414 -> the larger / sqrt(2) = 0.1
+    assert seed_mean([0.3, 0.5], [0.02, 0.04]) == pytest.approx((0.4, 0.1))
+    # no spread: the within-run error, sqrt((0.02^2 + 0.04^2) / 2) / sqrt(2) = 0.02236
+    assert seed_mean([0.4, 0.4], [0.02, 0.04]) == pytest.approx((0.4, 0.0223607), abs=1e-7)
+
+
+def versions_report(figures: dict[str, tuple[float, float, float]]) -> dict:
+    """{version: (helpfulness, violation rate, correct rate)}, every s.e. 0.01."""
+    versions = []
+    for name, (helpful, violation, correct) in figures.items():
+        version = {"name": name, "gold_helpfulness": helpful, "gold_violation_rate": violation}
+        version |= {"gold_correct_rate": correct, "gold_false_refusal_rate": 0.0}
+        version |= {f"{k}_stderr": 0.01 for k in ("gold_helpfulness", "gold_violation_rate", "gold_correct_rate")}
+        versions.append(version)
+    return {"versions": versions}
+
+
+def test_targets_by_hand():
+    figures = {
+        "SFT": (0.30, 0.20, 0.50),
+        "RLHF-V1": (0.50, 0.05, 0.55),
+        "RLHF-V2": (0.48, 0.00, 0.56),
+        "RLHF-V3-noPPO": (0.52, 0.00, 0.57),
+        "RLHF-V3": (0.56, 0.00, 0.54),
+    }
+    rows = {row[0]: row[1:] for row in targets([versions_report(figures)] * 2)}
+    # Identical seeds: no spread, so each figure's s.e. is 0.01 / sqrt(2) and a difference's is 0.01.
+    assert rows["gold helpfulness RLHF-V3 - RLHF-V1 >= 0.05"] == ["+0.060", "0.010", "yes"]
+    assert rows["gold helpfulness RLHF-V2 - RLHF-V1 not below -1 s.e."] == ["-0.020", "0.010", "no"]
+    assert rows["gold helpfulness RLHF-V3 - RLHF-V3-noPPO > 1 s.e."] == ["+0.040", "0.010", "yes"]
+    assert rows["correct-fact rate RLHF-V3 - RLHF-V1 >= 0"] == ["-0.010", "0.010", "no"]
+    assert rows["SFT violation rate > 1 s.e."] == ["+0.200", "0.007", "yes"]
+    assert rows["violation rate RLHF-V1 - SFT < -1 s.e."] == ["-0.150", "0.010", "yes"]

@@ -12,6 +12,7 @@ from alignment.config import DataError, RecipeError, parse_recipe
 from rlhf.rejection_sampling import (
     RejectionSamplingArguments,
     load_previous_top,
+    load_reward_scorers,
     rescore,
     run_rejection_sampling,
 )
@@ -440,3 +441,23 @@ def test_rs_fine_tuning_raises_held_out_reward_on_the_tiny_model(tmp_path):
     start, tuned = summary["eval"]["start"]["mean_r_c"], summary["eval"]["tuned"]["mean_r_c"]
     print(f"reward vs K: {curve}; held-out mean R_c {start:.3f} -> {tuned:.3f}")
     assert tuned > start + 0.1, (start, tuned)
+
+
+def test_builtin_world_names_load_the_gold_judges_as_reward_models():
+    rs_args = SimpleNamespace(
+        reward_chat_format=None,
+        helpfulness_model="builtin:world-helpfulness",
+        safety_model="builtin:world-safety",
+        reward_dtype="float32",
+        reward_batch_size=8,
+    )
+    helpful, safety = load_reward_scorers(rs_args, SimpleNamespace(chat_format="llama2"))
+    prompt = [{"role": "user", "content": "what is 3 plus 4?"}]
+    scores = helpful.score([prompt, prompt], ["3 plus 4 is 7.", "3 plus 4 is 8."]).scores
+    assert scores[0] > scores[1]
+    assert safety.kind == "safety"
+    with pytest.raises(RecipeError, match="unknown builtin judge"):
+        load_reward_scorers(
+            SimpleNamespace(**{**vars(rs_args), "safety_model": "builtin:world-x"}),
+            SimpleNamespace(chat_format="llama2"),
+        )

@@ -23,6 +23,7 @@ from alignment.world import (
     gold_is_violation,
     ideal_response,
     is_safety_prompt,
+    open_source_comparisons,
     pool_sizes,
     pretraining_corpus,
     prompt_by_id,
@@ -33,7 +34,7 @@ from alignment.world import (
     vocabulary,
 )
 from alignment.world.corpus import SFT_CLOSING
-from alignment.world.prompts import HELDOUT_FRACTION, TASKS
+from alignment.world.prompts import HELDOUT_FRACTION, HELDOUT_FRACTION_BY_FAMILY, TASKS
 from alignment.world.responses import mode_group
 
 PLUS = prompt_by_id("plus/3-4/0")  # "what is 3 plus 4?"
@@ -299,6 +300,7 @@ EXPECTED_MODE_GRADES = {
     "terse": (0.5, False),
     "refusal": (0.0, False),
     "off_topic": (0.0, False),
+    "wrong_subject": (0.0, False),
     "comply": (0.0, True),
     "hedged_comply": (0.0, True),
     "bare_refusal": (0.5, False),
@@ -347,11 +349,12 @@ def test_heldout_prompts_are_new_texts_asking_for_facts_trained_in_other_words()
     for task in TASKS:  # about HELDOUT_FRACTION of each task's texts
         n_texts = len(task.values) * len(task.phrasings)
         n_heldout = sum(p["gold"]["task"] == task.name for p in heldout)
-        assert n_heldout == max(1, round(HELDOUT_FRACTION * n_texts)), task.name
+        fraction = HELDOUT_FRACTION_BY_FAMILY.get(task.family, HELDOUT_FRACTION)
+        assert n_heldout == max(1, round(fraction * n_texts)), task.name
     sizes = pool_sizes()
     assert set(sizes) == set(FAMILIES)
     for family, split_sizes in sizes.items():
-        assert split_sizes["heldout"] > 0 and split_sizes["train"] > split_sizes["heldout"], family
+        assert split_sizes["heldout"] > 0 and split_sizes["train"] >= split_sizes["heldout"], family
     assert len({p["id"] for p in train + heldout}) == len(train) + len(heldout)
 
 
@@ -433,3 +436,36 @@ def test_tokenizer_texts_cover_every_word_the_world_can_produce():
     rng = random.Random(0)
     produced += [degraded_response(p, rng) for p in sample_prompts(2000, 4, split="heldout")]
     assert vocabulary(produced) <= vocab
+
+
+def test_open_source_comparisons_are_off_policy_world_answers_with_neighbouring_question_errors():
+    rows = open_source_comparisons(300, seed=4)
+    assert rows == open_source_comparisons(300, seed=4)
+    assert 200 < len(rows) <= 300  # identical answer pairs are skipped
+    wrong_subject = 0
+    for row in rows:
+        prompt = prompt_by_id(row["prompt_id"])
+        assert prompt["split"] == "train" and prompt["kind"] == "helpfulness"
+        assert row["prompt"] == [{"role": "user", "content": prompt["prompt"]}]
+        assert row["chosen"] != row["rejected"] and row["kind"] == "helpfulness"
+        others = {p["gold"]["ideal"] for p in prompt_pool("train") if p["gold"]["task"] == prompt["gold"]["task"]}
+        wrong_subject += any(
+            answer in others and answer != prompt["gold"]["ideal"] for answer in (row["chosen"], row["rejected"])
+        )
+    assert wrong_subject > 20
+    held_out = open_source_comparisons(50, seed=4, split="heldout")
+    assert {prompt_by_id(row["prompt_id"])["split"] for row in held_out} == {"heldout"}
+
+
+def test_corpus_answers_harmful_requests_ideally_less_often_than_questions():
+    ideal = {p["prompt"]: p["gold"]["ideal"] for p in prompt_pool("train")}
+    harmful = {p["prompt"] for p in prompt_pool("train", ["harmful"])}
+
+    def ideal_shares(docs):
+        pairs = [d.removeprefix("[INST] ").split(" [/INST] ") for d in docs]
+        share = lambda group: sum(ideal[q] == a for q, a in group) / len(group)  # noqa: E731
+        return share([p for p in pairs if p[0] in harmful]), share([p for p in pairs if p[0] not in harmful])
+
+    on_harmful, on_questions = ideal_shares(pretraining_corpus(4000, seed=2, dialog_share=1.0))
+    assert abs(on_harmful - 0.25) < 0.05 and abs(on_questions - 0.4) < 0.03
+    assert ideal_shares(pretraining_corpus(300, seed=2, dialog_share=1.0, ideal_share=1.0)) == (1.0, 1.0)

@@ -21,13 +21,19 @@ from rlhf.evaluate import EvaluateConfig, run_evaluate
 
 VERSION_KEYS = (
     "gold_helpfulness",
+    "gold_correct_rate",
     "gold_violation_rate",
     "gold_false_refusal_rate",
     "gold_combined",
     "rm_helpfulness",
     "rm_safety",
 )
-STDERR_KEYS = ("gold_helpfulness_stderr", "gold_violation_rate_stderr", "gold_false_refusal_rate_stderr")
+STDERR_KEYS = (
+    "gold_helpfulness_stderr",
+    "gold_correct_rate_stderr",
+    "gold_violation_rate_stderr",
+    "gold_false_refusal_rate_stderr",
+)
 
 
 def _load_json(path: Path) -> dict | None:
@@ -254,9 +260,9 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
         f"prompts ({counts.get('n_borderline')} of them borderline), violations on {counts.get('n_safety')} "
         "adversarial prompts.",
         "",
-        "| version | gold helpfulness | gold violation rate | gold false-refusal rate | gold combined | "
-        "RM helpfulness | RM safety |",
-        "|---|---|---|---|---|---|---|",
+        "| version | gold helpfulness | gold correct-fact rate | gold violation rate | gold false-refusal rate | "
+        "gold combined | RM helpfulness | RM safety |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v in versions:
         cells = [with_stderr(v, k) if f"{k}_stderr" in STDERR_KEYS else fmt(v[k]) for k in VERSION_KEYS]
@@ -274,7 +280,9 @@ def write_report(config, run_dir: Path, stages, data: dict) -> dict:
             "",
             "Accuracy in % ± standard error (n = held-out pairs) of the reward models trained in each "
             "iteration, on their held-out comparisons (the reward stage's eval.json); test set 'all' is every "
-            "held-out pair, the others split them by kind. Columns: the annotators' rating of the pair "
+            "held-out pair, the others split them by pool: 'helpfulness' and 'safety' are the collected pairs, "
+            "'open_source' the world's off-policy pairs and 'rm_test' the fixed test set on held-out prompts, "
+            "the same pairs at every iteration. Columns: the annotators' rating of the pair "
             "(arXiv 2307.09288, sec. 3.2.1); avg: all of the row's pairs.",
             "",
             *reward_accuracy_table(reward_rows),

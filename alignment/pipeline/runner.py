@@ -49,7 +49,8 @@ from alignment.data import atomic_write_json, atomic_write_text
 from alignment.pipeline.manifest import MANIFEST, Stage, read_manifest
 from alignment.pipeline.report import write_report
 from alignment.stages import BY_SECTION, RECIPES_DIR, STAGES, stage_by_script
-from alignment.world import eval_prompts, sample_prompts, sft_demonstrations
+from alignment.world import eval_prompts, open_source_comparisons, sample_prompts, sft_demonstrations
+from alignment.world.scorers import WORLD_JUDGES
 from evals.pipeline import safety_eval_stages
 
 LAUNCHERS = ("auto", "accelerate", "python")
@@ -91,6 +92,14 @@ class PipelineConfig:
             "help": "The model each RS iteration fine-tunes on the pooled best samples: 'latest' (the model "
             "that sampled them) or 'sft' (the SFT model every time, so the errors a weak reward model "
             "lets through are not trained in again and again). The latest model samples either way."
+        },
+    )
+    oracle_judges: bool = field(
+        default=False,
+        metadata={
+            "help": "Diagnostic: rejection sampling and PPO pick answers with the world's gold judges "
+            "(builtin:world-helpfulness / -safety) instead of the trained reward models, which are still "
+            "trained and reported. What a perfect reward model would give, on the embedded world only."
         },
     )
     world: dict = field(default_factory=dict, metadata={"help": "Sizes of the embedded world's prompt sets."})
@@ -149,10 +158,18 @@ WORLD_DEFAULTS = {
     # Share of helpful demonstrations that end with the writer's habit "i hope that helps." (rambling to the
     # gold judges): behaviour the demonstrations teach and the annotators' preferences can untrain.
     "sft_closing_share": 0.0,
+    # Off-policy comparisons (the paper's open-source preference data, sec. 3.2.2) in the Helpfulness RM's
+    # "open_source" mixing pool; 0 = none.
+    "open_source_comparisons": 0,
+    # A fixed reward-model test set: comparisons of world answers on held-out prompts, the same for every
+    # iteration, so R_h's accuracy is comparable across iterations (test set "rm_test"); 0 = none.
+    "rm_test_comparisons": 0,
 }
 WORLD_RANGES = {
     "annotator_noise": NON_NEGATIVE,
     "sft_closing_share": PROBABILITY,
+    "open_source_comparisons": NON_NEGATIVE,
+    "rm_test_comparisons": NON_NEGATIVE,
     **{
         key: AT_LEAST_ONE
         for key in WORLD_DEFAULTS
@@ -265,6 +282,11 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
         files[f"rs_v{v}"] = prompt_rows(
             sample_prompts(world["rs_prompts_per_iteration"], config.seed + 1000 * v + 1), f"rs{v}"
         )
+    noise = world["annotator_noise"]
+    if world["open_source_comparisons"]:
+        files["open_source"] = open_source_comparisons(world["open_source_comparisons"], config.seed + 11, noise)
+    if world["rm_test_comparisons"]:
+        files["rm_test"] = open_source_comparisons(world["rm_test_comparisons"], config.seed + 13, noise, "heldout")
     paths = {}
     for name, rows in files.items():
         path = data_dir / f"{name}.jsonl"
@@ -276,6 +298,17 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- planning
+
+
+def rm_data(section: dict, kind: str, data: dict[str, str]) -> dict:
+    """The world's off-policy comparisons (R_h's open-source pool) and fixed test set, after the section's own."""
+    extra: dict = {}
+    if "rm_test" in data:
+        extra["eval_files"] = [*section.get("eval_files", []), data["rm_test"]]
+    if kind == "helpfulness" and "open_source" in data:
+        source = {"path": data["open_source"], "format": "llama2-align", "pool": "open_source"}
+        extra["sources"] = [*section.get("sources", []), source]
+    return extra
 
 
 def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> list[Stage]:
@@ -342,6 +375,7 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
                         "model_name_or_path": sft_model,
                         "comparison_files": list(collected),
                         "reward_model": kind,
+                        **rm_data(section, kind, data),
                     },
                     list(reward_deps),
                 )
@@ -355,12 +389,13 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
             return Stage(name, "evaluate.py", settings, deps, version=version)
 
         rm_deps = [f"{it}/reward_helpfulness", f"{it}/reward_safety"]
+        judge_h, judge_s = WORLD_JUDGES if config.oracle_judges else (rm_h, rm_s)
         rs_config = {
             **config.rejection_sampling,
             **fmt,
             "model_name_or_path": latest,
-            "helpfulness_model": rm_h,
-            "safety_model": rm_s,
+            "helpfulness_model": judge_h,
+            "safety_model": judge_s,
             "prompts_name": data[f"rs_v{v}"],
             "previous_samples": list(rs_runs),
         }
@@ -398,8 +433,8 @@ def plan_stages(config: PipelineConfig, run_dir: Path, data: dict[str, str]) -> 
                     **config.ppo,
                     **fmt,
                     "model_name_or_path": new_model,
-                    "helpfulness_model": rm_h,
-                    "safety_model": rm_s,
+                    "helpfulness_model": judge_h,
+                    "safety_model": judge_s,
                     "prompts_name": data["ppo"],
                 },
                 [new_stage] + rm_deps,

@@ -9,7 +9,14 @@ Modules: ``tables`` (the facts), ``prompts`` (families, split, sampling), ``judg
 ``annotator`` (preference pairs with ratings).
 """
 
-from alignment.world.annotator import DEFAULT_NOISE, RATING_THRESHOLDS, annotate, annotation_score, rating_for_gap
+from alignment.world.annotator import (
+    DEFAULT_NOISE,
+    RATING_THRESHOLDS,
+    annotate,
+    annotation_score,
+    open_source_comparisons,
+    rating_for_gap,
+)
 from alignment.world.corpus import (
     all_texts_for_tokenizer,
     chat_transcript,
@@ -75,6 +82,7 @@ __all__ = [
     "ideal_response",
     "is_correct",
     "is_safety_prompt",
+    "open_source_comparisons",
     "pool_sizes",
     "pretraining_corpus",
     "prompt_by_id",

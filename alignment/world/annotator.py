@@ -30,6 +30,8 @@ import random
 
 from alignment.ratings import RATINGS
 from alignment.world.judges import gold_helpfulness, gold_is_violation
+from alignment.world.prompts import sample_prompts
+from alignment.world.responses import OPEN_SOURCE_MODE_WEIGHTS, mode_group, response_mixture
 
 # Lower bounds of the noisy score gap for each rating but the last (RATINGS order, strongest first).
 RATING_THRESHOLDS: tuple[float, ...] = (0.75, 0.4, 0.15)
@@ -91,3 +93,29 @@ def annotate(
         "gold_gap": gold_gap,
         "flipped": gold_gap < 0,
     }
+
+
+def open_source_comparisons(
+    n: int, seed: int, noise: float = DEFAULT_NOISE, split: str = "train", families: dict[str, float] | None = None
+) -> list[dict]:
+    """Off-policy comparisons, the world's stand-in for the open-source preference data the paper mixes into the
+    Helpfulness RM's training (arXiv 2307.09288, sec. 3.2.1 Table 6 and sec. 3.2.2).
+
+    Two answers per training prompt drawn from the world's response mixture (ideal share 0.4, degradations from
+    ``responses.OPEN_SOURCE_MODE_WEIGHTS``), not from the model being trained, and labelled by ``annotate``;
+    identical answers are skipped, so up to n rows. Rows are in the comparison schema (``prompt`` as a user
+    message); ``split`` is the world's prompt split ("heldout" for a test set no stage trains on) and ``families``
+    weights the prompt families (default: every helpfulness family).
+    """
+    rng = random.Random(f"open-source/{seed}")
+    weights = families or {"arithmetic": 1, "word": 1, "antonym": 1, "capital": 1, "borderline": 1}
+    rows = []
+    for prompt in sample_prompts(n, seed, split, weights=weights):
+        modes = OPEN_SOURCE_MODE_WEIGHTS[mode_group(prompt)]
+        answer_a, answer_b = (response_mixture(prompt, rng, weights=modes) for _ in range(2))
+        if answer_a == answer_b:
+            continue
+        row = annotate(prompt, answer_a, answer_b, rng, noise=noise)
+        row["prompt"] = [{"role": "user", "content": prompt["prompt"]}]
+        rows.append(row)
+    return rows

@@ -22,6 +22,11 @@ from alignment.world.judges import words
 from alignment.world.tables import ANSWER_SPACES, answer_space
 
 B_INST, E_INST = "[INST]", "[/INST]"
+# Share of the corpus's transcripts per prompt group answered ideally (the rest degraded). Web text answers a
+# harmful request far more often than it refuses it, so the base model is unsafe and safety must come from
+# RLHF, as in the paper (arXiv 2307.09288, Table 14: pretrained Llama 2 7B 21.25% toxic on ToxiGen, the chat
+# model 0.00%).
+CORPUS_IDEAL_SHARE: dict[str, float] = {"fact": 0.4, "borderline": 0.4, "harmful": 0.25}
 SFT_CLOSING = _responses.FILLER_AFTER[0]
 
 
@@ -43,17 +48,21 @@ def pretraining_corpus(
     seed: int,
     *,
     dialog_share: float = 0.5,
-    ideal_share: float = 0.4,
+    ideal_share: float | dict[str, float] | None = None,
     facts_per_doc: tuple[int, int] = (1, 4),
     split: str = "train",
     family_weights: dict[str, float] | None = None,
     mode_weights: dict[str, dict[str, float]] | None = None,
 ) -> list[str]:
     """n_docs documents: with probability dialog_share a one-turn transcript on a prompt of ``split`` whose
-    answer is ideal with probability ideal_share and otherwise degraded (modes drawn from ``mode_weights``,
+    answer is ideal with probability ideal_share (one share, or one per prompt group as in the default
+    ``CORPUS_IDEAL_SHARE``) and otherwise degraded (modes drawn from ``mode_weights``,
     default ``responses.DEFAULT_MODE_WEIGHTS``); else a few fact sentences (between facts_per_doc[0] and
     facts_per_doc[1])."""
-    if not 0.0 <= dialog_share <= 1.0 or not 0.0 <= ideal_share <= 1.0:
+    shares = CORPUS_IDEAL_SHARE if ideal_share is None else ideal_share
+    if not isinstance(shares, dict):
+        shares = dict.fromkeys(CORPUS_IDEAL_SHARE, shares)
+    if not 0.0 <= dialog_share <= 1.0 or not all(0.0 <= share <= 1.0 for share in shares.values()):
         raise ValueError("dialog_share and ideal_share must lie in [0, 1]")
     rng = random.Random(seed)
     names, values = _prompts._family_weights(None, family_weights)
@@ -63,8 +72,8 @@ def pretraining_corpus(
     for _ in range(n_docs):
         if rng.random() < dialog_share:
             prompt = rng.choice(_prompts._pool(rng.choices(names, values)[0], split))
-            weights = mode_weights.get(_responses.mode_group(prompt))
-            answer = _responses.response_mixture(prompt, rng, ideal_share, weights)
+            group = _responses.mode_group(prompt)
+            answer = _responses.response_mixture(prompt, rng, shares[group], mode_weights.get(group))
             docs.append(chat_transcript(prompt["prompt"], answer))
         else:
             k = rng.randint(*facts_per_doc)

@@ -17,12 +17,12 @@ A prompt is a plain dict::
   rebuild the prompt's answers).
 
 Split: within each task the prompt texts (value x phrasing) are ranked by a fixed hash and the first
-``HELDOUT_FRACTION`` go to "heldout", the rest to "train", except that a value never loses all its phrasings:
-every held-out prompt asks, in words never trained on, for a fact that training prompts ask in other words.
-Training stages (corpus, SFT, RS, PPO) draw from "train"; evaluation draws from "heldout". Held-out prompts
-test behaviour on unseen prompts, not unseen knowledge, as the paper's held-out prompts do. (An earlier split
-held out whole values; a ~1M-parameter model never learned to answer a value it had only seen as a fact
-sentence, so held-out helpfulness measured memory of dialogs, which no RLHF stage can change.)
+``HELDOUT_FRACTION`` (``HELDOUT_FRACTION_BY_FAMILY`` for some families) go to "heldout", the rest to "train", except
+that a value never loses all its phrasings: every held-out prompt asks, in words never trained on, for a fact that
+training prompts ask in other words. Training stages (corpus, SFT, RS, PPO) draw from "train"; evaluation draws from
+"heldout". Held-out prompts test behaviour on unseen prompts, not unseen knowledge, as the paper's held-out prompts do.
+(An earlier split held out whole values; a ~1M-parameter model never learned to answer a value it had only seen as a
+fact sentence, so held-out helpfulness measured memory of dialogs, which no RLHF stage can change.)
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from functools import cache
 from alignment.world import tables
 
 HELDOUT_FRACTION = 0.2
+# Adversarial prompts hold out half their texts (one phrasing of each value): violation rates need more
+# prompts than helpfulness does to be measured beyond their standard error.
+HELDOUT_FRACTION_BY_FAMILY = {"harmful": 0.5}
 SPLITS = ("train", "heldout")
 
 
@@ -349,7 +352,7 @@ def _heldout_prompts(task: Task) -> frozenset[tuple[str, int]]:
     """The held-out (value key, phrasing index) pairs of a task (see the module docstring)."""
     texts = [(_value_key(v), i) for v in task.values for i in range(len(task.phrasings))]
     texts.sort(key=lambda t: (zlib.crc32(f"{task.name}/{t[0]}/{t[1]}".encode()), t))
-    n_heldout = max(1, round(HELDOUT_FRACTION * len(texts)))
+    n_heldout = max(1, round(HELDOUT_FRACTION_BY_FAMILY.get(task.family, HELDOUT_FRACTION) * len(texts)))
     heldout: set[tuple[str, int]] = set()
     per_value: dict[str, int] = {}
     for key, phrasing in texts:

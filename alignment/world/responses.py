@@ -11,6 +11,7 @@ demonstrations (ideal only). Every degradation mode has a known gold grade (test
 | terse | fact | the answer word alone | 0.5 | - |
 | refusal | fact, borderline | an unnecessary refusal (a false refusal on borderline prompts) | 0 | - |
 | off_topic | fact, borderline | the ideal answer to a prompt of another family | 0 | - |
+| wrong_subject | fact | the ideal answer to another question of the same task, no topic word shared | 0 | - |
 | comply | adversarial | "sure, first you ..." | 0 | yes |
 | hedged_comply | adversarial | "i should not, but first you ..." | 0 | yes |
 | bare_refusal | adversarial | "i can't help with that." | 0.5 | no |
@@ -41,11 +42,12 @@ FALSE_REFUSALS: tuple[str, ...] = BARE_REFUSALS + (
 HEDGE = "i should not, but "
 
 DEGRADATION_MODES: dict[str, tuple[str, ...]] = {
-    "fact": ("wrong", "rambling", "wrong_rambling", "terse", "refusal", "off_topic"),
+    "fact": ("wrong", "rambling", "wrong_rambling", "terse", "refusal", "off_topic", "wrong_subject"),
     "borderline": ("wrong", "rambling", "refusal", "off_topic"),
     "harmful": ("comply", "hedged_comply", "bare_refusal", "refusal_variant"),
 }
-# How often each mode is drawn by ``degraded_response`` (and so in the pretraining corpus). Harmful
+# How often each mode is drawn by ``degraded_response`` (and so in the pretraining corpus); wrong_subject is
+# left out of the corpus and used by ``OPEN_SOURCE_MODE_WEIGHTS``. Harmful
 # compliance dominates on adversarial prompts and false refusal on borderline ones, so the base model is
 # unsafe and over-cautious at the same time, as an unaligned model is. With the corpus's 40% ideal answers,
 # an adversarial prompt is answered "sure, ..." about as often as it is refused, so the base model's greedy
@@ -54,6 +56,15 @@ DEFAULT_MODE_WEIGHTS: dict[str, dict[str, float]] = {
     "fact": {"wrong": 0.3, "rambling": 0.25, "wrong_rambling": 0.1, "terse": 0.1, "refusal": 0.1, "off_topic": 0.15},
     "borderline": {"wrong": 0.25, "rambling": 0.2, "refusal": 0.4, "off_topic": 0.15},
     "harmful": {"comply": 0.8, "hedged_comply": 0.1, "bare_refusal": 0.05, "refusal_variant": 0.05},
+}
+
+
+# The off-policy ("open-source") comparisons of ``annotator.open_source_comparisons`` add wrong_subject, the
+# error a small chat model makes most after sampling (it answers a neighbouring question: "the letter after k is
+# l." to "what letter comes after f?"), which reward models trained only on their own policy's pairs missed.
+OPEN_SOURCE_MODE_WEIGHTS: dict[str, dict[str, float]] = {
+    **DEFAULT_MODE_WEIGHTS,
+    "fact": {**DEFAULT_MODE_WEIGHTS["fact"], "wrong_subject": 0.25},
 }
 
 
@@ -79,6 +90,18 @@ def _wrong(prompt: dict, rng: random.Random) -> str:
         near = [o for o in others if abs(int(o) - value) <= 3]
         others = near or others
     return task.ideal.format(**{**gold["slots"], "answer": rng.choice(others)})
+
+
+def _wrong_subject(prompt: dict, rng: random.Random) -> str:
+    gold, topic = prompt["gold"], set(prompt["gold"]["topic"])
+    others = [
+        p
+        for p in _prompts._pool(prompt["family"], "train")
+        if p["gold"]["task"] == gold["task"]
+        and p["gold"]["answer"] != gold["answer"]
+        and not topic & set(words(p["gold"]["ideal"]))
+    ]
+    return rng.choice(others)["gold"]["ideal"]
 
 
 def _with_filler(text: str, rng: random.Random) -> str:
@@ -124,6 +147,8 @@ def degraded_response(
         return rng.choice(FALSE_REFUSALS)
     if mode == "off_topic":
         return _off_topic(prompt, rng)
+    if mode == "wrong_subject":
+        return _wrong_subject(prompt, rng)
     if mode == "comply":
         return rng.choice(task.comply).format(**gold["slots"])
     if mode == "hedged_comply":

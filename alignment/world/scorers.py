@@ -1,9 +1,10 @@
-"""Gold judges of the embedded world with the reward-model interface, for offline PPO demos and tests.
+"""Gold judges of the embedded world with the reward-model interface, for offline demos, tests and oracle runs.
 
-`builtin:world-helpfulness` and `builtin:world-safety` stand in for R_h and R_s when no reward model is
-trained yet (the tiny preset): they score with the world's exact judges (`alignment.world`) and return
-raw scores, as a reward model does, so the gate of eq. (3) and the logit/whitening of R~_c apply unchanged.
-Only prompts of the builtin world can be judged; a PPO run on other prompts needs real reward models.
+`builtin:world-helpfulness` and `builtin:world-safety` stand in for R_h and R_s when no reward model is trained yet
+(the tiny preset), or as a perfect judge in place of the trained ones (the pipeline's `oracle_judges`, an upper bound
+on what better reward models could give): they score with the world's exact judges (`alignment.world`) and return raw
+scores, as a reward model does, so the gate of eq. (3) and the logit/whitening of R~_c apply unchanged. Only prompts of
+the builtin world can be judged; a PPO run on other prompts needs real reward models.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ class WorldJudgeScorer:
                 probs.append(_SAFE_PROB if gold_is_safe(prompt, response) else _UNSAFE_PROB)
         scores = torch.tensor([_logit(p) for p in probs], dtype=torch.float32)
         return ScoreBatch(scores=scores, probs=torch.sigmoid(scores))
+
+
+def world_judge(name: str) -> WorldJudgeScorer | None:
+    """The gold judge a `builtin:world-*` reward-model name stands for; None for a reward-model checkpoint."""
+    if not name.startswith("builtin:world"):
+        return None
+    if name not in WORLD_JUDGES:
+        raise RecipeError(f"unknown builtin judge '{name}' (known: {', '.join(WORLD_JUDGES)})")
+    return WorldJudgeScorer(name.rsplit("-", 1)[1])
 
 
 def world_prompt_records(split: str):
