@@ -1,0 +1,142 @@
+"""Why the main job's iterations do (not) compound, measured on a finished run's rejection-sampling samples.
+
+    python benchmarks/iteration_diagnostics.py --runs runs/tiny-pipeline [more runs ...] [--write]
+
+For each RLHF iteration, over the K scored samples per helpfulness prompt that rejection sampling logged
+(`RLHF-V<n>/rejection_sampling/samples.jsonl`, scored by that iteration's R_h), judged by the world's gold judges:
+
+- the policy's answers by kind: correct fact, off-subject (answers another question: no topic word of the prompt),
+  wrong value (on topic, wrong fact), refusal;
+- R_h's pairwise accuracy on pairs of samples of one prompt whose gold grades differ: pairs where both are
+  correct or both wrong (they differ in format: the closing habit, the wording) against pairs of a correct and a
+  wrong answer, split by the wrong one's kind;
+- best-of-K: the correct-fact rate and gold helpfulness of a random sample, of the sample R_c picked (what RS
+  fine-tunes on) and of the sample a perfect judge (gold helpfulness) would pick: the oracle's gain is the most
+  better reward models could add; R_c's share of it is what ours add.
+
+Sample-level figures are over prompts of the RS prompt set (training prompts); the versions' held-out figures are
+in each run's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alignment.data import read_jsonl_tolerant
+from alignment.world.judges import gold_helpfulness, gold_is_refusal, is_correct, is_on_topic
+from benchmarks.common import markdown_table, write_section
+
+KINDS = ("correct", "off_subject", "wrong_value", "refusal")
+
+
+def answer_kind(prompt: dict, response: str) -> str:
+    if is_correct(prompt, response):
+        return "correct"
+    if gold_is_refusal(response):
+        return "refusal"
+    return "wrong_value" if is_on_topic(prompt, response) else "off_subject"
+
+
+def ratio(hits: float, total: int) -> str:
+    return f"{hits / total:.2f} ({total})" if total else "-"
+
+
+def iteration_figures(run: Path, iteration: int) -> dict | None:
+    prompts_file = run / "data" / f"rs_v{iteration}.jsonl"
+    samples_file = run / f"RLHF-V{iteration}" / "rejection_sampling" / "samples.jsonl"
+    if not prompts_file.exists() or not samples_file.exists():
+        return None
+    prompts = {row["id"]: row for row in read_jsonl_tolerant(prompts_file)}
+    by_prompt = defaultdict(list)
+    for sample in read_jsonl_tolerant(samples_file):
+        prompt = prompts.get(sample["prompt_id"])
+        if prompt is not None and prompt["kind"] == "helpfulness":
+            by_prompt[sample["prompt_id"]].append(sample)
+    kinds, pairs, right = Counter(), Counter(), Counter()
+    picks = {name: [0.0, 0.0] for name in ("random", "R_c", "oracle")}
+    for prompt_id, samples in by_prompt.items():
+        prompt = prompts[prompt_id]
+        gold = [gold_helpfulness(prompt, s["response"]) for s in samples]
+        kind = [answer_kind(prompt, s["response"]) for s in samples]
+        kinds.update(kind)
+        correct = [k == "correct" for k in kind]
+        chosen = {
+            "random": range(len(samples)),
+            "R_c": [max(range(len(samples)), key=lambda i: samples[i]["r_c"])],
+            "oracle": [max(range(len(samples)), key=lambda i: gold[i])],
+        }
+        for name, indices in chosen.items():
+            picks[name][0] += sum(correct[i] for i in indices) / len(indices)
+            picks[name][1] += sum(gold[i] for i in indices) / len(indices)
+        for i, j in itertools.combinations(range(len(samples)), 2):
+            if gold[i] == gold[j]:
+                continue
+            better, worse = (i, j) if gold[i] > gold[j] else (j, i)
+            group = "format" if correct[i] == correct[j] else f"correct vs {kind[worse]}"
+            pairs[group] += 1
+            right[group] += samples[better]["r_h"] > samples[worse]["r_h"]
+    n = len(by_prompt)
+    total = sum(kinds.values())
+    return {
+        "prompts": n,
+        "kinds": {k: kinds[k] / total for k in KINDS},
+        "pairs": {group: (right[group], pairs[group]) for group in pairs},
+        "picks": {name: (c / n, g / n) for name, (c, g) in picks.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="finished pipeline run directories")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="write the section in BENCHMARKS.md")
+    parser.add_argument("--section", default="Main job: why the iterations do not compound")
+    args = parser.parse_args()
+    header = [
+        "run",
+        "iteration",
+        "prompts",
+        *(f"{k} share" for k in KINDS),
+        "R_h acc. format pairs",
+        "R_h acc. correct vs off-subject",
+        "R_h acc. correct vs wrong value",
+        "correct: random / R_c / oracle",
+        "gold: random / R_c / oracle",
+    ]
+    rows = []
+    for run in map(Path, args.runs):
+        for iteration in range(1, args.iterations + 1):
+            figures = iteration_figures(run, iteration)
+            if figures is None:
+                continue
+            pairs = figures["pairs"]
+            picks = figures["picks"]
+            rows.append(
+                [
+                    str(run),
+                    f"RLHF-V{iteration}",
+                    figures["prompts"],
+                    *(f"{figures['kinds'][k]:.2f}" for k in KINDS),
+                    ratio(*pairs.get("format", (0, 0))),
+                    ratio(*pairs.get("correct vs off_subject", (0, 0))),
+                    ratio(*pairs.get("correct vs wrong_value", (0, 0))),
+                    " / ".join(f"{picks[name][0]:.2f}" for name in ("random", "R_c", "oracle")),
+                    " / ".join(f"{picks[name][1]:.2f}" for name in ("random", "R_c", "oracle")),
+                ]
+            )
+    command = "python benchmarks/iteration_diagnostics.py --runs " + " ".join(args.runs)
+    body = f"Command: `{command}`\n\n" + markdown_table(header, rows)
+    print(body)
+    if args.write:
+        write_section(args.section, body)
+
+
+if __name__ == "__main__":
+    main()
