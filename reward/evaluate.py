@@ -66,14 +66,14 @@ def comparison_report(
     safety_threshold: float = SAFETY_THRESHOLD,
 ) -> dict:
     """All evaluation numbers from the scores of each comparison's two responses."""
+    # One test set per mixing pool (a kind unless a source or an eval file names its own).
+    pools = [c.pool or c.kind for c in comparisons]
     report = {
         "pairs": len(comparisons),
         "accuracy": accuracy_by_rating(chosen, rejected, [c.rating for c in comparisons]),
-        # One test set per mixing pool (a kind unless a source or an eval file names its own).
         "test_sets": {
             pool: _subset(chosen, rejected, comparisons, lambda c, p=pool: (c.pool or c.kind) == p)
-            for pool in [*KINDS, *sorted({c.pool or c.kind for c in comparisons} - set(KINDS))]
-            if any((c.pool or c.kind) == pool for c in comparisons)
+            for pool in [*(k for k in KINDS if k in pools), *sorted(set(pools) - set(KINDS))]
         },
         "safety_categories": {
             category: _subset(chosen, rejected, comparisons, lambda c, k=category: c.safety_category == k)["overall"]

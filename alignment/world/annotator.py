@@ -30,7 +30,7 @@ import random
 
 from alignment.ratings import RATINGS
 from alignment.world.judges import gold_helpfulness, gold_is_violation
-from alignment.world.prompts import sample_prompts
+from alignment.world.prompts import FAMILIES, FAMILY_KIND, sample_prompts
 from alignment.world.responses import OPEN_SOURCE_MODE_WEIGHTS, mode_group, response_mixture
 
 # Lower bounds of the noisy score gap for each rating but the last (RATINGS order, strongest first).
@@ -108,7 +108,7 @@ def open_source_comparisons(
     weights the prompt families (default: every helpfulness family).
     """
     rng = random.Random(f"open-source/{seed}")
-    weights = families or {"arithmetic": 1, "word": 1, "antonym": 1, "capital": 1, "borderline": 1}
+    weights = families or {family: 1.0 for family in FAMILIES if FAMILY_KIND[family] == "helpfulness"}
     rows = []
     for prompt in sample_prompts(n, seed, split, weights=weights):
         modes = OPEN_SOURCE_MODE_WEIGHTS[mode_group(prompt)]
