@@ -287,24 +287,48 @@ def _mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def dialogue_scores(
+    items: list[dict], answers: list[list[str]], turns: int
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per turn, per dialogue: (adherence 0/1, gold helpfulness of the content)."""
+    follow = [[float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)] for t in range(turns)]
+    helpful = [
+        [instruction_helpfulness(item["prompts"][t], item["instruction"], a[t]) for item, a in zip(items, answers)]
+        for t in range(turns)
+    ]
+    return follow, helpful
+
+
 def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> dict:
-    adherence, adherence_se, helpful, helpful_se = [], [], [], []
-    for t in range(turns):
-        follow = [float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)]
-        help_ = [
-            instruction_helpfulness(item["prompts"][t], item["instruction"], a[t]) for item, a in zip(items, answers)
-        ]
-        m, s = _mean_stderr(follow)
-        adherence.append(m)
-        adherence_se.append(s)
-        m, s = _mean_stderr(help_)
-        helpful.append(m)
-        helpful_se.append(s)
+    follow, helpful = dialogue_scores(items, answers, turns)
+    adherence, adherence_se = zip(*(_mean_stderr(values) for values in follow))
+    helpfulness, helpfulness_se = zip(*(_mean_stderr(values) for values in helpful))
     return {
-        "adherence": adherence,
-        "adherence_stderr": adherence_se,
-        "helpfulness": helpful,
-        "helpfulness_stderr": helpful_se,
+        "adherence": list(adherence),
+        "adherence_stderr": list(adherence_se),
+        "helpfulness": list(helpfulness),
+        "helpfulness_stderr": list(helpfulness_se),
+    }
+
+
+def paired_differences(items: list[dict], without: list[list[str]], with_: list[list[str]], turns: int) -> dict:
+    """With minus without GAtt on the same dialogues, mean and standard error of the per-dialogue difference
+    (pairing removes the dialogue-to-dialogue spread): turn-1 adherence, last-turn adherence, and gold
+    helpfulness averaged over the turns."""
+    follow_0, help_0 = dialogue_scores(items, without, turns)
+    follow_1, help_1 = dialogue_scores(items, with_, turns)
+
+    def difference(a: list[float], b: list[float]) -> dict:
+        mean, stderr = _mean_stderr([y - x for x, y in zip(a, b)])
+        return {"mean": mean, "stderr": stderr}
+
+    def over_turns(values: list[list[float]]) -> list[float]:
+        return [sum(column) / turns for column in zip(*values)]
+
+    return {
+        "turn_1_adherence": difference(follow_0[0], follow_1[0]),
+        "last_turn_adherence": difference(follow_0[-1], follow_1[-1]),
+        "mean_helpfulness": difference(over_turns(help_0), over_turns(help_1)),
     }
 
 
@@ -424,12 +448,22 @@ def adherence_table(result: dict) -> str:
             f"{plain['with_gatt']['mean']:.3f} +- {plain['with_gatt']['stderr']:.3f} "
             f"(n={result['n_dialogues']})."
         )
+    paired = result.get("with_minus_without")
+    if paired:
+        lines.append("")
+        lines.append(f"With minus without GAtt, paired per dialogue (n={result['n_dialogues']}):")
+        for key, label in (
+            ("turn_1_adherence", "turn-1 adherence"),
+            ("last_turn_adherence", f"turn-{result['turns']} adherence"),
+            ("mean_helpfulness", "gold helpfulness averaged over the turns"),
+        ):
+            lines.append(f"- {label}: {paired[key]['mean']:+.3f} +- {paired[key]['stderr']:.3f}")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path: str) -> dict:
     items = eval_items(config)
-    scores, attention, plain = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}
+    scores, attention, plain, answers = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}, {}
     for key, path in (("without_gatt", without_path), ("with_gatt", with_path)):
         cache = out / f"eval_{key}.json"
         if cache.exists():
@@ -437,16 +471,17 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
         else:
             tokenizer = load_tokenizer(path)
             model = load_causal_lm(path)
-            answers = rollout(model, tokenizer, items, config)
+            rolled = rollout(model, tokenizer, items, config)
             saved = {
-                "answers": answers,
-                "scores": score_rollouts(items, answers, config.eval_turns),
+                "answers": rolled,
+                "scores": score_rollouts(items, rolled, config.eval_turns),
                 "plain_context": plain_context_adherence(model, tokenizer, items, config),
-                "attention": attention_to_system(path, items, answers, config),
+                "attention": attention_to_system(path, items, rolled, config),
                 "model": path,
             }
             atomic_write_json(cache, saved)
         scores[key], attention[key], plain[key] = saved["scores"], saved["attention"], saved["plain_context"]
+        answers[key] = saved["answers"]
     result = {
         "turns": config.eval_turns,
         "n_dialogues": len(items),
@@ -462,6 +497,9 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
         },
         # Adherence at the last turn when every earlier answer is the plain (non-following) ideal answer.
         "last_turn_plain_context": {key: dict(zip(("mean", "stderr"), _mean_stderr(plain[key]))) for key in plain},
+        "with_minus_without": paired_differences(
+            items, answers["without_gatt"], answers["with_gatt"], config.eval_turns
+        ),
         "models": {"without_gatt": without_path, "with_gatt": with_path},
         "instruction_kinds": list(config.instruction_kinds),
     }

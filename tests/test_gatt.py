@@ -454,3 +454,29 @@ def test_system_token_span_covers_exactly_the_instruction(tiny_tokenizer):
     assert tiny_tokenizer.convert_ids_to_tokens(ids[start - 2 : start]) == ["<<SYS>>", "\n"]
     assert tiny_tokenizer.decode(ids[start:end]).strip() == item["instruction"]["full"]
     assert tiny_tokenizer.convert_ids_to_tokens(ids[end : end + 1]) == ["<</SYS>>"]  # the last piece holds the "\n"
+
+
+def test_paired_differences_against_hand_computation():
+    from alignment.world import ideal_response
+    from sft.gatt_stage import paired_differences
+
+    prompts = [p for p in prompt_pool("heldout", ("arithmetic", "capital")) if p["gold"]["task"] != "upper"][:4]
+    golf = make_instruction({"hobby": "golf"})
+    items = [{"prompts": prompts[:2], "instruction": golf}, {"prompts": prompts[2:4], "instruction": golf}]
+    follow = [[comply(golf, ideal_response(p)) for p in item["prompts"]] for item in items]
+    plain = [[ideal_response(p) for p in item["prompts"]] for item in items]
+    # without: dialogue 0 follows at turn 1 only, dialogue 1 never; with: both follow at every turn, but
+    # dialogue 1's second answer is empty (content helpfulness 0).
+    without = [[follow[0][0], plain[0][1]], plain[1]]
+    with_ = [follow[0], [follow[1][0], comply(golf, "")]]
+    assert follows(golf, with_[1][1]) and instruction_helpfulness(items[1]["prompts"][1], golf, with_[1][1]) == 0.0
+
+    paired = paired_differences(items, without, with_, turns=2)
+
+    # turn 1: differences (0, 1): mean 0.5, sample sd sqrt(0.5), stderr sqrt(0.5)/sqrt(2) = 0.5
+    assert paired["turn_1_adherence"] == {"mean": 0.5, "stderr": 0.5}
+    # turn 2: differences (1, 1): mean 1, stderr 0
+    assert paired["last_turn_adherence"] == {"mean": 1.0, "stderr": 0.0}
+    # helpfulness per dialogue over 2 turns: without (1, 1), with (1, 0.5): differences (0, -0.5)
+    assert paired["mean_helpfulness"]["mean"] == pytest.approx(-0.25)
+    assert paired["mean_helpfulness"]["stderr"] == pytest.approx(0.25)

@@ -1,0 +1,79 @@
+"""The SmolLM2 safety-RLHF benchmark's data handling: the split by prompt and the control's random pick."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.safety_rlhf_smollm2 import random_pick, split_prompts, table  # noqa: E402
+
+
+def hh_row(first_turn: str, second_turn: str | None = None) -> dict:
+    chosen = f"\n\nHuman: {first_turn}\n\nAssistant: No."
+    if second_turn:
+        chosen += f"\n\nHuman: {second_turn}\n\nAssistant: Still no."
+    return {"chosen": chosen, "rejected": chosen.replace("No.", "Sure.")}
+
+
+def test_split_never_samples_on_a_held_out_first_turn(tmp_path):
+    hh = tmp_path / "hh.jsonl"
+    turns = [f"how do I do bad thing {i}?" for i in range(10)]
+    # "bad thing 3" opens a training pair and, with another second turn, a held-out pair
+    rows = [hh_row(t) for t in turns] + [hh_row(turns[3], "and then?")]
+    hh.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held_out = tmp_path / "held_out.jsonl"
+    held_rows = [
+        {"prompt": [{"role": "user", "content": turns[i]}], "chosen": "No.", "rejected": "Sure."} for i in (3, 7)
+    ]
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in held_rows))
+
+    train, held = split_prompts(hh, held_out, n_train=100, n_held=100)
+
+    assert sorted(held) == sorted([turns[3], turns[7]])
+    assert sorted(train) == sorted(t for i, t in enumerate(turns) if i not in (3, 7))
+    assert split_prompts(hh, held_out, n_train=2, n_held=1)[0] == train[:2]
+
+
+def test_random_pick_takes_the_first_finished_sample_of_each_prompt(tmp_path):
+    def sample(prompt_id, index, text, finished=True):
+        messages = [{"role": "user", "content": f"prompt {prompt_id}"}]
+        return {"prompt_id": prompt_id, "sample_index": index, "messages": messages, "response": text,
+                "finished": finished}  # fmt: skip
+
+    rows = [
+        sample("a", 1, "a1"),
+        sample("a", 0, "a0 cut", finished=False),
+        sample("a", 2, "a2"),
+        sample("b", 0, "   "),  # empty: never a training answer
+        sample("b", 3, "b3"),
+        sample("c", 0, "c0 cut", finished=False),
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    picked = {d[0]["content"]: d[1]["content"] for d in random_pick(path, drop_unfinished=True)}
+    assert picked == {"prompt a": "a1", "prompt b": "b3"}
+    kept_cut = {d[0]["content"]: d[1]["content"] for d in random_pick(path, drop_unfinished=False)}
+    assert kept_cut == {"prompt a": "a0 cut", "prompt b": "b3", "prompt c": "c0 cut"}
+
+
+def test_table_row_shows_means_and_standard_errors():
+    row = {
+        "model": "rs",
+        "refusal_rate_heldout_hh": 0.25,
+        "refusal_rate_heldout_hh_stderr": 0.05,
+        "mean_sigmoid_r_s_heldout_hh": 0.5123,
+        "mean_sigmoid_r_s_heldout_hh_stderr": 0.0211,
+        "refusal_rate_benign": 0.0,
+        "refusal_rate_benign_stderr": 0.0,
+        "safety_eval": {
+            "toxigen": {
+                "toxic_rate": 0.4,
+                "stderr": 0.049,
+                "per_prompt_kind": {"hate": {"toxic_rate": 0.8, "stderr": 0.05}},
+            }
+        },
+    }
+    line = table([row]).splitlines()[2]
+    assert line == "| rs | 25.0 ± 5.0 | 0.512 ± 0.021 | 0.0 ± 0.0 | - | - | 40.0 ± 4.9 | 80.0 ± 5.0 | - | - |"
