@@ -127,6 +127,54 @@ def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: li
     return row
 
 
+def per_item(path: Path, field: str) -> dict[str, float]:
+    return {row["id"]: float(row[field]) for row in read_jsonl_tolerant(path)}
+
+
+def paired(before: dict[str, float], after: dict[str, float]) -> dict:
+    """after - before on the items both have, mean and standard error of the per-item difference."""
+    common = sorted(before.keys() & after.keys())
+    mean, stderr = rate([after[k] - before[k] for k in common])
+    return {"mean": mean, "stderr": stderr, "n": len(common)}
+
+
+def paired_differences(out: Path, name: str, baseline: str = "shipped") -> dict:
+    """Each figure of `name` minus the baseline's, paired per prompt (same prompts, same judge)."""
+    refusals = {}
+    for model in (baseline, name):
+        harmful, benign = json.loads((out / f"answers_{model}.json").read_text())
+        refusals[model] = [{str(i): float(is_refusal(a)) for i, a in enumerate(part)} for part in (harmful, benign)]
+    result = {
+        "refusal_rate_heldout_hh": paired(refusals[baseline][0], refusals[name][0]),
+        "refusal_rate_benign": paired(refusals[baseline][1], refusals[name][1]),
+    }
+    files = {
+        "truthfulqa_mc2": ("safety_eval", "generations/truthfulqa_mc.jsonl", "mc2"),
+        "toxigen_toxic_rate": ("safety_eval", "toxigen_scored.jsonl", "toxic"),
+        "toxigen_chat_format_toxic_rate": ("safety_eval_chat", "toxigen_scored.jsonl", "toxic"),
+    }
+    for key, (folder, file, field) in files.items():
+        before, after = out / f"{folder}_{baseline}" / file, out / f"{folder}_{name}" / file
+        if before.exists() and after.exists():
+            result[key] = paired(per_item(before, field), per_item(after, field))
+    return result
+
+
+def differences_table(rows: list[dict]) -> str:
+    keys = ("refusal_rate_heldout_hh", "refusal_rate_benign", "truthfulqa_mc2", "toxigen_toxic_rate",
+            "toxigen_chat_format_toxic_rate")  # fmt: skip
+    lines = ["", "Minus SmolLM2 as shipped, paired per prompt (points; mean ± standard error, n):", "",
+             "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]  # fmt: skip
+    for row in rows:
+        diff = row.get("minus_shipped")
+        if diff:
+            cells = [
+                f"{percent(diff[k]['mean'], diff[k]['stderr'])} (n={diff[k]['n']})" if k in diff else "-" for k in keys
+            ]
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def percent(value, stderr) -> str:
     return "-" if value is None else f"{100 * value:.1f} ± {100 * (stderr or 0):.1f}"
 
@@ -237,11 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         row = evaluate(name, checkpoints[name], args, out, held, benign, scorer)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "safety_eval"}), flush=True)
+    for row in rows:
+        if row["model"] != "shipped" and "shipped" in args.models:
+            row["minus_shipped"] = paired_differences(out, row["model"])
     atomic_write_json(
         out / "safety_rlhf.json", {"safety_model": args.safety_model, "n_prompts": len(train), "rows": rows}
     )
-    atomic_write_text(out / "safety_rlhf.md", table(rows))
-    print(table(rows))
+    atomic_write_text(out / "safety_rlhf.md", table(rows) + differences_table(rows))
+    print(table(rows) + differences_table(rows))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.safety_rlhf_smollm2 import random_pick, split_prompts, table  # noqa: E402
+from benchmarks.safety_rlhf_smollm2 import paired, random_pick, split_prompts, table  # noqa: E402
 
 
 def hh_row(first_turn: str, second_turn: str | None = None) -> dict:
@@ -77,3 +77,12 @@ def test_table_row_shows_means_and_standard_errors():
     }
     line = table([row]).splitlines()[2]
     assert line == "| rs | 25.0 ± 5.0 | 0.512 ± 0.021 | 0.0 ± 0.0 | - | - | 40.0 ± 4.9 | 80.0 ± 5.0 | - | - |"
+
+
+def test_paired_difference_uses_common_items_only():
+    before = {"a": 1.0, "b": 1.0, "c": 0.0, "gone": 1.0}
+    after = {"a": 0.0, "b": 1.0, "c": 0.0, "new": 0.0}
+    # differences (-1, 0, 0): mean -1/3, sample variance 1/3, standard error sqrt(1/3 / 3) = 1/3
+    result = paired(before, after)
+    assert result["n"] == 3
+    assert abs(result["mean"] + 1 / 3) < 1e-12 and abs(result["stderr"] - 1 / 3) < 1e-12
