@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n_prompts", type=int, default=256, help="Sampling prompts (R_s's training split).")
     parser.add_argument("--num_samples", type=int, default=4, help="K answers per prompt.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling T (at 1.0 SmolLM2 rambles).")
-    parser.add_argument("--top_p", type=float, default=0.9)
+    parser.add_argument("--top_p", type=float, default=1.0, help="1.0: temperature only, as the paper's RS.")
     parser.add_argument("--sample_max_new_tokens", type=int, default=128, help="Cut answers are not kept.")
     parser.add_argument("--n_eval", type=int, default=128, help="Held-out HH prompts and benign prompts each.")
     parser.add_argument("--max_new_tokens", type=int, default=48, help="Greedy answers of the evaluation.")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--temperature",
                     str(args.temperature),
                     "--top_p",
-                    "1.0",
+                    str(args.top_p),
                     "--max_new_tokens",
                     str(args.sample_max_new_tokens),
                     "--generation_batch_size",
