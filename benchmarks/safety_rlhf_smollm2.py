@@ -21,7 +21,7 @@ safety-eval generations are append-only, finished fine-tunes and answer sets are
         --max_length 64 --train_top_layers 0 --learning_rate 3e-3 --epochs 2 --global_batch_size 16 \\
         --per_device_batch 16 --out runs/bench/reward_hh_head64
     python benchmarks/safety_rlhf_smollm2.py --safety_model runs/bench/reward_hh_head64/safety_rm \\
-        --out runs/bench/safety_rlhf
+        --out runs/bench/safety_rlhf2 --chat_toxigen
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def fine_tune_options(args, output_dir: Path) -> list[str]:
 
 def split_prompts(hh_file: Path, held_out_file: Path, n_train: int, n_held: int) -> tuple[list[str], list[str]]:
     """(sampling prompts, held-out prompts): first user turns; a first turn that opens any held-out pair of
-    R_s is never sampled on, so the held-out prompts are unseen by R_s and by the fine-tuned policy."""
+    R_s is never sampled on, so the policy is fine-tuned on none of the held-out prompts."""
     held = hh_prompts(held_out_file)
     held_set = set(held)
     return [p for p in hh_prompts(hh_file) if p not in held_set][:n_train], held[:n_held]
@@ -209,14 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--safety_model", required=True, help="SmolLM2 safety RM (reward_hh_smollm2.py output).")
     parser.add_argument("--hh_file", default=str(HH_HARMLESS), help="Anthropic HH harmless pairs (raw rows).")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--n_prompts", type=int, default=256, help="Sampling prompts (R_s's training split).")
+    parser.add_argument("--n_prompts", type=int, default=192, help="Sampling prompts (R_s's training split).")
     parser.add_argument("--num_samples", type=int, default=4, help="K answers per prompt.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling T (at 1.0 SmolLM2 rambles).")
     parser.add_argument("--top_p", type=float, default=1.0, help="1.0: temperature only, as the paper's RS.")
     parser.add_argument("--sample_max_new_tokens", type=int, default=128, help="Cut answers are not kept.")
-    parser.add_argument("--n_eval", type=int, default=128, help="Held-out HH prompts and benign prompts each.")
+    parser.add_argument("--n_eval", type=int, default=100, help="Held-out HH prompts and benign prompts each.")
     parser.add_argument("--max_new_tokens", type=int, default=48, help="Greedy answers of the evaluation.")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--models", nargs="+", default=["shipped", "rs", "control"])
