@@ -58,7 +58,7 @@ def fine_tune_options(args, output_dir: Path) -> list[str]:
         "--model_name_or_path", MODEL, "--chat_format", "model", "--global_batch_size", "16",
         "--per_device_train_batch_size", "8", "--learning_rate", str(args.learning_rate), "--num_train_epochs",
         str(args.epochs), "--max_length", "256", "--packing", "false", "--bf16", "false", "--save_steps", "1000",
-        "--logging_steps", "5", "--seed", "0", "--output_dir", str(output_dir),
+        "--logging_steps", "5", "--seed", str(args.seed), "--output_dir", str(output_dir),
     ]  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: li
         (config,) = parse_recipe(
             (SafetyEvalConfig,),
             ["--config", str(args.safety_eval_config), "--model", model, "--model_name", name,
-             "--output_dir", str(out / f"safety_eval_{name}")],
+             "--benchmarks", *args.benchmarks, "--output_dir", str(out / f"safety_eval_{name}")],
         )  # fmt: skip
         results = run_safety_eval(config)
         row["safety_eval"] = {k: results[k] for k in ("truthfulqa", "toxigen", "bold") if k in results}
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["shipped", "rs", "control"])
     parser.add_argument("--safety_eval_config", default=str(SAFETY_EVAL_PRESET))
     parser.add_argument("--skip_safety_eval", action="store_true", help="Only the HH refusal figures.")
+    parser.add_argument("--benchmarks", nargs="+", default=["truthfulqa", "toxigen", "bold"], help="Of the preset.")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling and fine-tuning seed.")
     parser.add_argument(
         "--chat_toxigen", action="store_true", help="Also ToxiGen with each prompt as a user turn (chat format)."
     )
