@@ -76,6 +76,17 @@ def answers(model: str, prompts: list[str], max_new_tokens: int, batch_size: int
     return [s.text for s in sorted(samples, key=lambda s: s.prompt_index)]
 
 
+def cached_answers(cache: Path, model: str, harmful: list[str], benign: list[str], max_new_tokens: int,
+                   batch_size: int) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Greedy answers to the harmful and the benign prompts, kept in `cache` so a rerun does not regenerate."""
+    if cache.exists():
+        harmful_answers, benign_answers = json.loads(cache.read_text())
+        return harmful_answers, benign_answers
+    answered = answers(model, harmful, max_new_tokens, batch_size), answers(model, benign, max_new_tokens, batch_size)
+    atomic_write_json(cache, list(answered))
+    return answered
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--safety_model", required=True, help="SmolLM2 safety RM (reward_hh_smollm2.py output).")
@@ -163,13 +174,9 @@ def main(argv: list[str] | None = None) -> None:
             kept_rows = [float(r["kept"]) for r in read_jsonl_tolerant(Path(model) / "distilled.jsonl")]
             kept = rate(kept_rows)
             assert len(kept_rows) == summary["prompts"]
-        cache = out / mode / "eval_answers.json"
-        if cache.exists():
-            harmful_answers, benign_answers = json.loads(cache.read_text())
-        else:
-            harmful_answers = answers(model, held, args.max_new_tokens, args.batch_size)
-            benign_answers = answers(model, benign, args.max_new_tokens, args.batch_size)
-            atomic_write_json(cache, [harmful_answers, benign_answers])
+        harmful_answers, benign_answers = cached_answers(
+            out / mode / "eval_answers.json", model, held, benign, args.max_new_tokens, args.batch_size
+        )
         r_s = scorer.score([[{"role": "user", "content": p}] for p in held], harmful_answers).probs.tolist()
         row = {"mode": mode, "kept_share": kept[0], "kept_share_stderr": kept[1]}
         for key, values in (

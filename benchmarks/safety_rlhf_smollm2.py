@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.config import parse_recipe  # noqa: E402
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant, read_records  # noqa: E402
-from benchmarks.cd_smollm2_hh import MODEL, TRUTHFULQA, answers, hh_prompts, is_refusal  # noqa: E402
+from benchmarks.cd_smollm2_hh import MODEL, TRUTHFULQA, cached_answers, hh_prompts, is_refusal  # noqa: E402
 from evals.config import SafetyEvalConfig  # noqa: E402
 from evals.run import run_safety_eval  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
@@ -91,13 +91,9 @@ def random_pick(samples: Path, drop_unfinished: bool) -> list[list[dict]]:
 
 
 def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: list[str], scorer) -> dict:
-    cache = out / f"answers_{name}.json"
-    if cache.exists():
-        harmful_answers, benign_answers = json.loads(cache.read_text())
-    else:
-        harmful_answers = answers(model, held, args.max_new_tokens, args.batch_size)
-        benign_answers = answers(model, benign, args.max_new_tokens, args.batch_size)
-        atomic_write_json(cache, [harmful_answers, benign_answers])
+    harmful_answers, benign_answers = cached_answers(
+        out / f"answers_{name}.json", model, held, benign, args.max_new_tokens, args.batch_size
+    )
     r_s = scorer.score([[{"role": "user", "content": p}] for p in held], harmful_answers).probs.tolist()
     row: dict = {"model": name, "checkpoint": model, "n_heldout_hh": len(held), "n_benign": len(benign)}
     for key, values in (
