@@ -13,18 +13,43 @@ arXiv 2307.09288, sec. 3.3 (and appendix Table 30). Given multi-turn dialogues a
 
 The rows then go through the SFT stage's trainer (``sft.trainer.run_sft``). Sampling appends one JSON line per
 finished dialogue to an append-only log, so a killed run resumes where it stopped.
+
+Real models have no gold judge, so user dialogues may carry a checkable instruction (``check``): the answer's
+first or last word, or a word it must contain (``text_follows``). Small real models also loop, answer in one
+word, talk about the instruction instead of the question, or repeat their previous answer when an instruction is
+appended to every question; ``well_formed`` rejects those answers from the data and counts them in the
+evaluation (a cheap proxy, not a judge of correctness).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from alignment.chat import encode_prompt
 from alignment.config import DataError
 from alignment.data import append_jsonl, load_rows, read_jsonl_tolerant
 from alignment.world.instructions import follows, make_instruction, sample_dialogues, sample_instructions
+from alignment.world.judges import words
+
+# A checkable instruction for real text: {"starts_with": w}, {"ends_with": w} or {"contains": w}, one word each.
+TEXT_CHECKS = ("starts_with", "ends_with", "contains")
+# An answer shorter than this, or repeating a word trigram this often, is a loop or a one-word reply.
+MIN_ANSWER_WORDS = 5
+MAX_TRIGRAM_REPEATS = 2
+# Share of an answer's word trigrams found in one earlier answer above which it repeats that answer.
+MAX_SHARED_TRIGRAMS = 0.5
+# Words that say nothing about a question's topic (for the on-topic check: a shared word of 4+ letters).
+FUNCTION_WORDS = frozenset(
+    "what when where which whom whose that this these those there their they them then than with from have does "
+    "will would could should about your into some many much more most only also just like were been being because "
+    "after before over under very such each other ever every still happen happens thing things people person "
+    "true really know said says".split()
+)
 
 
 @dataclass
@@ -37,6 +62,70 @@ class GattDialogue:
     terse: str | None = None
     kinds: dict | None = None  # world instruction kinds: the gold checker applies
     prompt_ids: list[str] | None = None  # world prompt ids of the turns, for helpfulness reports
+    check: dict | None = None  # a checkable instruction for real text (TEXT_CHECKS)
+
+
+def check_error(check) -> str | None:
+    """Why ``check`` is not a valid checkable instruction, or None."""
+    if not isinstance(check, dict) or len(check) != 1:
+        return f"must be one of {{{', '.join(TEXT_CHECKS)}: word}}"
+    ((kind, word),) = check.items()
+    if kind not in TEXT_CHECKS:
+        return f"unknown check '{kind}' (use {', '.join(TEXT_CHECKS)})"
+    if not isinstance(word, str) or words(word) != [word.strip()]:
+        return f"'{kind}' must be a single word, got {word!r}"
+    return None
+
+
+def text_follows(check: dict, text: str) -> bool:
+    """Whether an answer follows a checkable instruction; words compare case-insensitively, punctuation ignored."""
+    ((kind, word),) = check.items()
+    found = [w.lower() for w in words(text)]
+    if not found:
+        return False
+    if kind == "starts_with":
+        return found[0] == word.lower()
+    if kind == "ends_with":
+        return found[-1] == word.lower()
+    return word.lower() in found
+
+
+def _trigrams(text: str) -> list[tuple[str, str, str]]:
+    found = [w.lower() for w in words(text)]
+    return list(zip(found, found[1:], found[2:]))
+
+
+def _topic_words(text: str) -> set[str]:
+    return {w.lower().rstrip("s") for w in words(text) if len(w) >= 4 and w.lower() not in FUNCTION_WORDS}
+
+
+def well_formed(answer: str, question: str, earlier: list[str] = (), ignore: str = "") -> bool:
+    """Not ``degenerate``, on topic (shares a content word of 4+ letters with the question, ``ignore`` aside,
+    e.g. the instruction's own word) and not a repeat of an earlier answer of the dialogue (more than half of its
+    word trigrams in one of them)."""
+    if degenerate(answer):
+        return False
+    if not (_topic_words(answer) - _topic_words(ignore)) & _topic_words(question):
+        return False
+    grams = _trigrams(answer)
+    for previous in earlier:
+        seen = set(_trigrams(previous))
+        if sum(g in seen for g in grams) > MAX_SHARED_TRIGRAMS * len(grams):
+            return False
+    return True
+
+
+def check_word(check: dict | None) -> str:
+    return next(iter(check.values())) if check else ""
+
+
+def degenerate(text: str) -> bool:
+    """A one-word reply or a loop: fewer than MIN_ANSWER_WORDS words, or a word trigram repeated more than
+    MAX_TRIGRAM_REPEATS times."""
+    found = [w.lower() for w in words(text)]
+    if len(found) < MIN_ANSWER_WORDS:
+        return True
+    return Counter(zip(found, found[1:], found[2:])).most_common(1)[0][1] > MAX_TRIGRAM_REPEATS
 
 
 def with_instruction(user: str, instruction: str) -> str:
@@ -97,7 +186,7 @@ def world_dialogues(
 
 
 def load_user_dialogues(path: str) -> list[GattDialogue]:
-    """User JSONL rows ``{"system": instruction, "messages": [...], "terse"?: str, "id"?: str}``.
+    """User JSONL rows ``{"system": instruction, "messages": [...], "terse"?: str, "check"?: {...}, "id"?: str}``.
 
     Only the user turns are used (answers are sampled again with the instruction); a row's dialogue is all of
     its user turns, so the last one is the trained turn.
@@ -124,22 +213,28 @@ def load_user_dialogues(path: str) -> list[GattDialogue]:
         terse = row.get("terse")
         if terse is not None and not isinstance(terse, str):
             raise DataError(f"{where}: field 'terse' must be a string")
+        check = row.get("check")
+        if check is not None and (problem := check_error(check)):
+            raise DataError(f"{where}: field 'check' {problem}")
         out.append(
             GattDialogue(
                 id=str(row.get("id", f"{Path(path).name}:{number}")),
                 users=users,
                 instruction=system.strip(),
                 terse=terse,
+                check=check,
             )
         )
     return out
 
 
 def _checker(dialogue: GattDialogue):
-    if dialogue.kinds is None:
-        return None
-    instruction = make_instruction(dialogue.kinds)
-    return lambda text: follows(instruction, text)
+    if dialogue.kinds is not None:
+        instruction = make_instruction(dialogue.kinds)
+        return lambda text: follows(instruction, text)
+    if dialogue.check is not None:
+        return lambda text: text_follows(dialogue.check, text)
+    return None
 
 
 def build_gatt_data(
@@ -154,14 +249,18 @@ def build_gatt_data(
     use_checker: bool = True,
     chunk_size: int = 64,
     seed: int = 0,
+    well_formed_only: bool = False,
+    keep_passed_turns: bool = False,
     stop_after_chunks: int | None = None,
 ) -> list[dict]:
     """Sample every dialogue not yet in ``out_path`` and append its row; return all rows (kept and dropped).
 
     Each chunk of ``chunk_size`` dialogues is sampled turn by turn (one batched ``engine.generate`` call per
     turn, K = params.num_samples samples per prompt); of a prompt's K samples the first that passes the
-    checker is kept (the first sample without a checker). A dialogue with a turn that no sample passes is
-    logged with ``"kept": false`` and no messages. Seeds depend only on the chunk and turn, so a resumed run
+    checker (and, with ``well_formed_only``, is ``well_formed``) is kept (the first sample without a checker).
+    A dialogue with a turn that no sample passes is logged with ``"kept": false`` and no messages; with
+    ``keep_passed_turns`` it is kept, cut after its last passed turn (a real small model seldom passes every one
+    of 20 turns, and the cut row is still a valid GAtt row). Seeds depend only on the chunk and turn, so a resumed run
     samples what an uninterrupted one would. ``stop_after_chunks`` stops early (tests of resumption).
     """
     out_path = Path(out_path)
@@ -170,7 +269,8 @@ def build_gatt_data(
     if len(set(ids)) != len(ids):
         raise DataError(f"GAtt dialogues have duplicate ids (e.g. {next(i for i in ids if ids.count(i) > 1)!r})")
     chunks_done = 0
-    for chunk_index, start in enumerate(range(0, len(dialogues), chunk_size)):
+    starts = range(0, len(dialogues), chunk_size)
+    for chunk_index, start in enumerate(tqdm(starts, desc="GAtt sampling", unit="chunk")):
         chunk = [d for d in dialogues[start : start + chunk_size] if d.id not in done]
         if not chunk:
             continue
@@ -189,7 +289,17 @@ def build_gatt_data(
             for position, i in enumerate(active):
                 samples = sorted(by_prompt.get(position, []), key=lambda s: s.sample_index)
                 check = checkers[i]
-                good = [s for s in samples if s.text and (check is None or check(s.text))]
+                dialogue = chunk[i]
+                good = [
+                    s
+                    for s in samples
+                    if s.text
+                    and (check is None or check(s.text))
+                    and (
+                        not well_formed_only
+                        or well_formed(s.text, dialogue.users[turn], answers[i], check_word(dialogue.check))
+                    )
+                ]
                 if good:
                     answers[i].append(good[0].text)
                 else:
@@ -197,19 +307,21 @@ def build_gatt_data(
         rows = []
         for i, dialogue in enumerate(chunk):
             rng = random.Random(f"{seed}:{dialogue.id}")
+            kept = alive[i] or (keep_passed_turns and bool(answers[i]))
             row = {
                 "id": dialogue.id,
-                "kept": alive[i],
-                "turns": len(dialogue.users),
+                "kept": kept,
+                "turns": len(answers[i]) if kept else len(dialogue.users),
                 "instruction": dialogue.instruction,
             }
             if dialogue.kinds is not None:
                 row["kinds"] = dialogue.kinds
-            if alive[i]:
-                system, terse = choose_system(dialogue, rng, terse_share)
-                row.update(terse=terse, messages=training_row(system, dialogue.users, answers[i]))
-            else:
+            if not alive[i]:
                 row["failed_turn"] = len(answers[i]) + 1
+            if kept:
+                system, terse = choose_system(dialogue, rng, terse_share)
+                users = dialogue.users[: len(answers[i])]
+                row.update(terse=terse, messages=training_row(system, users, answers[i]))
             rows.append(row)
         append_jsonl(out_path, rows)
         chunks_done += 1

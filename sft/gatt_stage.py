@@ -15,6 +15,11 @@ Steps, each skipped when its output is complete, so a killed run resumes:
    judge ``follows``), gold helpfulness of the content per turn, and the attention mass on the system-message
    tokens per layer and turn (the Figure 10 analogue). ``adherence.json``, ``adherence.md``,
    ``adherence.png``, ``attention.json``, ``attention.png``.
+
+   With user dialogues (``source`` and ``eval_source`` files, e.g. a real model) there is no gold judge: each
+   evaluation dialogue carries a checkable instruction (``sft.gatt.text_follows``), the answer quality reported
+   is the share of well-formed answers (not ``sft.gatt.degenerate``), and the attention figure is drawn for the
+   llama2 format only (it locates the ``<<SYS>>`` block).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from alignment.chat import B_INST, B_SYS, E_INST, E_SYS, dialog_segments, encode_prompt
 from alignment.config import RecipeError, config_to_dict, parse_recipe
@@ -44,7 +50,15 @@ from alignment.world.instructions import (
 )
 from rlhf.sampling import HFSamplingEngine, SamplingParams
 from sft.config import DataArguments, Llama2SFTConfig, ModelArguments
-from sft.gatt import build_gatt_data, load_user_dialogues, training_dialogues, world_dialogues
+from sft.gatt import (
+    build_gatt_data,
+    check_word,
+    load_user_dialogues,
+    text_follows,
+    training_dialogues,
+    well_formed,
+    world_dialogues,
+)
 from sft.trainer import run_sft
 
 COMPLETE_MARKER = "stage_complete.json"
@@ -62,6 +76,10 @@ class GattConfig:
     )
     chat_format: str = field(default="llama2", metadata={"help": "llama2 or model."})
     seed: int = field(default=0, metadata={"help": "Seed of data, sampling and training."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Weights' dtype when sampling and evaluating (float32, bfloat16 or float16)."},
+    )
     source: str = field(
         default="builtin:world",
         metadata={"help": "builtin:world, or a JSONL of {'system': instruction, 'messages': [...], 'terse'?: str}."},
@@ -71,11 +89,26 @@ class GattConfig:
         metadata={"help": "World instruction kinds (hobby, end_word, capitals, language)."},
     )
     max_instruction_parts: int = field(default=2, metadata={"help": "Instructions combine 1..this many kinds."})
-    gatt_dialogues: int = field(default=400, metadata={"help": "World dialogues sampled for GAtt rows."})
+    gatt_dialogues: int = field(
+        default=400, metadata={"help": "Dialogues sampled for GAtt rows (world: drawn; file source: its first N)."}
+    )
     min_turns: int = field(default=2, metadata={"help": "Shortest GAtt dialogue (turns)."})
     max_turns: int = field(default=8, metadata={"help": "Longest GAtt dialogue (turns)."})
     terse_share: float = field(default=0.5, metadata={"help": "Share of rows with the terse instruction (half)."})
-    use_checker: bool = field(default=True, metadata={"help": "Drop dialogues whose answers fail the gold judge."})
+    use_checker: bool = field(
+        default=True, metadata={"help": "Drop dialogues whose answers fail the gold judge (or the row's 'check')."}
+    )
+    well_formed_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Also reject sampled answers that loop, have under 5 words, share no content word with the "
+            "question or repeat an earlier answer (sft.gatt.well_formed)."
+        },
+    )
+    keep_passed_turns: bool = field(
+        default=False,
+        metadata={"help": "Keep a dialogue whose turn no sample passed, cut after its last passed turn."},
+    )
     num_samples: int = field(default=2, metadata={"help": "Samples per turn; the first passing the checker is kept."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of GAtt answers."})
     top_p: float = field(default=0.9, metadata={"help": "Top-p of GAtt answers."})
@@ -89,6 +122,13 @@ class GattConfig:
     base_layers: int = field(default=4, metadata={"help": "Layers of the from-scratch base model."})
     base_heads: int = field(default=4, metadata={"help": "Attention heads of the from-scratch base model."})
     base_kv_heads: int = field(default=2, metadata={"help": "KV heads of the from-scratch base model."})
+    eval_source: str = field(
+        default="",
+        metadata={
+            "help": "With a file source: held-out dialogues for the evaluation (JSONL like source; every row "
+            "has a 'check' and at least eval_turns user turns)."
+        },
+    )
     eval_dialogues: int = field(default=100, metadata={"help": "Held-out dialogues per model in the evaluation."})
     eval_turns: int = field(default=8, metadata={"help": "Turns per evaluation dialogue (N)."})
     attention_dialogues: int = field(default=8, metadata={"help": "Dialogues averaged in the attention figure."})
@@ -114,6 +154,8 @@ class GattConfig:
             raise RecipeError(f"terse_share must lie in [0, 1], got {self.terse_share}")
         if self.eval_turns < 1 or self.eval_dialogues < 1:
             raise RecipeError("eval_turns and eval_dialogues must be at least 1")
+        if self.source != "builtin:world" and not self.data_only and not self.eval_source:
+            raise RecipeError("eval_source: a file source needs held-out evaluation dialogues (or data_only: true)")
 
 
 def sft_args(section: dict, model: str, output_dir: Path, chat_format: str, seed: int):
@@ -186,14 +228,14 @@ def gatt_source(config: GattConfig):
         )
     if not Path(config.source).is_file():
         raise RecipeError(f"source: file not found: {config.source}")
-    return load_user_dialogues(config.source)
+    return load_user_dialogues(config.source)[: config.gatt_dialogues]
 
 
 def sample_gatt_data(
     config: GattConfig, model_path: str, out: Path, stop_after_chunks: int | None = None
 ) -> list[dict]:
     tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path)
+    model = load_causal_lm(model_path, dtype=config.dtype)
     engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
     params = SamplingParams(
         num_samples=config.num_samples,
@@ -212,6 +254,8 @@ def sample_gatt_data(
         use_checker=config.use_checker,
         chunk_size=config.chunk_size,
         seed=config.seed,
+        well_formed_only=config.well_formed_only,
+        keep_passed_turns=config.keep_passed_turns,
         stop_after_chunks=stop_after_chunks,
     )
 
@@ -233,13 +277,62 @@ def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[d
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def on_world(config: GattConfig) -> bool:
+    return config.source == "builtin:world"
+
+
 def eval_items(config: GattConfig) -> list[dict]:
-    """Held-out world dialogues of eval_turns turns with an instruction each (seeded apart from training)."""
-    prompts = sample_dialogues(config.eval_dialogues, config.eval_turns, config.seed + 101, split="heldout")
-    instructions = sample_instructions(
-        config.eval_dialogues, config.seed + 102, tuple(config.instruction_kinds), config.max_instruction_parts
-    )
-    return [{"prompts": p, "instruction": i} for p, i in zip(prompts, instructions)]
+    """Held-out dialogues of eval_turns turns with an instruction each: world dialogues (seeded apart from
+    training), or the first eval_dialogues rows of eval_source, with their checks."""
+    if on_world(config):
+        prompts = sample_dialogues(config.eval_dialogues, config.eval_turns, config.seed + 101, split="heldout")
+        instructions = sample_instructions(
+            config.eval_dialogues, config.seed + 102, tuple(config.instruction_kinds), config.max_instruction_parts
+        )
+        return [{"prompts": p, "instruction": i} for p, i in zip(prompts, instructions)]
+    if not Path(config.eval_source).is_file():
+        raise RecipeError(f"eval_source: file not found: {config.eval_source}")
+    items = []
+    for dialogue in load_user_dialogues(config.eval_source)[: config.eval_dialogues]:
+        if dialogue.check is None or len(dialogue.users) < config.eval_turns:
+            raise RecipeError(
+                f"eval_source {config.eval_source}: dialogue '{dialogue.id}' needs a 'check' and at least "
+                f"{config.eval_turns} user turns (eval_turns)"
+            )
+        items.append(
+            {
+                "prompts": [{"prompt": user} for user in dialogue.users[: config.eval_turns]],
+                "instruction": {"full": dialogue.instruction},
+                "check": dialogue.check,
+            }
+        )
+    return items
+
+
+def item_follows(item: dict, answer: str) -> bool:
+    if "check" in item:
+        return text_follows(item["check"], answer)
+    return follows(item["instruction"], answer)
+
+
+def quality_key(items: list[dict]) -> str:
+    """What the answer quality is: gold helpfulness on the world, the well-formed share on user dialogues."""
+    return "well_formed" if items and "check" in items[0] else "helpfulness"
+
+
+QUALITY_LABELS = {
+    "helpfulness": "gold helpfulness of the content",
+    "well_formed": "well-formed answers (on topic, no loop, no repeat)",
+}
+
+
+def answer_quality(item: dict, turn: int, answers: list[str]) -> float:
+    """Quality of a dialogue's answer at ``turn`` (earlier answers matter on user dialogues: a repeat is not
+    well formed)."""
+    if "check" in item:
+        question = item["prompts"][turn]["prompt"]
+        return float(well_formed(answers[turn], question, answers[:turn], check_word(item["check"])))
+    return instruction_helpfulness(item["prompts"][turn], item["instruction"], answers[turn])
 
 
 def eval_messages(item: dict, answers: list[str], upto: int) -> list[dict]:
@@ -256,7 +349,7 @@ def rollout(model, tokenizer, items: list[dict], config: GattConfig) -> list[lis
     engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
     params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     answers: list[list[str]] = [[] for _ in items]
-    for turn in range(config.eval_turns):
+    for turn in tqdm(range(config.eval_turns), desc="GAtt evaluation", unit="turn"):
         prompts = [
             encode_prompt(tokenizer, eval_messages(item, answers[i], turn + 1), config.chat_format)
             for i, item in enumerate(items)
@@ -290,13 +383,11 @@ def _mean_stderr(values: list[float]) -> tuple[float, float]:
 def dialogue_scores(
     items: list[dict], answers: list[list[str]], turns: int
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """Per turn, per dialogue: (adherence 0/1, gold helpfulness of the content)."""
-    follow = [[float(follows(item["instruction"], a[t])) for item, a in zip(items, answers)] for t in range(turns)]
-    helpful = [
-        [instruction_helpfulness(item["prompts"][t], item["instruction"], a[t]) for item, a in zip(items, answers)]
-        for t in range(turns)
-    ]
-    return follow, helpful
+    """Per turn, per dialogue: (adherence 0/1, answer quality: gold helpfulness of the content on the world, 1 for
+    a well-formed answer on user dialogues)."""
+    follow = [[float(item_follows(item, a[t])) for item, a in zip(items, answers)] for t in range(turns)]
+    quality = [[answer_quality(item, t, a) for item, a in zip(items, answers)] for t in range(turns)]
+    return follow, quality
 
 
 def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> dict:
@@ -313,8 +404,9 @@ def score_rollouts(items: list[dict], answers: list[list[str]], turns: int) -> d
 
 def paired_differences(items: list[dict], without: list[list[str]], with_: list[list[str]], turns: int) -> dict:
     """With minus without GAtt on the same dialogues, mean and standard error of the per-dialogue difference
-    (pairing removes the dialogue-to-dialogue spread): turn-1 adherence, last-turn adherence, and gold
-    helpfulness averaged over the turns."""
+    (pairing removes the dialogue-to-dialogue spread): turn-1 adherence, last-turn adherence, mean adherence over
+    the turns from the tenth on (when there are ten), and the answer quality (``quality_key``) averaged over the
+    turns."""
     follow_0, help_0 = dialogue_scores(items, without, turns)
     follow_1, help_1 = dialogue_scores(items, with_, turns)
 
@@ -325,11 +417,17 @@ def paired_differences(items: list[dict], without: list[list[str]], with_: list[
     def over_turns(values: list[list[float]]) -> list[float]:
         return [sum(column) / turns for column in zip(*values)]
 
-    return {
+    paired = {
         "turn_1_adherence": difference(follow_0[0], follow_1[0]),
         "last_turn_adherence": difference(follow_0[-1], follow_1[-1]),
-        "mean_helpfulness": difference(over_turns(help_0), over_turns(help_1)),
+        f"mean_{quality_key(items)}": difference(over_turns(help_0), over_turns(help_1)),
     }
+    if turns >= 10:
+        late = turns - 9
+        without_late = [sum(column) / late for column in zip(*follow_0[9:])]
+        with_late = [sum(column) / late for column in zip(*follow_1[9:])]
+        paired["turns_10_on_adherence"] = difference(without_late, with_late)
+    return paired
 
 
 def system_token_span(tokenizer, item: dict, first_user: str) -> tuple[int, int]:
@@ -378,8 +476,9 @@ def attention_to_system(
     return {name: [[v / count for v in row] for row in total] for name, total in totals.items()}
 
 
-def write_figures(out: Path, result: dict, attention: dict) -> None:
+def write_figures(out: Path, result: dict, attention: dict | None) -> None:
     turns = list(range(1, result["turns"] + 1))
+    quality = result["quality_measure"]
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for key, label, colour in (("without_gatt", "without GAtt", "tab:grey"), ("with_gatt", "with GAtt", "tab:blue")):
@@ -388,15 +487,15 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
         )
         axes[1].errorbar(
             turns,
-            result["helpfulness"][key],
-            yerr=result["helpfulness"][f"{key}_stderr"],
+            result[quality][key],
+            yerr=result[quality][f"{key}_stderr"],
             fmt="-o",
             capsize=3,
             label=label,
             color=colour,
         )
     axes[0].set_ylabel("instruction adherence (gold judge)")
-    axes[1].set_ylabel("gold helpfulness of the content")
+    axes[1].set_ylabel(QUALITY_LABELS[quality])
     for axis in axes:
         axis.set_xlabel("turn")
         axis.set_ylim(-0.02, 1.02)
@@ -405,6 +504,8 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
     axes[0].set_title(f"System instruction kept over turns (n={result['n_dialogues']} dialogues, +-1 s.e.)")
     fig.tight_layout()
     fig.savefig(out / "adherence.png", dpi=110)
+    if attention is None:
+        return
 
     fig = Figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2, sharey="row", sharex=True)
@@ -427,11 +528,13 @@ def write_figures(out: Path, result: dict, attention: dict) -> None:
 
 
 def adherence_table(result: dict) -> str:
+    quality = result["quality_measure"]
+    name = quality.replace("_", "-")
     lines = [
-        "| turn | adherence without GAtt | adherence with GAtt | helpfulness without | helpfulness with |",
+        f"| turn | adherence without GAtt | adherence with GAtt | {name} without | {name} with |",
         "|---|---|---|---|---|",
     ]
-    h = result["helpfulness"]
+    h = result[quality]
     for t in range(result["turns"]):
         lines.append(
             f"| {t + 1} | {result['without_gatt'][t]:.3f} +- {result['without_gatt_stderr'][t]:.3f} "
@@ -455,14 +558,19 @@ def adherence_table(result: dict) -> str:
         for key, label in (
             ("turn_1_adherence", "turn-1 adherence"),
             ("last_turn_adherence", f"turn-{result['turns']} adherence"),
-            ("mean_helpfulness", "gold helpfulness averaged over the turns"),
+            ("turns_10_on_adherence", f"adherence averaged over turns 10-{result['turns']}"),
+            (f"mean_{quality}", f"{QUALITY_LABELS[quality]}, averaged over the turns"),
         ):
+            if key not in paired:
+                continue
             lines.append(f"- {label}: {paired[key]['mean']:+.3f} +- {paired[key]['stderr']:.3f}")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path: str) -> dict:
     items = eval_items(config)
+    quality = quality_key(items)
+    draw_attention = config.chat_format == "llama2"
     scores, attention, plain, answers = {}, {"n_dialogues": min(config.attention_dialogues, len(items))}, {}, {}
     for key, path in (("without_gatt", without_path), ("with_gatt", with_path)):
         cache = out / f"eval_{key}.json"
@@ -470,13 +578,16 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
             saved = json.loads(cache.read_text())
         else:
             tokenizer = load_tokenizer(path)
-            model = load_causal_lm(path)
+            model = load_causal_lm(path, dtype=config.dtype)
             rolled = rollout(model, tokenizer, items, config)
             saved = {
                 "answers": rolled,
                 "scores": score_rollouts(items, rolled, config.eval_turns),
-                "plain_context": plain_context_adherence(model, tokenizer, items, config),
-                "attention": attention_to_system(path, items, rolled, config),
+                # The plain earlier answers are the world's ideal ones; user dialogues have none.
+                "plain_context": (
+                    plain_context_adherence(model, tokenizer, items, config) if on_world(config) else None
+                ),
+                "attention": attention_to_system(path, items, rolled, config) if draw_attention else None,
                 "model": path,
             }
             atomic_write_json(cache, saved)
@@ -489,24 +600,31 @@ def evaluate_models(config: GattConfig, out: Path, without_path: str, with_path:
         "without_gatt": scores["without_gatt"]["adherence"],
         "with_gatt_stderr": scores["with_gatt"]["adherence_stderr"],
         "without_gatt_stderr": scores["without_gatt"]["adherence_stderr"],
-        "helpfulness": {
+        "quality_measure": quality,
+        quality: {
             "with_gatt": scores["with_gatt"]["helpfulness"],
             "without_gatt": scores["without_gatt"]["helpfulness"],
             "with_gatt_stderr": scores["with_gatt"]["helpfulness_stderr"],
             "without_gatt_stderr": scores["without_gatt"]["helpfulness_stderr"],
         },
-        # Adherence at the last turn when every earlier answer is the plain (non-following) ideal answer.
-        "last_turn_plain_context": {key: dict(zip(("mean", "stderr"), _mean_stderr(plain[key]))) for key in plain},
         "with_minus_without": paired_differences(
             items, answers["without_gatt"], answers["with_gatt"], config.eval_turns
         ),
         "models": {"without_gatt": without_path, "with_gatt": with_path},
-        "instruction_kinds": list(config.instruction_kinds),
     }
+    if on_world(config):
+        result["instruction_kinds"] = list(config.instruction_kinds)
+        # Adherence at the last turn when every earlier answer is the plain (non-following) ideal answer.
+        result["last_turn_plain_context"] = {
+            key: dict(zip(("mean", "stderr"), _mean_stderr(plain[key]))) for key in plain
+        }
+    else:
+        result["eval_source"] = config.eval_source
     atomic_write_json(out / "adherence.json", result)
-    atomic_write_json(out / "attention.json", attention)
     atomic_write_text(out / "adherence.md", adherence_table(result))
-    write_figures(out, result, attention)
+    if draw_attention:
+        atomic_write_json(out / "attention.json", attention)
+    write_figures(out, result, attention if draw_attention else None)
     return result
 
 

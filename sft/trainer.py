@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import trl.trainer.utils as trl_utils
 from datasets import Dataset
 from peft import LoraConfig
 from trl import SFTTrainer
@@ -24,6 +25,29 @@ from alignment.data import SkipCounter, atomic_write_json, load_dialogs, message
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
 from alignment.training import train_resumable
+
+
+def _score_labelled_positions_only() -> None:
+    """Make TRL's fused LM head score only the labelled positions on CPU, as it does on CUDA.
+
+    TRL 1.x projects every position through the LM head on devices without Triton (fixed tile shapes for
+    compilers such as Neuron's) and zeroes the unlabelled ones afterwards. On CPU that is most of a step when few
+    tokens carry loss: a GAtt row of SmolLM2 (vocabulary 49,152) trains its last answer only, and a step of two
+    700-token rows took 47 s, of which 22 s in the LM-head kernel (BENCHMARKS.md). The loss is the same: the
+    skipped positions contribute exactly zero (``tests/test_sft.py``).
+    """
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or getattr(original, "labelled_only", False):
+        return
+
+    def compact(device) -> bool:
+        return original(device) or device.type == "cpu"
+
+    compact.labelled_only = True
+    trl_utils._use_triton = compact
+
+
+_score_labelled_positions_only()
 
 
 def validate_sft_inputs(model_args, data_args, training_args) -> None:

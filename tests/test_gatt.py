@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alignment.chat import IGNORE_INDEX, encode_dialog
-from alignment.config import DataError
+from alignment.config import DataError, RecipeError
 from alignment.world import prompt_pool
 from alignment.world.instructions import (
     END_WORDS,
@@ -30,7 +30,17 @@ from alignment.world.instructions import (
     sample_instructions,
 )
 from rlhf.sampling import Sample, SamplingParams
-from sft.gatt import GattDialogue, build_gatt_data, load_user_dialogues, training_row, world_dialogues
+from sft.gatt import (
+    GattDialogue,
+    build_gatt_data,
+    check_error,
+    degenerate,
+    load_user_dialogues,
+    text_follows,
+    training_row,
+    well_formed,
+    world_dialogues,
+)
 
 P, A = "prompt", "answer"
 ROOT = Path(__file__).resolve().parents[1]
@@ -480,3 +490,165 @@ def test_paired_differences_against_hand_computation():
     # helpfulness per dialogue over 2 turns: without (1, 1), with (1, 0.5): differences (0, -0.5)
     assert paired["mean_helpfulness"]["mean"] == pytest.approx(-0.25)
     assert paired["mean_helpfulness"]["stderr"] == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------------------------------------ real models
+
+
+@pytest.mark.parametrize(
+    "check, text, verdict",
+    [
+        ({"starts_with": "Ahoy"}, "Ahoy! Veins look blue because of how skin scatters light.", True),
+        ({"starts_with": "Ahoy"}, "ahoy, matey.", True),  # case and punctuation do not matter
+        ({"starts_with": "Ahoy"}, "Well, ahoy: veins look blue.", False),  # near miss: second word
+        ({"starts_with": "Ahoy"}, "Ahoyhoy! veins look blue.", False),  # near miss: a longer word
+        ({"starts_with": "Ahoy"}, "", False),
+        ({"ends_with": "okay"}, "Veins look blue, okay.", True),
+        ({"ends_with": "okay"}, "Okay, veins look blue.", False),
+        ({"contains": "chess"}, "Like a chess move, light scatters.", True),
+        ({"contains": "chess"}, "Chessboards are square.", False),
+    ],
+)
+def test_checkable_instructions_for_real_text(check, text, verdict):
+    assert text_follows(check, text) is verdict
+
+
+def test_bad_checks_are_named():
+    assert check_error({"starts_with": "Ahoy"}) is None
+    assert "unknown check 'first'" in check_error({"first": "Ahoy"})
+    assert "single word" in check_error({"starts_with": "two words"})
+    assert "must be one of" in check_error({"starts_with": "a", "ends_with": "b"})
+    assert "must be one of" in check_error("Ahoy")
+
+
+def test_well_formed_rejects_loops_off_topic_answers_and_repeats():
+    question = "Why do veins appear blue?"
+    good = "Ahoy! Veins appear blue because skin scatters red light."
+    assert well_formed(good, question, [], "Ahoy")
+    assert degenerate("Ahoy! Ahoy! Ahoy!")  # under five words
+    assert degenerate("the veins are blue the veins are blue the veins are blue")  # a trigram three times
+    assert not degenerate("the veins are blue and the veins are blue")  # twice is allowed
+    # Off topic: the only shared content word is the instruction's own.
+    assert not well_formed("Ahoy is a special word that sailors shout.", "Who said ahoy first?", [], "Ahoy")
+    assert well_formed(
+        "Ahoy, sailors first said it on ships long ago.", "Who said ahoy first, the sailors?", [], "Ahoy"
+    )
+    # A repeat of an earlier answer (all of its trigrams) is not well formed; a new answer is.
+    assert not well_formed(good, "Are veins really blue?", [good], "Ahoy")
+    assert well_formed(
+        "Ahoy! Veins are not blue; they look blue under skin.", "Are veins really blue?", [good], "Ahoy"
+    )
+
+
+def test_user_dialogues_carry_checks_and_bad_checks_name_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    row = {"system": "Begin every answer with the word 'Ahoy'.", "messages": [{"role": "user", "content": "hi"}]}
+    path.write_text(
+        json.dumps({**row, "check": {"starts_with": "Ahoy"}})
+        + "\n"
+        + json.dumps({**row, "check": {"first": "x"}})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'check' unknown check 'first'"):
+        load_user_dialogues(str(path))
+    path.write_text(json.dumps({**row, "check": {"starts_with": "Ahoy"}}) + "\n")
+    (dialogue,) = load_user_dialogues(str(path))
+    assert dialogue.check == {"starts_with": "Ahoy"}
+
+
+class ScriptedEngine:
+    """Answers by turn index from a script: each prompt gets the same K samples, the turn's scripted texts."""
+
+    def __init__(self, script: dict[int, list[str]]):
+        self.script = script
+        self.turn = 0
+
+    def generate(self, prompt_ids, params):
+        texts = self.script[self.turn]
+        self.turn += 1
+        return [
+            Sample(i, k, list(ids), [], texts[k % len(texts)], True)
+            for i, ids in enumerate(prompt_ids)
+            for k in range(params.num_samples)
+        ]
+
+
+def test_checks_and_well_formed_filter_pick_samples_and_keep_passed_turns(tmp_path, tiny_tokenizer):
+    dialogue = GattDialogue(
+        id="d",
+        users=["Why do veins appear blue?", "Are veins really blue?", "What colour is blood?"],
+        instruction="Begin every answer with the word 'Ahoy'.",
+        check={"starts_with": "Ahoy"},
+    )
+    veins = "Ahoy! Veins appear blue because skin scatters red light."
+    script = {
+        0: ["Veins appear blue because skin scatters light.", "Ahoy! Ahoy! Ahoy!", veins],  # only the third passes
+        1: [veins, "Ahoy! Veins are not really blue, they only look blue."],  # the first is a repeat
+        2: ["Ahoy is a word sailors use.", "Ahoy there."],  # off topic, too short: the turn fails
+    }
+    params = SamplingParams(num_samples=3)
+    common = dict(params=params, chat_format="llama2", well_formed_only=True)
+    (dropped,) = build_gatt_data(ScriptedEngine(script), tiny_tokenizer, [dialogue], tmp_path / "a.jsonl", **common)
+    assert not dropped["kept"] and dropped["failed_turn"] == 3
+    (cut,) = build_gatt_data(
+        ScriptedEngine(script), tiny_tokenizer, [dialogue], tmp_path / "b.jsonl", keep_passed_turns=True, **common
+    )
+    assert cut["kept"] and cut["turns"] == 2 and cut["failed_turn"] == 3
+    answers = [m["content"] for m in cut["messages"] if m["role"] == "assistant"]
+    assert answers == [veins, "Ahoy! Veins are not really blue, they only look blue."]
+    assert [m["content"] for m in cut["messages"] if m["role"] == "user"] == dialogue.users[:2]
+    # Without the filter the first sample that opens with the word is kept: the loop at turn 1.
+    (loose,) = build_gatt_data(
+        ScriptedEngine(script), tiny_tokenizer, [dialogue], tmp_path / "c.jsonl", params=params, chat_format="llama2"
+    )
+    assert loose["kept"] and loose["messages"][2]["content"] == "Ahoy! Ahoy! Ahoy!"
+
+
+def test_user_evaluation_scores_checks_and_well_formed_answers(tmp_path):
+    from sft.gatt_stage import GattConfig, dialogue_scores, eval_items, paired_differences
+
+    rows = []
+    for i, word in enumerate(("Ahoy", "Hello")):
+        rows.append(
+            {
+                "id": f"e{i}",
+                "system": f"Begin every answer with the word '{word}'.",
+                "check": {"starts_with": word},
+                "messages": [{"role": "user", "content": q} for q in ("Why is the sky blue?", "Why is grass green?")],
+            }
+        )
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = GattConfig(source=str(path), eval_source=str(path), eval_turns=2, eval_dialogues=2)
+    items = eval_items(config)
+    assert [item["check"] for item in items] == [{"starts_with": "Ahoy"}, {"starts_with": "Hello"}]
+    sky = "Ahoy! The sky is blue because air scatters blue light."
+    answers = [[sky, sky], ["Hello! The sky scatters blue light.", "Hello, grass is green from chlorophyll."]]
+    follow, quality = dialogue_scores(items, answers, 2)
+    assert follow == [[1.0, 1.0], [1.0, 1.0]]
+    # dialogue 0 turn 2 repeats turn 1 (and is off topic): not well formed
+    assert quality == [[1.0, 1.0], [0.0, 1.0]]
+    paired = paired_differences(items, [["No.", "No."], ["No.", "No."]], answers, 2)
+    assert set(paired) == {"turn_1_adherence", "last_turn_adherence", "mean_well_formed"}
+    assert paired["last_turn_adherence"] == {"mean": 1.0, "stderr": 0.0}
+    assert paired["mean_well_formed"] == {"mean": 0.75, "stderr": 0.25}
+    with pytest.raises(RecipeError, match="at least 3 user turns"):
+        eval_items(GattConfig(source=str(path), eval_source=str(path), eval_turns=3, eval_dialogues=2))
+    with pytest.raises(RecipeError, match="eval_source"):
+        GattConfig(source=str(path))
+
+
+def test_turns_10_on_adherence_is_paired_over_the_late_turns():
+    from sft.gatt_stage import paired_differences
+
+    item = {
+        "prompts": [{"prompt": "Why is the sky blue?"}] * 12,
+        "instruction": {"full": "x"},
+        "check": {"starts_with": "Ahoy"},
+    }
+    yes, no = "Ahoy, the sky is blue from scattering.", "The sky is blue from scattering."
+    without = [[yes] * 9 + [no] * 3, [yes] * 12]
+    with_ = [[yes] * 12, [yes] * 10 + [no, no]]
+    paired = paired_differences([item, item], without, with_, 12)
+    # turns 10-12 per dialogue: dialogue 0 goes 0 -> 1, dialogue 1 goes 1 -> 1/3: differences 1 and -2/3
+    assert paired["turns_10_on_adherence"]["mean"] == pytest.approx((1 - 2 / 3) / 2)

@@ -126,6 +126,36 @@ def test_trainer_uses_bfd_packing_and_padding_free_collator(tmp_path, tiny_token
             offset += n
 
 
+def test_cpu_lm_head_scores_labelled_positions_only_with_the_same_log_probs(tiny_tokenizer, monkeypatch):
+    """sft.trainer makes TRL's fused LM head skip unlabelled positions on CPU; the per-token log-probs and the
+    loss are those of scoring every position."""
+    import trl.trainer.utils as trl_utils
+
+    from alignment.models import load_causal_lm
+
+    assert trl_utils._use_triton(torch.device("cpu"))  # the patch is installed by importing sft.trainer
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    trl_utils.add_fused_lm_head(model)
+    dialog = load_dialogs(str(DEMO_SFT_DATA))[0]
+    encoded = encode_dialog(tiny_tokenizer, dialog)
+    input_ids = torch.tensor([encoded["input_ids"]])
+    labels = torch.tensor([encoded["labels"]])
+    assert 0 < (labels != IGNORE_INDEX).sum() < labels.numel()
+    with torch.no_grad():
+        compact = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
+        monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's own CPU path
+        every = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
+        logits = model(input_ids=input_ids).logits[0, :-1]
+    torch.testing.assert_close(compact, every, atol=1e-6, rtol=0)
+    # and both equal the log-softmax of the full logits at the labelled positions (zero elsewhere)
+    targets = labels[0, 1:]
+    mask = targets != IGNORE_INDEX
+    expected = torch.log_softmax(logits.float(), -1)[mask].gather(1, targets[mask][:, None])[:, 0]
+    assert compact.shape == (1, len(targets))  # one log-prob per next-token label
+    torch.testing.assert_close(compact[0][mask], expected, atol=1e-5, rtol=0)
+    assert (compact[0][~mask] == 0).all()
+
+
 def test_dataset_names_and_split():
     assert resolve_dataset("builtin:demo-sft") == str(DEMO_SFT_DATA)
     assert resolve_dataset("data/mine.jsonl") == "data/mine.jsonl"
