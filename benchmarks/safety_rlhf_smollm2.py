@@ -119,6 +119,16 @@ def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: li
              "--output_dir", str(out / f"safety_eval_chat_{name}")],
         )  # fmt: skip
         row["toxigen_chat_format"] = run_safety_eval(config)["toxigen"]
+    if args.replicate_toxigen:
+        # More ToxiGen prompts of the same seeded draw, as the preset measures it (plain continuation); the
+        # differences below are also reported on the prompts the preset did not use, a fresh sample.
+        (config,) = parse_recipe(
+            (SafetyEvalConfig,),
+            ["--config", str(args.safety_eval_config), "--model", model, "--model_name", name,
+             "--benchmarks", "toxigen", "--toxigen_per_group", str(args.replicate_toxigen),
+             "--output_dir", str(out / f"safety_eval_toxigen{args.replicate_toxigen}_{name}")],
+        )  # fmt: skip
+        row[f"toxigen_{args.replicate_toxigen}_per_group"] = run_safety_eval(config)["toxigen"]
     row["example"] = {"prompt": held[0], "answer": harmful_answers[0]}
     return row
 
@@ -127,9 +137,10 @@ def per_item(path: Path, field: str) -> dict[str, float]:
     return {row["id"]: float(row[field]) for row in read_jsonl_tolerant(path)}
 
 
-def paired(before: dict[str, float], after: dict[str, float]) -> dict:
-    """after - before on the items both have, mean and standard error of the per-item difference."""
-    common = sorted(before.keys() & after.keys())
+def paired(before: dict[str, float], after: dict[str, float], leave_out: set[str] = frozenset()) -> dict:
+    """after - before on the items both have (but ``leave_out``), mean and standard error of the per-item
+    difference."""
+    common = sorted((before.keys() & after.keys()) - leave_out)
     mean, stderr = rate([after[k] - before[k] for k in common])
     return {"mean": mean, "stderr": stderr, "n": len(common)}
 
@@ -153,12 +164,25 @@ def paired_differences(out: Path, name: str, baseline: str = "shipped") -> dict:
         before, after = out / f"{folder}_{baseline}" / file, out / f"{folder}_{name}" / file
         if before.exists() and after.exists():
             result[key] = paired(per_item(before, field), per_item(after, field))
+    preset = out / f"safety_eval_{baseline}" / "toxigen_scored.jsonl"
+    for folder in sorted(out.glob(f"safety_eval_toxigen*_{baseline}")):
+        per_group = folder.name.removeprefix("safety_eval_toxigen").removesuffix(f"_{baseline}")
+        after = out / f"safety_eval_toxigen{per_group}_{name}" / "toxigen_scored.jsonl"
+        if not after.exists():
+            continue
+        before, after = per_item(folder / "toxigen_scored.jsonl", "toxic"), per_item(after, "toxic")
+        result[f"toxigen_{per_group}_per_group_toxic_rate"] = paired(before, after)
+        if preset.exists():
+            result[f"toxigen_{per_group}_per_group_fresh_toxic_rate"] = paired(
+                before, after, leave_out=set(per_item(preset, "toxic"))
+            )
     return result
 
 
 def differences_table(rows: list[dict]) -> str:
-    keys = ("refusal_rate_heldout_hh", "refusal_rate_benign", "truthfulqa_mc2", "toxigen_toxic_rate",
-            "toxigen_chat_format_toxic_rate")  # fmt: skip
+    keys = ["refusal_rate_heldout_hh", "refusal_rate_benign", "truthfulqa_mc2", "toxigen_toxic_rate",
+            "toxigen_chat_format_toxic_rate"]  # fmt: skip
+    keys += sorted({k for row in rows for k in row.get("minus_shipped", {}) if k not in keys})
     lines = ["", "Minus SmolLM2 as shipped, paired per prompt (points; mean ± standard error, n):", "",
              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]  # fmt: skip
     for row in rows:
@@ -223,6 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--chat_toxigen", action="store_true", help="Also ToxiGen with each prompt as a user turn (chat format)."
     )
+    parser.add_argument(
+        "--replicate_toxigen",
+        type=int,
+        default=0,
+        help="Also the preset's ToxiGen with this many prompts per group; differences also on the prompts the "
+        "preset did not use.",
+    )
+    parser.add_argument("--report", default="safety_rlhf", help="Name of the JSON and markdown written in --out.")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,9 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         if row["model"] != "shipped" and "shipped" in args.models:
             row["minus_shipped"] = paired_differences(out, row["model"])
     atomic_write_json(
-        out / "safety_rlhf.json", {"safety_model": args.safety_model, "n_prompts": len(train), "rows": rows}
+        out / f"{args.report}.json", {"safety_model": args.safety_model, "n_prompts": len(train), "rows": rows}
     )
-    atomic_write_text(out / "safety_rlhf.md", table(rows) + differences_table(rows))
+    atomic_write_text(out / f"{args.report}.md", table(rows) + differences_table(rows))
     print(table(rows) + differences_table(rows))
 
 

@@ -44,6 +44,7 @@ def _score_labelled_positions_only() -> None:
         return original(device) or device.type == "cpu"
 
     compact.labelled_only = True
+    compact.__wrapped__ = original  # TRL's own rule (benchmarks/sft_lm_head.py compares the two)
     trl_utils._use_triton = compact
 
 

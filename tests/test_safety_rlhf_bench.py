@@ -86,3 +86,25 @@ def test_paired_difference_uses_common_items_only():
     result = paired(before, after)
     assert result["n"] == 3
     assert abs(result["mean"] + 1 / 3) < 1e-12 and abs(result["stderr"] - 1 / 3) < 1e-12
+
+
+def test_replicated_toxigen_is_also_paired_on_the_prompts_the_preset_did_not_use(tmp_path):
+    from benchmarks.safety_rlhf_smollm2 import paired_differences
+
+    def scored(folder: str, toxic: dict[str, bool]) -> None:
+        (tmp_path / folder).mkdir()
+        rows = [{"id": k, "toxic": v} for k, v in toxic.items()]
+        (tmp_path / folder / "toxigen_scored.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for name, refusals in (("shipped", ["Sorry, no."]), ("rs", ["I can't help."])):
+        (tmp_path / f"answers_{name}.json").write_text(json.dumps([refusals, ["Paris."]]))
+    scored("safety_eval_shipped", {"p1": True, "p2": False})
+    scored("safety_eval_rs", {"p1": False, "p2": False})
+    scored("safety_eval_toxigen4_shipped", {"p1": True, "p2": False, "p3": True, "p4": True})
+    scored("safety_eval_toxigen4_rs", {"p1": False, "p2": False, "p3": False, "p4": True})
+    result = paired_differences(tmp_path, "rs")
+    assert result["toxigen_toxic_rate"]["n"] == 2 and result["toxigen_toxic_rate"]["mean"] == -0.5
+    assert result["toxigen_4_per_group_toxic_rate"]["n"] == 4
+    assert result["toxigen_4_per_group_toxic_rate"]["mean"] == -0.5  # differences (-1, 0, -1, 0)
+    fresh = result["toxigen_4_per_group_fresh_toxic_rate"]  # p3 and p4 only: differences (-1, 0)
+    assert fresh["n"] == 2 and fresh["mean"] == -0.5 and fresh["stderr"] == 0.5
