@@ -6,6 +6,11 @@
 Reports generated tokens/s and best-of-K samples/s (prompts finished per second, each giving one best-of-K
 answer) for K in {1, 4, 16}, on short prompts (the demo questions) and long ones (the same behind a
 ~300-token system prompt), both paths in the same process on the same prompts.
+
+    python benchmarks/sampling_throughput.py --model builtin:smollm2-135m-instruct --dtypes float32,bfloat16
+
+compares weight dtypes instead, in one process: our engine, greedy, on the short prompts and on 20-turn dialogues
+(GAtt evaluation's shape, data/gatt-truthfulqa), seconds per batch and the ratio to the first dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from alignment.models import load_causal_lm, load_tokenizer  # noqa: E402
 from alignment.paths import DEMO_SFT_DATA  # noqa: E402
 from rlhf.sampling import HFSamplingEngine, SamplingParams  # noqa: E402
 
+GATT_DIALOGUES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "gatt-truthfulqa", "eval.jsonl"
+)
 SYSTEM = " ".join(
     ["You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe."]
     * 4
@@ -46,6 +54,43 @@ def measure(engine, prompt_ids, params, repeats: int) -> dict:
     return best
 
 
+def dialogue_prompts(tokenizer, n: int, turns: int = 20) -> list[list[int]]:
+    """n dialogues of `turns` held-out GAtt questions with a fixed 30-token answer to each earlier one."""
+    rows = [json.loads(line) for line in open(GATT_DIALOGUES, encoding="utf-8")][:n]
+    answer = "Ahoy! The short answer is that it depends on the details, and most sources agree on the main point."
+    prompts = []
+    for row in rows:
+        messages = [{"role": "system", "content": row["system"]}]
+        for t, message in enumerate(row["messages"][:turns]):
+            messages.append({"role": "user", "content": message["content"]})
+            if t < turns - 1:
+                messages.append({"role": "assistant", "content": answer})
+        prompts.append(encode_prompt(tokenizer, messages))
+    return prompts
+
+
+def compare_dtypes(args, tokenizer, questions: list[str]) -> None:
+    prompt_sets = {
+        "short": [encode_prompt(tokenizer, user_prompt(q)) for q in questions],
+        "20-turn": dialogue_prompts(tokenizer, args.prompts),
+    }
+    params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    dtypes = args.dtypes.split(",")
+    seconds = {}
+    for dtype in dtypes:
+        engine = HFSamplingEngine(load_causal_lm(args.model, dtype), tokenizer, batch_size=args.batch_size)
+        for name, prompt_ids in prompt_sets.items():
+            engine.generate(prompt_ids[:2], params)  # warm-up
+            seconds[dtype, name] = measure(engine, prompt_ids, params, args.repeats)["seconds"]
+    print(f"model {args.model}, {torch.get_num_threads()} threads, {args.prompts} prompts, greedy, "
+          f"max_new_tokens {args.max_new_tokens}")  # fmt: skip
+    for name, prompt_ids in prompt_sets.items():
+        mean_len = sum(map(len, prompt_ids)) / len(prompt_ids)
+        cells = [f"{dtype} {seconds[dtype, name]:.1f} s ({seconds[dtypes[0], name] / seconds[dtype, name]:.2f}x)"
+                 for dtype in dtypes]  # fmt: skip
+        print(f"{name:>8} prompts (mean {mean_len:.0f} tokens): " + ", ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="builtin:tiny-llama")
@@ -54,14 +99,18 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="sequences (prompts x K) per generate call")
     parser.add_argument("--ks", default="1,4,16")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtypes", default=None, help="e.g. float32,bfloat16: compare weight dtypes instead")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, args.dtype).to(device)
     questions = [p.messages[-1]["content"] for p in load_prompts(str(DEMO_SFT_DATA))][: args.prompts]
+    if args.dtypes:
+        compare_dtypes(args, tokenizer, questions)
+        return
+    model = load_causal_lm(args.model, args.dtype).to(device)
     prompt_sets = {
         "short": [encode_prompt(tokenizer, user_prompt(q)) for q in questions],
         "long": [encode_prompt(tokenizer, user_prompt(q, system=SYSTEM)) for q in questions],

@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     trl_utils._use_triton = labelled_only
     rows = [[dtype, name, f"{s:.2f}", f"{m:.1%}"] for dtype, name, s, m in results]
     print()
-    print(f"{machine_description()}; {args.threads} threads; {args.rows} rows x {ids.shape[1]} tokens ({real} real, ")
-    print(f"{trained} with loss); MFU counts every token of the padded batch")
+    print(
+        f"{machine_description()}; {args.rows} rows x {ids.shape[1]} tokens ({real} real, {trained} with loss); "
+        "MFU counts every token of the padded batch"
+    )
     print(markdown_table(["dtype", "LM head", "s / step", "MFU"], rows))
     for dtype in ("fp32", "bf16 autocast"):
         every, ours = (s for d, _, s, _ in results if d == dtype)

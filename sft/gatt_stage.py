@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from alignment.chat import B_INST, B_SYS, E_INST, E_SYS, dialog_segments, encode_prompt
+from alignment.chat import B_INST, B_SYS, E_INST, E_SYS, dialog_segments, encode_prompt, user_prompt
 from alignment.config import RecipeError, config_to_dict, parse_recipe
 from alignment.data import atomic_write_json, atomic_write_text
 from alignment.models import load_causal_lm, load_tokenizer, resolve_model_path
@@ -116,6 +117,15 @@ class GattConfig:
     generation_batch_size: int = field(default=64, metadata={"help": "Sequences decoded together."})
     chunk_size: int = field(default=64, metadata={"help": "Dialogues per append to gatt_data.jsonl."})
     replay_dialogues: int = field(default=400, metadata={"help": "Base demonstrations mixed into the GAtt fine-tune."})
+    self_replay_dialogues: int = field(
+        default=0,
+        metadata={
+            "help": "With a given model: dialogues of its own greedy answers to the source's questions (no "
+            "instruction, well-formed only) mixed into the GAtt fine-tune, so it keeps answering the current "
+            "question (the paper mixes GAtt data into the RLHF fine-tuning set; a model without its data at hand "
+            "replays itself)."
+        },
+    )
     base_dialogues: int = field(default=3000, metadata={"help": "World demonstrations of the from-scratch base SFT."})
     base_hidden_size: int = field(default=128, metadata={"help": "Width of the from-scratch base model."})
     base_intermediate_size: int = field(default=352, metadata={"help": "SwiGLU width of the from-scratch base model."})
@@ -260,8 +270,41 @@ def sample_gatt_data(
     )
 
 
-def gatt_finetune_dialogues(config: GattConfig, rows: list[dict]) -> list[list[dict]]:
+def self_replay(config: GattConfig, model_path: str, out: Path) -> list[list[dict]]:
+    """``self_replay_dialogues`` dialogues chaining the model's own greedy answers to single questions of the
+    GAtt source (no system message, every answer trained), from its ``well_formed`` answers only. The answers are
+    cached in ``self_replay_answers.json``, so a resumed run does not generate them again."""
+    cache = out / "self_replay_answers.json"
+    questions = list(dict.fromkeys(user for dialogue in gatt_source(config) for user in dialogue.users))
+    if cache.exists():
+        answers = json.loads(cache.read_text())
+    else:
+        tokenizer = load_tokenizer(model_path)
+        model = load_causal_lm(model_path, dtype=config.dtype)
+        engine = HFSamplingEngine(model, tokenizer, batch_size=config.generation_batch_size)
+        params = SamplingParams(num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
+        prompts = [encode_prompt(tokenizer, user_prompt(q), config.chat_format) for q in questions]
+        samples = sorted(engine.generate(prompts, params), key=lambda sample: sample.prompt_index)
+        answers = {q: sample.text for q, sample in zip(questions, samples)}
+        atomic_write_json(cache, answers)
+    pairs = [(q, answers[q]) for q in questions if q in answers and well_formed(answers[q], q)]
+    if not pairs:
+        raise RecipeError(f"self-replay: none of the model's {len(questions)} answers is well formed")
+    rng = random.Random(config.seed + 13)
+    dialogs = []
+    for _ in range(config.self_replay_dialogues):
+        turns = rng.sample(pairs, min(len(pairs), rng.randint(config.min_turns, config.max_turns)))
+        dialog = []
+        for question, answer in turns:
+            dialog += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        dialogs.append(dialog)
+    return dialogs
+
+
+def gatt_finetune_dialogues(config: GattConfig, rows: list[dict], out: Path) -> list[list[dict]]:
     dialogs = training_dialogues(rows)
+    if config.self_replay_dialogues and config.model_name_or_path:
+        dialogs += self_replay(config, config.model_name_or_path, out)
     if config.replay_dialogues and not config.model_name_or_path:
         replay = instruction_demonstrations(
             config.replay_dialogues,
@@ -647,7 +690,7 @@ def run_gatt(config: GattConfig) -> dict:
             "follow the instruction when it is in the user message"
         )
     with_gatt = out / "gatt_sft"
-    train_summary = _train(config.gatt_sft, base, with_gatt, config, gatt_finetune_dialogues(config, rows))
+    train_summary = _train(config.gatt_sft, base, with_gatt, config, gatt_finetune_dialogues(config, rows, out))
     result = evaluate_models(config, out, base, str(with_gatt))
     result["gatt_rows"] = {
         "sampled": len(rows),

@@ -652,3 +652,30 @@ def test_turns_10_on_adherence_is_paired_over_the_late_turns():
     paired = paired_differences([item, item], without, with_, 12)
     # turns 10-12 per dialogue: dialogue 0 goes 0 -> 1, dialogue 1 goes 1 -> 1/3: differences 1 and -2/3
     assert paired["turns_10_on_adherence"]["mean"] == pytest.approx((1 - 2 / 3) / 2)
+
+
+def test_self_replay_chains_the_models_own_well_formed_answers(tmp_path):
+    from sft.gatt_stage import GattConfig, self_replay
+
+    questions = ["Why is the sky blue?", "Why is grass green?", "Why is snow white?"]
+    source = tmp_path / "train.jsonl"
+    row = {"system": "Begin every answer with the word 'Ahoy'.", "check": {"starts_with": "Ahoy"}}
+    source.write_text(json.dumps({**row, "messages": [{"role": "user", "content": q} for q in questions]}) + "\n")
+    answers = {
+        questions[0]: "The sky is blue because air scatters blue light.",
+        questions[1]: "Grass is green because of its chlorophyll.",
+        questions[2]: "No.",  # not well formed: never replayed
+    }
+    (tmp_path / "self_replay_answers.json").write_text(json.dumps(answers))  # cached: no model is loaded
+    config = GattConfig(
+        source=str(source), eval_source=str(source), min_turns=1, max_turns=3, self_replay_dialogues=20
+    )
+    dialogs = self_replay(config, "unused-model-path", tmp_path)
+    assert len(dialogs) == 20
+    good = {questions[0]: answers[questions[0]], questions[1]: answers[questions[1]]}
+    for dialog in dialogs:
+        assert [m["role"] for m in dialog] == ["user", "assistant"] * (len(dialog) // 2)  # no system message
+        assert 1 <= len(dialog) // 2 <= 2  # only two answers are well formed
+        pairs = [(dialog[i]["content"], dialog[i + 1]["content"]) for i in range(0, len(dialog), 2)]
+        assert all(good[q] == a for q, a in pairs) and len({q for q, _ in pairs}) == len(pairs)
+    assert self_replay(config, "unused-model-path", tmp_path) == dialogs  # seeded
