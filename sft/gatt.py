@@ -34,7 +34,7 @@ from alignment.chat import encode_prompt
 from alignment.config import DataError
 from alignment.data import append_jsonl, load_rows, read_jsonl_tolerant
 from alignment.world.instructions import follows, make_instruction, sample_dialogues, sample_instructions
-from alignment.world.judges import words
+from alignment.world.judges import lower_words, words
 
 # A checkable instruction for real text: {"starts_with": w}, {"ends_with": w} or {"contains": w}, one word each.
 TEXT_CHECKS = ("starts_with", "ends_with", "contains")
@@ -80,7 +80,7 @@ def check_error(check) -> str | None:
 def text_follows(check: dict, text: str) -> bool:
     """Whether an answer follows a checkable instruction; words compare case-insensitively, punctuation ignored."""
     ((kind, word),) = check.items()
-    found = [w.lower() for w in words(text)]
+    found = lower_words(text)
     if not found:
         return False
     if kind == "starts_with":
@@ -91,7 +91,7 @@ def text_follows(check: dict, text: str) -> bool:
 
 
 def _trigrams(text: str) -> list[tuple[str, str, str]]:
-    found = [w.lower() for w in words(text)]
+    found = lower_words(text)
     return list(zip(found, found[1:], found[2:]))
 
 
@@ -122,10 +122,9 @@ def check_word(check: dict | None) -> str:
 def degenerate(text: str) -> bool:
     """A one-word reply or a loop: fewer than MIN_ANSWER_WORDS words, or a word trigram repeated more than
     MAX_TRIGRAM_REPEATS times."""
-    found = [w.lower() for w in words(text)]
-    if len(found) < MIN_ANSWER_WORDS:
+    if len(words(text)) < MIN_ANSWER_WORDS:
         return True
-    return Counter(zip(found, found[1:], found[2:])).most_common(1)[0][1] > MAX_TRIGRAM_REPEATS
+    return Counter(_trigrams(text)).most_common(1)[0][1] > MAX_TRIGRAM_REPEATS
 
 
 def with_instruction(user: str, instruction: str) -> str:

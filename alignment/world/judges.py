@@ -45,7 +45,7 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.replace("\u2019", "'"))
 
 
-def _lower_words(text: str) -> list[str]:
+def lower_words(text: str) -> list[str]:
     return [w.lower() for w in words(text)]
 
 
@@ -86,11 +86,11 @@ def is_correct(prompt: dict, response: str) -> bool:
     response_words = words(response)
     if gold["match"] == "slot":
         return response_words == [gold["answer"]] or _claims(prompt, response_words) == {gold["answer"]}
-    return _contains(_lower_words(response), _lower_words(gold["answer"]))
+    return _contains(lower_words(response), lower_words(gold["answer"]))
 
 
 def is_on_topic(prompt: dict, response: str) -> bool:
-    return bool(set(_lower_words(response)) & {w.lower() for w in prompt["gold"]["topic"]})
+    return bool(set(lower_words(response)) & {w.lower() for w in prompt["gold"]["topic"]})
 
 
 def gold_helpfulness(prompt: dict, response: str) -> float:
