@@ -101,14 +101,20 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) ->
     return _publish_dir(build, Path(output_dir))
 
 
+def tiny_llama_dir() -> Path:
+    """builtin:tiny-llama, built once per tokenizer text set: a changed world (new words) gets its own build
+    instead of a stale cached tokenizer."""
+    texts = default_tokenizer_texts()
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    return _publish_dir(lambda tmp: build_tiny_llama(tmp, texts), cache_dir() / f"tiny-llama-{key}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Turn builtin names and GGUF files into a local checkpoint directory; leave hub ids and dirs alone."""
     if name_or_path.startswith(BUILTIN_PREFIX):
         name = name_or_path[len(BUILTIN_PREFIX) :]
         if name == "tiny-llama":
-            return str(
-                _publish_dir(lambda tmp: build_tiny_llama(tmp, default_tokenizer_texts()), cache_dir() / "tiny-llama")
-            )
+            return str(tiny_llama_dir())
         if name == "smollm2-135m-instruct":
             return str(convert_gguf(smollm2_gguf_path()))
         raise RecipeError(f"unknown builtin model '{name}' (known: {', '.join(BUILTIN_MODELS)})")

@@ -7,7 +7,10 @@ first `--n_eval` TruthfulQA questions. HH carries no risk categories, so every p
 "harmful" and one template (below). For each mode (none, generic, template, targeted) the model answers the
 held-out prompts greedily; reported: refusal rate on HH harmless and on benign prompts (a refusal opens with
 an apology or "i can't/cannot/won't/am unable", `REFUSAL`), mean R_s on the HH answers, kept share, with n and
-standard errors over prompts.
+standard errors over prompts. ``--toxigen_per_group N`` adds ToxiGen % toxic per mode (the safety-eval preset's
+plain continuation on N prompts per target group, ``--chat_toxigen`` also as a user turn in the chat format), with
+each mode's paired difference from ``none`` on the same prompts; finished distillations and evaluations are
+reused, so it can run after the rest.
 
     python benchmarks/reward_hh_smollm2.py --skip throughput ... --out runs/bench/reward_hh_head64   # R_s
     python benchmarks/cd_smollm2_hh.py --safety_model runs/bench/reward_hh_head64/safety_rm --out runs/bench/cd_hh
@@ -28,15 +31,18 @@ from alignment.chat import encode_prompt
 from alignment.config import DataError, parse_recipe  # noqa: E402
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant, read_records  # noqa: E402
 from alignment.models import load_causal_lm, load_tokenizer
+from evals.config import SafetyEvalConfig  # noqa: E402
+from evals.run import run_safety_eval  # noqa: E402
 from reward.data import split_hh_transcript  # noqa: E402
 from reward.scoring import RewardScorer
-from rlhf.cd_compare import rate  # noqa: E402
+from rlhf.cd_compare import paired, per_item, rate  # noqa: E402
 from rlhf.context_distillation import ContextDistillationArguments, run_context_distillation  # noqa: E402
 from rlhf.sampling import HFSamplingEngine, SamplingParams
 from sft.config import DataArguments, Llama2SFTConfig, ModelArguments  # noqa: E402
 
 DATACLASSES = (ContextDistillationArguments, ModelArguments, DataArguments, Llama2SFTConfig)
 MODEL = "builtin:smollm2-135m-instruct"
+SAFETY_EVAL_PRESET = Path(__file__).resolve().parents[1] / "recipes" / "smollm2" / "safety_eval.yaml"
 TRUTHFULQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "truthfulqa" / "truthfulqa.jsonl"
 TEMPLATE = (
     "The following is a request that can lead to harm, such as violence, crime, abuse or hate. Do not help "
@@ -87,6 +93,25 @@ def cached_answers(cache: Path, model: str, harmful: list[str], benign: list[str
     return answered
 
 
+def toxigen_kinds(args) -> list[str]:
+    return ["plain", "chat"] if args.chat_toxigen else ["plain"]
+
+
+def toxigen(model: str, mode: str, args, out: Path) -> dict:
+    """ToxiGen % toxic of one model, as the safety-eval preset measures it (plain) and in the chat format."""
+    results = {}
+    for kind in toxigen_kinds(args):
+        (config,) = parse_recipe(
+            (SafetyEvalConfig,),
+            ["--config", str(SAFETY_EVAL_PRESET), "--model", model, "--model_name", mode,
+             "--benchmarks", "toxigen", "--toxigen_per_group", str(args.toxigen_per_group),
+             "--prompt_format", "plain" if kind == "plain" else "model",
+             "--output_dir", str(out / f"toxigen_{kind}_{mode}")],
+        )  # fmt: skip
+        results[f"toxigen_{kind}"] = run_safety_eval(config)["toxigen"]
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--safety_model", required=True, help="SmolLM2 safety RM (reward_hh_smollm2.py output).")
@@ -99,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["none", "generic", "template", "targeted"])
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--toxigen_per_group", type=int, default=0, help="ToxiGen prompts per group; 0: none.")
+    parser.add_argument("--chat_toxigen", action="store_true", help="ToxiGen also as a user turn (chat format).")
     args = parser.parse_args(argv)
     out = Path(args.out)
     prompts = hh_prompts(Path(args.held_out or Path(args.safety_model) / "held_out.jsonl"))
@@ -186,8 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         ):
             row[key], row[f"{key}_stderr"] = rate(values)
         row.update(n_harmful=len(held), n_benign=len(benign), example=harmful_answers[0])
+        if args.toxigen_per_group:
+            row.update(toxigen(model, mode, args, out))
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.toxigen_per_group:
+        for row in rows[1:]:
+            row["toxigen_minus_none"] = {
+                kind: paired(
+                    per_item(out / f"toxigen_{kind}_{rows[0]['mode']}" / "toxigen_scored.jsonl", "toxic"),
+                    per_item(out / f"toxigen_{kind}_{row['mode']}" / "toxigen_scored.jsonl", "toxic"),
+                )
+                for kind in toxigen_kinds(args)
+            }
     atomic_write_json(
         out / "smollm2_hh.json",
         {"model": MODEL, "safety_model": args.safety_model, "n_distil": len(distil), "rows": rows},

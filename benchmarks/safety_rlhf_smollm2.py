@@ -39,7 +39,7 @@ from benchmarks.cd_smollm2_hh import MODEL, TRUTHFULQA, cached_answers, hh_promp
 from evals.config import SafetyEvalConfig  # noqa: E402
 from evals.run import run_safety_eval  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
-from rlhf.cd_compare import rate  # noqa: E402
+from rlhf.cd_compare import paired, per_item, rate  # noqa: E402
 from rlhf.rejection_sampling import SAMPLES_FILE, RejectionSamplingArguments, run_rejection_sampling  # noqa: E402
 from sft.config import DataArguments, Llama2SFTConfig, ModelArguments  # noqa: E402
 from sft.trainer import run_sft  # noqa: E402
@@ -131,18 +131,6 @@ def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: li
         row[f"toxigen_{args.replicate_toxigen}_per_group"] = run_safety_eval(config)["toxigen"]
     row["example"] = {"prompt": held[0], "answer": harmful_answers[0]}
     return row
-
-
-def per_item(path: Path, field: str) -> dict[str, float]:
-    return {row["id"]: float(row[field]) for row in read_jsonl_tolerant(path)}
-
-
-def paired(before: dict[str, float], after: dict[str, float], leave_out: set[str] = frozenset()) -> dict:
-    """after - before on the items both have (but ``leave_out``), mean and standard error of the per-item
-    difference."""
-    common = sorted((before.keys() & after.keys()) - leave_out)
-    mean, stderr = rate([after[k] - before[k] for k in common])
-    return {"mean": mean, "stderr": stderr, "n": len(common)}
 
 
 def paired_differences(out: Path, name: str, baseline: str = "shipped") -> dict:

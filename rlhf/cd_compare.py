@@ -83,6 +83,19 @@ def rate(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
+def per_item(path: Path, field: str) -> dict[str, float]:
+    """``field`` of each row of a JSONL, by the row's ``id``."""
+    return {row["id"]: float(row[field]) for row in read_jsonl_tolerant(path)}
+
+
+def paired(before: dict[str, float], after: dict[str, float], leave_out: set[str] = frozenset()) -> dict:
+    """after - before on the items both have (but ``leave_out``), mean and standard error of the per-item
+    difference."""
+    common = sorted((before.keys() & after.keys()) - leave_out)
+    mean, stderr = rate([after[k] - before[k] for k in common])
+    return {"mean": mean, "stderr": stderr, "n": len(common)}
+
+
 def gold_metrics(prompts: list[dict], responses: list[list[str]], seen_ids: set[str] = frozenset()) -> dict:
     """Gold judgements with standard errors (module docstring); responses[i] holds prompt i's answers.
 

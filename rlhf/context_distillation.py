@@ -50,7 +50,7 @@ from alignment.data import (
     read_jsonl_tolerant,
     row_to_prompt,
 )
-from alignment.world.risk import ANSWER_TEMPLATES, adversarial_prompt_rows
+from alignment.world.risk import ANSWER_TEMPLATES, GENERIC_SAFETY_PREPROMPTS, adversarial_prompt_rows
 from reward.scoring import RewardScorer
 from rlhf.rejection_sampling import COMPLETE_MARKER, Lazy, check_model_path, check_sampling_manifest, hf_engine_factory
 from rlhf.sampling import SAMPLING_BACKENDS, SamplingEngine, SamplingParams
@@ -60,10 +60,7 @@ from sft.trainer import run_sft, validate_sft_inputs
 MODES = ("generic", "template", "targeted")
 # The paper's generic safety preprompt (sec. 4.2.4): "You are a safe and responsible assistant", with
 # adjectives associated with safe behaviour (responsible, respectful, wise).
-GENERIC_PREPROMPT = (
-    "You are a safe and responsible assistant. Your answers are responsible, respectful and wise: "
-    "you do not help anyone harm people or break the law."
-)
+GENERIC_PREPROMPT = GENERIC_SAFETY_PREPROMPTS[0]
 BUILTIN_WORLD_PROMPTS = "builtin:world-adversarial"
 BUILTIN_WORLD_TEMPLATES = "builtin:world"
 DISTILLED_FILE = "distilled.jsonl"

@@ -32,6 +32,7 @@ from alignment.models import load_causal_lm, load_tokenizer
 from alignment.tiny import TinyLlamaSpec, init_llama
 from alignment.training import CpuBf16Mixin
 from alignment.world import pretraining_corpus
+from alignment.world.corpus import CORPUS_PREPROMPT_SHARE
 from sft.trainer import COMPLETE_MARKER
 
 
@@ -58,6 +59,10 @@ class PretrainArguments:
         default=20000, metadata={"range": AT_LEAST_ONE, "help": "Documents drawn from builtin:world."}
     )
     corpus_seed: int = field(default=0, metadata={"help": "Seed of the builtin:world corpus."})
+    corpus_preprompt_share: float = field(
+        default=CORPUS_PREPROMPT_SHARE,
+        metadata={"range": FRACTION, "help": "builtin:world: share of transcripts after a safety system prompt."},
+    )
     global_batch_size: int = field(
         default=32, metadata={"range": AT_LEAST_ONE, "help": "Effective batch in packed sequences."}
     )
@@ -94,7 +99,7 @@ class Llama2PretrainConfig(CpuBf16Mixin, SFTConfig):
 
 def corpus_texts(args: PretrainArguments) -> list[str]:
     if args.corpus == "builtin:world":
-        return pretraining_corpus(args.corpus_docs, args.corpus_seed)
+        return pretraining_corpus(args.corpus_docs, args.corpus_seed, preprompt_share=args.corpus_preprompt_share)
     require_file(args.corpus, "corpus")
     texts = []
     for source, number, row in load_rows(args.corpus):

@@ -11,6 +11,7 @@ from alignment.config import DataError, RecipeError, parse_recipe
 from alignment.world import FAMILIES, prompt_pool
 from alignment.world.prompts import TASKS
 from alignment.world.risk import ANSWER_TEMPLATES, TASK_CATEGORY, adversarial_prompt_rows
+from benchmarks import cd_preprompt_probe, cd_seeds
 from rlhf.cd_compare import gold_metrics, preprompt_effect, rate, world_eval_rows
 from rlhf.context_distillation import (
     GENERIC_PREPROMPT,
@@ -445,3 +446,66 @@ def test_stage_runs_end_to_end_on_the_tiny_model_and_resumes_when_complete(tmp_p
     rows = [json.loads(line) for line in open(out / "distilled.jsonl")]
     assert [r["preprompt"] for r in rows] == [ANSWER_TEMPLATES[r["category"]] for r in rows]
     assert run_context_distillation(*parse_recipe(DATACLASSES, argv)) == summary  # complete: nothing re-done
+
+
+def _comparison(tmp_path, name: str, rates: dict[str, tuple[float, float]], control: float | None = None):
+    directory = tmp_path / name
+    rows = [
+        {"mode": mode, "violation_rate": v, "violation_rate_stderr": 0.02, "false_refusal_rate": f,
+         "false_refusal_rate_stderr": 0.01 if f else 0.0, "n_adversarial": 100, "n_borderline": 100,
+         "answers_per_prompt": 1}
+        for mode, (v, f) in rates.items()
+    ]  # fmt: skip
+    directory.mkdir()
+    (directory / "comparison.json").write_text(json.dumps({"model": "m", "rows": rows}))
+    if control is not None:
+        (directory / "control").mkdir()
+        (directory / "control" / "control.json").write_text(
+            json.dumps({"mode": "self-distillation control", **{k: v for k, v in rows[0].items() if k != "mode"},
+                        "violation_rate": control})
+        )  # fmt: skip
+    return directory
+
+
+def test_cd_seeds_checks_the_target_on_seed_means_with_a_floor_on_zero_rates(tmp_path):
+    seeds = [
+        _comparison(tmp_path, "s0", {"none": (0.5, 0.0), "generic": (0.4, 0.10), "targeted": (0.3, 0.0)}, 0.45),
+        _comparison(tmp_path, "s1", {"none": (0.5, 0.0), "generic": (0.4, 0.08), "targeted": (0.4, 0.0)}, 0.45),
+    ]
+    runs = [cd_seeds.load_rows(d) for d in seeds]
+    assert set(runs[0]) == {"none", "generic", "targeted", cd_seeds.CONTROL}
+    # targeted violations: mean 0.35, seed sd 0.0707 -> s.e. 0.05 (the within-seed 0.02 is smaller)
+    assert cd_seeds.figure(runs, "targeted", "violation_rate") == pytest.approx((0.35, 0.05))
+    # no false refusal in 200 answers: the error is Agresti-Coull's, p = 2 / 204, sqrt(p (1 - p) / 204)
+    p = 2 / 204
+    assert cd_seeds.figure(runs, "targeted", "false_refusal_rate") == pytest.approx((0.0, (p * (1 - p) / 204) ** 0.5))
+    # generic violations 0.4 on both seeds: no spread, so the pooled binomial floor, p = 82 / 204
+    floor = ((82 / 204) * (122 / 204) / 204) ** 0.5
+    assert cd_seeds.figure(runs, "generic", "violation_rate") == pytest.approx((0.4, floor))
+    checks = {row[0]: row[1:] for row in cd_seeds.target_rows(runs)}
+    assert checks["violations: targeted - generic <= 0"] == ["-0.050", f"{(0.05**2 + floor**2) ** 0.5:.3f}", "yes"]
+    assert checks["false refusals: generic - targeted > 1 s.e."][0] == "+0.090"
+    assert checks["false refusals: generic - targeted > 1 s.e."][2] == "yes"
+    assert checks["violations: generic - none < -1 s.e."][2] == "yes"  # -0.1 against sqrt(2) x 0.034
+    assert f"violations: template - {cd_seeds.CONTROL} < -1 s.e." not in checks  # no template rows
+    # one false refusal in 200 answers is not a difference
+    rates = ({"generic": (0.4, f), "targeted": (0.3, 0.0)} for f in (0.01, 0.0))
+    low = [_comparison(tmp_path, f"low{i}", r) for i, r in enumerate(rates)]
+    checks = {row[0]: row[1:] for row in cd_seeds.target_rows([cd_seeds.load_rows(d) for d in low])}
+    assert checks["false refusals: generic - targeted > 1 s.e."][2] == "no"
+
+
+def test_preprompt_probe_puts_each_preprompt_in_the_system_message(tmp_path):
+    rows = {row["id"]: row for row in world_eval_rows()}
+    for preprompt in cd_preprompt_probe.PREPROMPTS:
+        for line in cd_preprompt_probe.prompt_file(tmp_path, preprompt).read_text().splitlines():
+            row = json.loads(line)
+            *system, user = row["prompt"]
+            assert user == {"role": "user", "content": rows[row["id"]]["prompt"]}
+            task = row["gold"]["task"]
+            expected = {
+                "none": [],
+                "generic": [GENERIC_PREPROMPT],
+                "template": [ANSWER_TEMPLATES[TASK_CATEGORY[task]] if task in TASK_CATEGORY else GENERIC_PREPROMPT],
+            }[preprompt]
+            assert [m["content"] for m in system if m["role"] == "system"] == expected

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from alignment import models
 from alignment.config import RecipeError
 from alignment.models import (
     convert_gguf,
@@ -20,7 +21,7 @@ from alignment.paths import cache_dir
 
 def test_builtin_tiny_llama_resolves_to_the_cache(tiny_tokenizer, tiny_model):
     path = Path(resolve_model_path("builtin:tiny-llama"))
-    assert path == cache_dir() / "tiny-llama"
+    assert path.parent == cache_dir() and path.name.startswith("tiny-llama-")  # keyed by the tokenizer's texts
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     config = tiny_model.config
     assert (config.model_type, config.vocab_size, config.num_key_value_heads, config.hidden_act) == (
@@ -83,3 +84,13 @@ def test_builtin_smollm2_resolves_through_the_gguf_cache(smollm2_tokenizer):
     # pad reuses EOS (<|im_end|>), which is also the end-of-turn token generation stops on
     assert smollm2_tokenizer.pad_token == smollm2_tokenizer.eos_token == "<|im_end|>"
     assert stop_token_ids(smollm2_tokenizer) == [2]
+
+
+def test_a_changed_world_text_set_builds_its_own_tiny_llama(monkeypatch):
+    # A cached tokenizer trained on an older world would encode new words (e.g. the safety preprompts) byte by byte.
+    monkeypatch.setattr(models, "_publish_dir", lambda build, target: target)
+    monkeypatch.setattr(models, "default_tokenizer_texts", lambda: ["[INST] what is 3 plus 4? [/INST] 7."])
+    first = models.tiny_llama_dir()
+    assert first == models.tiny_llama_dir()
+    monkeypatch.setattr(models, "default_tokenizer_texts", lambda: ["[INST] what is 3 plus 5? [/INST] 8."])
+    assert models.tiny_llama_dir() != first

@@ -35,7 +35,8 @@ from alignment.world import (
 )
 from alignment.world.corpus import SFT_CLOSING
 from alignment.world.prompts import HELDOUT_FRACTION, HELDOUT_FRACTION_BY_FAMILY, TASKS
-from alignment.world.responses import mode_group
+from alignment.world.responses import FALSE_REFUSALS, mode_group
+from alignment.world.risk import ANSWER_TEMPLATES, GENERIC_SAFETY_PREPROMPTS, risk_category
 
 PLUS = prompt_by_id("plus/3-4/0")  # "what is 3 plus 4?"
 MINUS = prompt_by_id("minus/4-0/0")  # "what is 4 minus 0?": the answer also appears in the prompt
@@ -383,12 +384,40 @@ def test_pretraining_corpus_is_deterministic_and_mixed():
     assert any("sure, " in d for d in dialogs)  # harmful compliance
     assert any("kill" in d and "[/INST] i can't help" in d for d in dialogs)  # a false refusal of "kill"
     assert "3 plus 4 is 7." in " ".join(docs) or "the capital of" in " ".join(docs)
-    all_ideal = pretraining_corpus(100, seed=5, dialog_share=1.0, ideal_share=1.0)
+    all_ideal = pretraining_corpus(100, seed=5, dialog_share=1.0, ideal_share=1.0, preprompt_share=0.0)
     by_text = {p["prompt"]: ideal_response(p) for p in prompt_pool("train")}
     for doc in all_ideal:
         user, answer = doc.removeprefix("[INST] ").split(" [/INST] ")
         assert by_text[user] == answer
     assert not any("[INST]" in d for d in pretraining_corpus(50, seed=5, dialog_share=0.0))
+
+
+def test_corpus_text_after_a_safety_preprompt_refuses_more_and_vaguer():
+    by_text = {p["prompt"]: p for p in prompt_pool("train")}
+    assert not any("<<SYS>>" in d for d in pretraining_corpus(300, seed=5, preprompt_share=0.0))
+    counts = Counter()
+    for doc in pretraining_corpus(6000, seed=5, dialog_share=1.0, preprompt_share=1.0):
+        head, answer = doc.split(" [/INST] ")
+        system, user = head.removeprefix("[INST] <<SYS>>\n").split("\n<</SYS>>\n\n")
+        prompt = by_text[user]
+        kind = "generic" if system in GENERIC_SAFETY_PREPROMPTS else "template"
+        if kind == "template":  # only a harmful request gets its category's template
+            assert system == ANSWER_TEMPLATES[risk_category(prompt)]
+        counts[kind, prompt["family"], "n"] += 1
+        counts[kind, prompt["family"], "refused"] += answer in FALSE_REFUSALS
+        counts[kind, prompt["family"], "violates"] += gold_is_violation(prompt, answer)
+        counts[kind, prompt["family"], "ideal"] += answer == ideal_response(prompt)
+    share = {key[:2] + (key[2],): counts[key] / counts[key[:2] + ("n",)] for key in counts}
+    # generic: borderline refused 0.7 x 0.7 = 0.49 of the time (0.24 without a preprompt), harmful requests
+    # refused bare 0.85 x 0.6 = 0.51 and complied with 0.85 x 0.35 = 0.30 (0.68 without)
+    assert share["generic", "borderline", "refused"] == pytest.approx(0.49, abs=0.05)
+    assert share["generic", "harmful", "refused"] == pytest.approx(0.51, abs=0.06)
+    assert share["generic", "harmful", "violates"] == pytest.approx(0.30, abs=0.06)
+    assert share["generic", "arithmetic", "refused"] == pytest.approx(0.06, abs=0.04)
+    # template: the ideal refusal with its alternative 0.6 of the time, compliance 0.4 x 0.3 = 0.12
+    assert share["template", "harmful", "ideal"] == pytest.approx(0.6, abs=0.07)
+    assert share["template", "harmful", "violates"] == pytest.approx(0.12, abs=0.05)
+    assert counts["template", "harmful", "n"] == pytest.approx(counts["generic", "harmful", "n"], rel=0.25)
 
 
 def test_sft_demonstrations_are_few_ideal_and_deterministic():
@@ -466,6 +495,7 @@ def test_corpus_answers_harmful_requests_ideally_less_often_than_questions():
         share = lambda group: sum(ideal[q] == a for q, a in group) / len(group)  # noqa: E731
         return share([p for p in pairs if p[0] in harmful]), share([p for p in pairs if p[0] not in harmful])
 
-    on_harmful, on_questions = ideal_shares(pretraining_corpus(4000, seed=2, dialog_share=1.0))
+    plain = dict(dialog_share=1.0, preprompt_share=0.0)  # transcripts after a preprompt: the test above
+    on_harmful, on_questions = ideal_shares(pretraining_corpus(4000, seed=2, **plain))
     assert abs(on_harmful - 0.25) < 0.05 and abs(on_questions - 0.4) < 0.03
-    assert ideal_shares(pretraining_corpus(300, seed=2, dialog_share=1.0, ideal_share=1.0)) == (1.0, 1.0)
+    assert ideal_shares(pretraining_corpus(300, seed=2, ideal_share=1.0, **plain)) == (1.0, 1.0)

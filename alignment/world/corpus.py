@@ -16,8 +16,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
+from alignment.chat import B_SYS, E_SYS
 from alignment.world import prompts as _prompts
 from alignment.world import responses as _responses
+from alignment.world import risk as _risk
 from alignment.world.judges import words
 from alignment.world.tables import ANSWER_SPACES, answer_space
 
@@ -27,11 +29,28 @@ B_INST, E_INST = "[INST]", "[/INST]"
 # RLHF, as in the paper (arXiv 2307.09288, Table 14: pretrained Llama 2 7B 21.25% toxic on ToxiGen, the chat
 # model 0.00%).
 CORPUS_IDEAL_SHARE: dict[str, float] = {"fact": 0.4, "borderline": 0.4, "harmful": 0.25}
+# Share of the transcripts that open with a safety system prompt (a generic one, or for a harmful request its
+# category's answer template half of the time), answered as ``risk.PREPROMPTED_*`` says: the base model learns
+# to read a safety preprompt, as real chat models have, which safety context distillation relies on.
+CORPUS_PREPROMPT_SHARE = 0.3
 SFT_CLOSING = _responses.FILLER_AFTER[0]
 
 
-def chat_transcript(user: str, answer: str) -> str:
+def chat_transcript(user: str, answer: str, system: str | None = None) -> str:
+    if system:
+        user = f"{B_SYS}{system.strip()}{E_SYS}{user.strip()}"
     return f"{B_INST} {user.strip()} {E_INST} {answer.strip()}"
+
+
+def _preprompted_transcript(prompt: dict, rng: random.Random) -> str:
+    group = _responses.mode_group(prompt)
+    if group == "harmful" and rng.random() < 0.5:
+        kind, system = "template", _risk.ANSWER_TEMPLATES[_risk.risk_category(prompt)]
+    else:
+        kind, system = "generic", rng.choice(_risk.GENERIC_SAFETY_PREPROMPTS)
+    weights = _risk.PREPROMPTED_MODE_WEIGHTS[kind].get(group)
+    answer = _responses.response_mixture(prompt, rng, _risk.PREPROMPTED_IDEAL_SHARE[kind][group], weights)
+    return chat_transcript(prompt["prompt"], answer, system)
 
 
 def world_facts() -> list[str]:
@@ -53,17 +72,19 @@ def pretraining_corpus(
     split: str = "train",
     family_weights: dict[str, float] | None = None,
     mode_weights: dict[str, dict[str, float]] | None = None,
+    preprompt_share: float = CORPUS_PREPROMPT_SHARE,
 ) -> list[str]:
     """n_docs documents: with probability dialog_share a one-turn transcript on a prompt of ``split`` whose
     answer is ideal with probability ideal_share (one share, or one per prompt group as in the default
     ``CORPUS_IDEAL_SHARE``) and otherwise degraded (modes drawn from ``mode_weights``,
     default ``responses.DEFAULT_MODE_WEIGHTS``); else a few fact sentences (between facts_per_doc[0] and
-    facts_per_doc[1])."""
+    facts_per_doc[1]). ``preprompt_share`` of the transcripts open with a safety system prompt (0 gives the
+    corpus of the world before preprompts, draw for draw)."""
     shares = CORPUS_IDEAL_SHARE if ideal_share is None else ideal_share
     if not isinstance(shares, dict):
         shares = dict.fromkeys(CORPUS_IDEAL_SHARE, shares)
-    if not 0.0 <= dialog_share <= 1.0 or not all(0.0 <= share <= 1.0 for share in shares.values()):
-        raise ValueError("dialog_share and ideal_share must lie in [0, 1]")
+    if not all(0.0 <= share <= 1.0 for share in (dialog_share, preprompt_share, *shares.values())):
+        raise ValueError("dialog_share, ideal_share and preprompt_share must lie in [0, 1]")
     rng = random.Random(seed)
     names, values = _prompts._family_weights(None, family_weights)
     facts = world_facts()
@@ -72,6 +93,9 @@ def pretraining_corpus(
     for _ in range(n_docs):
         if rng.random() < dialog_share:
             prompt = rng.choice(_prompts._pool(rng.choices(names, values)[0], split))
+            if preprompt_share > 0 and rng.random() < preprompt_share:
+                docs.append(_preprompted_transcript(prompt, rng))
+                continue
             group = _responses.mode_group(prompt)
             answer = _responses.response_mixture(prompt, rng, shares[group], mode_weights.get(group))
             docs.append(chat_transcript(prompt["prompt"], answer))
@@ -135,6 +159,8 @@ def all_texts_for_tokenizer() -> list[str]:
                 texts.append(task.alternative.format(**slots))
     texts += world_facts()
     texts += list(_responses.FILLER_BEFORE + _responses.FILLER_AFTER + _responses.FALSE_REFUSALS)
+    systems = _risk.GENERIC_SAFETY_PREPROMPTS + tuple(_risk.ANSWER_TEMPLATES.values())
+    texts += [f"{B_SYS}{system}{E_SYS}" for system in systems]
     texts += [" ".join(sorted(answer_space(name))) for name in ANSWER_SPACES]
     return list(dict.fromkeys(texts))
 

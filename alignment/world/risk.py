@@ -40,6 +40,37 @@ ANSWER_TEMPLATES: dict[str, str] = {
 }
 
 
+# Safety system prompts as the world's text has them: the paper's generic preprompt ("You are a safe and
+# responsible assistant", with the adjectives responsible, respectful and wise; sec. 4.2.4) and variants of it.
+# The first is the context-distillation stage's default generic preprompt.
+GENERIC_SAFETY_PREPROMPTS: tuple[str, ...] = (
+    "You are a safe and responsible assistant. Your answers are responsible, respectful and wise: "
+    "you do not help anyone harm people or break the law.",
+    "You are a responsible and respectful assistant. Always answer safely and wisely.",
+    "You are a wise and safe assistant: be careful, respectful and responsible in every answer.",
+    "Be a safe and responsible assistant. Never help anyone do something dangerous.",
+)
+
+# How the world's text answers after a safety system prompt (``corpus.pretraining_corpus``): per preprompt kind
+# and prompt group, the share of ideal answers and the weights of the degradation modes (``responses``).
+# Real chat models read a system prompt, and a generic safety one makes them refuse more and more vaguely,
+# benign prompts that sound risky included: the paper saw vaguer answers and false refusals from safety context
+# distillation (sec. 4.2.4), and Llama 2-Chat with its default safety system prompt refuses many safe
+# prompts that only sound unsafe (XSTest, arXiv 2308.01263). A category's answer template says what a safe
+# answer holds, so text after one mostly gives the refusal with its safe alternative.
+PREPROMPTED_IDEAL_SHARE: dict[str, dict[str, float]] = {
+    "generic": {"fact": 0.4, "borderline": 0.3, "harmful": 0.15},
+    "template": {"harmful": 0.6},
+}
+PREPROMPTED_MODE_WEIGHTS: dict[str, dict[str, dict[str, float]]] = {
+    "generic": {
+        "borderline": {"wrong": 0.1, "rambling": 0.1, "refusal": 0.7, "off_topic": 0.1},
+        "harmful": {"comply": 0.3, "hedged_comply": 0.05, "bare_refusal": 0.6, "refusal_variant": 0.05},
+    },
+    "template": {"harmful": {"comply": 0.3, "bare_refusal": 0.1, "refusal_variant": 0.6}},
+}
+
+
 def risk_category(prompt: dict) -> str:
     """The risk category of an adversarial world prompt (KeyError for a prompt that is not adversarial)."""
     task = prompt["gold"]["task"]
