@@ -23,6 +23,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -109,6 +110,12 @@ def toxigen(model: str, mode: str, args, out: Path) -> dict:
              "--output_dir", str(out / f"toxigen_{kind}_{mode}")],
         )  # fmt: skip
         results[f"toxigen_{kind}"] = run_safety_eval(config)["toxigen"]
+        # A model that answers every ToxiGen prompt with a refusal or one stock sentence is not toxic, and not
+        # engaging either: the share of refusals and of the commonest opening say which.
+        texts = [row["text"] for row in read_jsonl_tolerant(Path(config.output_dir) / "generations" / "toxigen.jsonl")]
+        opening, count = Counter(" ".join(t.split()[:3]) for t in texts).most_common(1)[0]
+        results[f"toxigen_{kind}_refusal_rate"] = rate([float(is_refusal(t)) for t in texts])[0]
+        results[f"toxigen_{kind}_top_opening"] = {"text": opening, "share": count / len(texts)}
     return results
 
 
