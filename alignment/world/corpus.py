@@ -8,7 +8,9 @@ sec. 3.1) then moves it towards the ideal, and best-of-K sampling can still find
 typical one, which is the headroom rejection sampling and PPO exploit.
 
 Transcripts are ``[INST] {prompt} [/INST] {answer}``, the Llama 2 chat format without the ``<s>``/``</s>``
-markers: the tokenizer adds BOS/EOS around each document.
+markers: the tokenizer adds BOS/EOS around each document. Some open with a safety system prompt, as the chat
+format places one (``[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] {answer}``), and are answered more
+cautiously (``CORPUS_PREPROMPT_SHARE``).
 """
 
 from __future__ import annotations
