@@ -124,9 +124,9 @@ def targets(reports: list[dict]) -> list[list[object]]:
             rows.append([text, f"{diff[0]:+.3f}", f"{diff[1]:.3f}", "yes" if met(*diff) else "no"])
 
     add(
-        f"gold helpfulness {final} - {first} >= 0.05",
+        f"gold helpfulness {final} - {first} >= 0.05 and > 1 s.e.",
         difference(fig(final, "gold_helpfulness"), fig(first, "gold_helpfulness")),
-        lambda d, e: d >= 0.05,
+        lambda d, e: d >= 0.05 and d > e,
     )
     chain = ["SFT", *rlhf]
     for before, after in zip(chain, chain[1:]):

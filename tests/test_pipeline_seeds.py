@@ -59,7 +59,11 @@ def test_targets_by_hand():
     }
     rows = {row[0]: row[1:] for row in targets([versions_report(figures)] * 2)}
     # Identical seeds: no spread, so each figure's s.e. is 0.01 / sqrt(2) and a difference's is 0.01.
-    assert rows["gold helpfulness RLHF-V3 - RLHF-V1 >= 0.05"] == ["+0.060", "0.010", "yes"]
+    assert rows["gold helpfulness RLHF-V3 - RLHF-V1 >= 0.05 and > 1 s.e."] == ["+0.060", "0.010", "yes"]
+    # The same mean rise with seeds 0.28 apart at V3 (s.e. 0.14 for the seed mean) is not beyond the noise.
+    spread = [versions_report(figures | {"RLHF-V3": (v, 0.0, 0.54)}) for v in (0.70, 0.42)]
+    rows_spread = {row[0]: row[1:] for row in targets(spread)}
+    assert rows_spread["gold helpfulness RLHF-V3 - RLHF-V1 >= 0.05 and > 1 s.e."] == ["+0.060", "0.140", "no"]
     assert rows["gold helpfulness RLHF-V2 - RLHF-V1 not below -1 s.e."] == ["-0.020", "0.010", "no"]
     assert rows["gold helpfulness RLHF-V3 - RLHF-V3-noPPO > 1 s.e."] == ["+0.040", "0.010", "yes"]
     assert rows["correct-fact rate RLHF-V3 - RLHF-V1 >= 0"] == ["-0.010", "0.010", "no"]
