@@ -15,7 +15,9 @@ For each RLHF iteration, over the K scored samples per helpfulness prompt that r
   better reward models could add; R_c's share of it is what ours add.
 
 Sample-level figures are over prompts of the RS prompt set (training prompts); the versions' held-out figures are
-in each run's report.
+in each run's report. ``--test_set`` adds R_h's accuracy on the run's fixed test set (`data/rm_test.jsonl`:
+off-policy world answers to held-out prompts), split the same way, each pair judged by gold (pairs of equal gold
+grade left out): whether R_h fails on its policy's samples only or on the kind of pair itself.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignment.data import read_jsonl_tolerant
+from alignment.world import prompt_by_id
 from alignment.world.judges import gold_helpfulness, gold_is_refusal, is_correct, is_on_topic
 from benchmarks.common import markdown_table, write_section
+from reward.scoring import RewardScorer
 
 KINDS = ("correct", "off_subject", "wrong_value", "refusal")
+TEST_SET_GROUPS = ("format", "correct vs off_subject", "correct vs wrong_value", "correct vs refusal")
 
 
 def answer_kind(prompt: dict, response: str) -> str:
@@ -41,6 +46,36 @@ def answer_kind(prompt: dict, response: str) -> str:
     if gold_is_refusal(response):
         return "refusal"
     return "wrong_value" if is_on_topic(prompt, response) else "off_subject"
+
+
+def pair_group(prompt: dict, better: str, worse: str) -> str:
+    """ "format" when both answers are correct or both wrong, else "correct vs <the wrong one's kind>"."""
+    if is_correct(prompt, better) == is_correct(prompt, worse):
+        return "format"
+    return f"correct vs {answer_kind(prompt, worse)}"
+
+
+def rm_test_figures(run: Path, iteration: int) -> dict[str, tuple[int, int]] | None:
+    """R_h of the iteration on the run's fixed test set: {pair group: (right, pairs)}."""
+    test_file, model = run / "data" / "rm_test.jsonl", run / f"RLHF-V{iteration}" / "reward_helpfulness"
+    if not test_file.exists() or not (model / "config.json").exists():
+        return None
+    rows = list(read_jsonl_tolerant(test_file))
+    scorer = RewardScorer(str(model), chat_format="llama2", batch_size=64, max_length=128)
+    chosen = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).scores.tolist()
+    rejected = scorer.score([r["prompt"] for r in rows], [r["rejected"] for r in rows]).scores.tolist()
+    right, pairs = Counter(), Counter()
+    for row, score_chosen, score_rejected in zip(rows, chosen, rejected):
+        prompt = prompt_by_id(row["prompt_id"])
+        gold_chosen, gold_rejected = gold_helpfulness(prompt, row["chosen"]), gold_helpfulness(prompt, row["rejected"])
+        if gold_chosen == gold_rejected:
+            continue
+        chosen_better = gold_chosen > gold_rejected
+        better, worse = (row["chosen"], row["rejected"]) if chosen_better else (row["rejected"], row["chosen"])
+        group = pair_group(prompt, better, worse)
+        pairs[group] += 1
+        right[group] += (score_chosen > score_rejected) == chosen_better
+    return {group: (right[group], pairs[group]) for group in pairs}
 
 
 def ratio(hits: float, total: int) -> str:
@@ -78,7 +113,7 @@ def iteration_figures(run: Path, iteration: int) -> dict | None:
             if gold[i] == gold[j]:
                 continue
             better, worse = (i, j) if gold[i] > gold[j] else (j, i)
-            group = "format" if correct[i] == correct[j] else f"correct vs {kind[worse]}"
+            group = pair_group(prompt, samples[better]["response"], samples[worse]["response"])
             pairs[group] += 1
             right[group] += samples[better]["r_h"] > samples[worse]["r_h"]
     n = len(by_prompt)
@@ -95,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="finished pipeline run directories")
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--test_set", action="store_true", help="also R_h on the fixed test set, by pair kind")
     parser.add_argument("--write", action="store_true", help="write the section in BENCHMARKS.md")
     parser.add_argument("--section", default="Main job: why the iterations do not compound")
     args = parser.parse_args()
@@ -109,6 +145,8 @@ def main() -> None:
         "correct: random / R_c / oracle",
         "gold: random / R_c / oracle",
     ]
+    if args.test_set:
+        header += [f"test set: R_h acc. {group}" for group in TEST_SET_GROUPS]
     rows = []
     for run in map(Path, args.runs):
         for iteration in range(1, args.iterations + 1):
@@ -130,7 +168,11 @@ def main() -> None:
                     " / ".join(f"{picks[name][1]:.2f}" for name in ("random", "R_c", "oracle")),
                 ]
             )
+            if args.test_set:
+                test = rm_test_figures(run, iteration) or {}
+                rows[-1] += [ratio(*test.get(group, (0, 0))) for group in TEST_SET_GROUPS]
     command = "python benchmarks/iteration_diagnostics.py --runs " + " ".join(args.runs)
+    command += " --test_set" if args.test_set else ""
     body = f"Command: `{command}`\n\n" + markdown_table(header, rows)
     print(body)
     if args.write:

@@ -3,13 +3,21 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.world import prompt_by_id  # noqa: E402
-from benchmarks.iteration_diagnostics import answer_kind, iteration_figures  # noqa: E402
+from benchmarks import iteration_diagnostics  # noqa: E402
+from benchmarks.iteration_diagnostics import (  # noqa: E402
+    answer_kind,
+    iteration_figures,
+    pair_group,
+    rm_test_figures,
+)
 
 PLUS = prompt_by_id("plus/3-4/0")  # "what is 3 plus 4?"
 
@@ -50,3 +58,36 @@ def test_pair_accuracy_and_picks_by_hand(tmp_path):
     assert figures["picks"]["R_c"] == (1.0, 0.5)
     assert figures["picks"]["oracle"] == (1.0, 1.0)
     assert iteration_figures(run, 2) is None
+
+
+class FakeScorer:
+    """R_h stand-in: scores an answer by the number of words it shares with its prompt."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def score(self, prompts, answers):
+        scores = [float(len(set(p[-1]["content"].split()) & set(a.split()))) for p, a in zip(prompts, answers)]
+        return SimpleNamespace(scores=torch.tensor(scores))
+
+
+def test_pair_groups_and_test_set_accuracy_by_hand(tmp_path, monkeypatch):
+    assert pair_group(PLUS, "3 plus 4 is 7.", "3 plus 4 is 7. i hope that helps.") == "format"
+    assert pair_group(PLUS, "3 plus 4 is 8. hope this helps.", "i can't help with that.") == "format"  # both wrong
+    assert pair_group(PLUS, "3 plus 4 is 7.", "5 plus 1 is 6.") == "correct vs off_subject"
+    assert pair_group(PLUS, "3 plus 4 is 7.", "3 plus 4 is 8.") == "correct vs wrong_value"
+    monkeypatch.setattr(iteration_diagnostics, "RewardScorer", FakeScorer)
+    prompt = [{"role": "user", "content": PLUS["prompt"]}]
+    pairs = [
+        ("3 plus 4 is 7.", "5 plus 1 is 6."),  # right: 3 words shared with the prompt against 2
+        ("5 plus 1 is 6.", "3 plus 4 is 7."),  # noise flipped it: gold still says the second is better; right
+        ("3 plus 4 is 7.", "3 plus 4 is 8."),  # equal overlap: wrong (not strictly above)
+        ("3 plus 4 is 7.", "3 plus 4 is 7."),  # equal gold: left out
+    ]
+    rows = [{"prompt": prompt, "prompt_id": PLUS["id"], "chosen": a, "rejected": b} for a, b in pairs]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rm_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert rm_test_figures(tmp_path, 1) is None  # no R_h of iteration 1
+    (tmp_path / "RLHF-V1" / "reward_helpfulness").mkdir(parents=True)
+    (tmp_path / "RLHF-V1" / "reward_helpfulness" / "config.json").write_text("{}")
+    assert rm_test_figures(tmp_path, 1) == {"correct vs off_subject": (2, 2), "correct vs wrong_value": (0, 1)}
