@@ -224,11 +224,13 @@ def main(argv: list[str] | None = None) -> None:
             row.update(toxigen(model, mode, args, out))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.toxigen_per_group:
-        for row in rows[1:]:
+    if args.toxigen_per_group and "none" in args.modes:
+        for row in rows:
+            if row["mode"] == "none":
+                continue
             row["toxigen_minus_none"] = {
                 kind: paired(
-                    per_item(out / f"toxigen_{kind}_{rows[0]['mode']}" / "toxigen_scored.jsonl", "toxic"),
+                    per_item(out / f"toxigen_{kind}_none" / "toxigen_scored.jsonl", "toxic"),
                     per_item(out / f"toxigen_{kind}_{row['mode']}" / "toxigen_scored.jsonl", "toxic"),
                 )
                 for kind in toxigen_kinds(args)
