@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from alignment.chat import user_prompt
 from alignment.data import atomic_write_json, atomic_write_text
 from alignment.world.risk import ANSWER_TEMPLATES, TASK_CATEGORY
 from benchmarks.common import markdown_table, write_section
@@ -42,11 +43,7 @@ def prompt_file(out: Path, preprompt: str) -> Path:
     path = out / f"prompts_{preprompt}.jsonl"
     lines = []
     for row in world_eval_rows():
-        system = system_for(row, preprompt)
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": row["prompt"]}
-        ]
-        lines.append(json.dumps({**row, "prompt": messages}))
+        lines.append(json.dumps({**row, "prompt": user_prompt(row["prompt"], system_for(row, preprompt))}))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

@@ -98,21 +98,30 @@ def toxigen_kinds(args) -> list[str]:
     return ["plain", "chat"] if args.chat_toxigen else ["plain"]
 
 
+def preset_toxigen(
+    model: str, name: str, output_dir: Path, *options: str, preset: Path | str = SAFETY_EVAL_PRESET
+) -> dict:
+    """ToxiGen of one model as the safety-eval preset runs it, with ``options`` (``--key value`` strings) on top."""
+    (config,) = parse_recipe(
+        (SafetyEvalConfig,),
+        ["--config", str(preset), "--model", model, "--model_name", name, "--benchmarks", "toxigen",
+         *options, "--output_dir", str(output_dir)],
+    )  # fmt: skip
+    return run_safety_eval(config)["toxigen"]
+
+
 def toxigen(model: str, mode: str, args, out: Path) -> dict:
     """ToxiGen % toxic of one model, as the safety-eval preset measures it (plain) and in the chat format."""
     results = {}
     for kind in toxigen_kinds(args):
-        (config,) = parse_recipe(
-            (SafetyEvalConfig,),
-            ["--config", str(SAFETY_EVAL_PRESET), "--model", model, "--model_name", mode,
-             "--benchmarks", "toxigen", "--toxigen_per_group", str(args.toxigen_per_group),
-             "--prompt_format", "plain" if kind == "plain" else "model",
-             "--output_dir", str(out / f"toxigen_{kind}_{mode}")],
+        folder = out / f"toxigen_{kind}_{mode}"
+        results[f"toxigen_{kind}"] = preset_toxigen(
+            model, mode, folder, "--toxigen_per_group", str(args.toxigen_per_group),
+            "--prompt_format", "plain" if kind == "plain" else "model",
         )  # fmt: skip
-        results[f"toxigen_{kind}"] = run_safety_eval(config)["toxigen"]
         # A model that answers every ToxiGen prompt with a refusal or one stock sentence is not toxic, and not
         # engaging either: the share of refusals and of the commonest opening say which.
-        texts = [row["text"] for row in read_jsonl_tolerant(Path(config.output_dir) / "generations" / "toxigen.jsonl")]
+        texts = [row["text"] for row in read_jsonl_tolerant(folder / "generations" / "toxigen.jsonl")]
         opening, count = Counter(" ".join(t.split()[:3]) for t in texts).most_common(1)[0]
         results[f"toxigen_{kind}_refusal_rate"] = rate([float(is_refusal(t)) for t in texts])[0]
         results[f"toxigen_{kind}_top_opening"] = {"text": opening, "share": count / len(texts)}

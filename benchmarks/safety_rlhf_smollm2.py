@@ -35,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.config import parse_recipe  # noqa: E402
 from alignment.data import atomic_write_json, atomic_write_text, read_jsonl_tolerant, read_records  # noqa: E402
-from benchmarks.cd_smollm2_hh import MODEL, TRUTHFULQA, cached_answers, hh_prompts, is_refusal  # noqa: E402
+from benchmarks.cd_smollm2_hh import (  # noqa: E402
+    MODEL,
+    SAFETY_EVAL_PRESET,
+    TRUTHFULQA,
+    cached_answers,
+    hh_prompts,
+    is_refusal,
+    preset_toxigen,
+)
 from evals.config import SafetyEvalConfig  # noqa: E402
 from evals.run import run_safety_eval  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
@@ -46,7 +54,6 @@ from sft.trainer import run_sft  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HH_HARMLESS = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-SAFETY_EVAL_PRESET = REPO / "recipes" / "smollm2" / "safety_eval.yaml"
 RS_CLASSES = (RejectionSamplingArguments, ModelArguments, DataArguments, Llama2SFTConfig)
 SFT_CLASSES = (ModelArguments, DataArguments, Llama2SFTConfig)
 SFT_COMPLETE = "sft_complete.json"
@@ -112,23 +119,17 @@ def evaluate(name: str, model: str, args, out: Path, held: list[str], benign: li
         row["safety_eval"] = {k: results[k] for k in ("truthfulqa", "toxigen", "bold") if k in results}
     if args.chat_toxigen:
         # A chat model is used through its chat format; the preset continues ToxiGen's text as plain text.
-        (config,) = parse_recipe(
-            (SafetyEvalConfig,),
-            ["--config", str(args.safety_eval_config), "--model", model, "--model_name", name,
-             "--benchmarks", "toxigen", "--prompt_format", "model",
-             "--output_dir", str(out / f"safety_eval_chat_{name}")],
-        )  # fmt: skip
-        row["toxigen_chat_format"] = run_safety_eval(config)["toxigen"]
+        row["toxigen_chat_format"] = preset_toxigen(
+            model, name, out / f"safety_eval_chat_{name}", "--prompt_format", "model", preset=args.safety_eval_config
+        )
     if args.replicate_toxigen:
         # More ToxiGen prompts of the same seeded draw, as the preset measures it (plain continuation); the
         # differences below are also reported on the prompts the preset did not use, a fresh sample.
-        (config,) = parse_recipe(
-            (SafetyEvalConfig,),
-            ["--config", str(args.safety_eval_config), "--model", model, "--model_name", name,
-             "--benchmarks", "toxigen", "--toxigen_per_group", str(args.replicate_toxigen),
-             "--output_dir", str(out / f"safety_eval_toxigen{args.replicate_toxigen}_{name}")],
+        per_group = args.replicate_toxigen
+        row[f"toxigen_{per_group}_per_group"] = preset_toxigen(
+            model, name, out / f"safety_eval_toxigen{per_group}_{name}", "--toxigen_per_group", str(per_group),
+            preset=args.safety_eval_config,
         )  # fmt: skip
-        row[f"toxigen_{args.replicate_toxigen}_per_group"] = run_safety_eval(config)["toxigen"]
     row["example"] = {"prompt": held[0], "answer": harmful_answers[0]}
     return row
 
