@@ -131,6 +131,8 @@ _ZERO_WEIGHT_ROW = {
     "weight": 0.0,
     "margin": 0.0,
     "length": 1,
+    "chosen_response_tokens": 1,
+    "rejected_response_tokens": 1,
 }
 
 

@@ -62,6 +62,15 @@ class Llama2RewardConfig(CpuBf16Mixin, RewardConfig):
             "A compute saver for CPU runs: no backward pass through the frozen layers.",
         },
     )
+    likelihood_feature: bool = field(
+        default=False,
+        metadata={
+            "help": "Add scale * the answer's log-likelihood under the model's own next-token head (kept from the "
+            "checkpoint) to the scalar head's score; the scale is learnt. For small models, whose knowledge is "
+            "in their next-token predictions, not in the last token's features (reward/scoring.py). Not in the "
+            "paper."
+        },
+    )
     # Data
     reward_model: str = field(
         default="helpfulness", metadata={"help": "Which RM: helpfulness (R_h) or safety (R_s); picks the default mix."}

@@ -12,6 +12,17 @@ end-of-answer token: a finished and a truncated answer would look alike. A rewar
 a token that cannot end a sequence (`reward_pad_token_id`), set in its config and saved with its tokenizer;
 then right and left padding both give the score at the last real token.
 
+Likelihood feature (optional, `likelihood_feature` at training; off by default and in the paper's recipes).
+The score is then the head's value plus a learnt scale times the sum of the response tokens' log-probabilities
+under the RM's own next-token head, kept from the chat checkpoint it starts from. Large chat models carry
+whether a statement is true in their activations, where a scalar head can read it (Burns et al. 2022, Marks &
+Tegmark 2023); a ~1M-parameter model holds what it knows only in its next-token predictions, and its head on the
+last token could not tell "3 plus 4 is 7." from "3 plus 4 is 8." (BENCHMARKS.md, issue 14). The feature hands
+the head what the backbone already predicts; it adds no knowledge the policy lacks. `reward_scores` is the one
+definition, for training and scoring alike. The kept head and the scale are saved in the checkpoint's
+safetensors beside the classifier (keys `LIKELIHOOD_HEAD`, `LIKELIHOOD_SCALE`); `config.likelihood_feature`
+says they are there.
+
 Calibration. A safety RM may carry `score_offset` in its config (`calibrate_unsafe_precision` at training):
 a constant added to every raw score so that sigmoid(score) < 0.15 flags unsafe answers with a known
 precision. Rankings are unchanged; only the gate and the logit/whitening input shift.
@@ -19,14 +30,22 @@ precision. Rankings are unchanged; only the gate and the logit/whitening input s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers.modeling_layers import GenericForSequenceClassification
 
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
 from alignment.models import DTYPES, load_tokenizer, resolve_model_path, stop_token_ids
+
+LIKELIHOOD_PREFIX = "likelihood_"
+LIKELIHOOD_HEAD = f"{LIKELIHOOD_PREFIX}head"
+LIKELIHOOD_SCALE = f"{LIKELIHOOD_PREFIX}scale"
 
 
 @dataclass
@@ -64,11 +83,46 @@ def _is_reward_checkpoint(path: str) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
+def _checkpoint_tensors(path: str, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a local safetensors checkpoint whose names start with `prefix`."""
+    found = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            found.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)})
+    return found
+
+
+@contextmanager
+def _likelihood_keys_expected():
+    """The feature's tensors are not the classifier's: keep transformers from reporting them as unexpected."""
+    old = getattr(GenericForSequenceClassification, "_keys_to_ignore_on_load_unexpected", None)
+    GenericForSequenceClassification._keys_to_ignore_on_load_unexpected = [*(old or []), rf"^{LIKELIHOOD_PREFIX}"]
+    try:
+        yield
+    finally:
+        GenericForSequenceClassification._keys_to_ignore_on_load_unexpected = old
+
+
+def add_likelihood_feature(model, lm_head_weight: torch.Tensor, scale: float | torch.Tensor = 1.0):
+    """Give a sequence classifier the likelihood feature: a next-token head and a learnt scale (see module doc)."""
+    vocab, hidden = lm_head_weight.shape
+    head = torch.nn.Linear(hidden, vocab, bias=False, dtype=lm_head_weight.dtype)
+    head.weight.data.copy_(lm_head_weight)
+    model.add_module(LIKELIHOOD_HEAD, head)
+    model.register_parameter(LIKELIHOOD_SCALE, torch.nn.Parameter(torch.as_tensor(scale, dtype=torch.float32)))
+    model.config.likelihood_feature = True
+    return model
+
+
+def load_reward_model(
+    model_name_or_path: str, dtype: str = "float32", likelihood_feature: bool = False, keep_likelihood: bool = True
+):
     """AutoModelForSequenceClassification with num_labels=1.
 
     A causal-LM checkpoint (an SFT or chat model) loads its transformer and gets a fresh scalar head in place of
-    the LM head (sec. 3.2.2); its pad id is set by `reward_pad_token_id`. A saved reward model loads as is.
+    the LM head (sec. 3.2.2); its pad id is set by `reward_pad_token_id`. With `likelihood_feature` it also keeps
+    that LM head for the likelihood feature (module doc). A saved reward model loads as is, with its feature if
+    it was trained with one, unless `keep_likelihood` is False (PPO's value model only needs the transformer).
     """
     # Loading only: the GPU check (benchmarks/gpu_check.py) imports this module (ScoreBatch) where trl is absent.
     from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
@@ -77,15 +131,62 @@ def load_reward_model(model_name_or_path: str, dtype: str = "float32"):
         raise RecipeError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})")
     path = resolve_model_path(model_name_or_path)
     if _is_reward_checkpoint(path):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+        with _likelihood_keys_expected():
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
         if model.config.pad_token_id is None:
             model.config.pad_token_id = reward_pad_token_id(load_tokenizer(path))
+        if getattr(model.config, "likelihood_feature", False):
+            model.config.likelihood_feature = False
+            if keep_likelihood:
+                saved = _checkpoint_tensors(path, LIKELIHOOD_HEAD)
+                saved.update(_checkpoint_tensors(path, LIKELIHOOD_SCALE))
+                if f"{LIKELIHOOD_HEAD}.weight" not in saved or LIKELIHOOD_SCALE not in saved:
+                    raise RecipeError(f"{path}: config.json sets likelihood_feature but the weights lack its head")
+                add_likelihood_feature(model, saved[f"{LIKELIHOOD_HEAD}.weight"], saved[LIKELIHOOD_SCALE])
         return model
     # The dropped lm_head and the new score head are expected: silence transformers' warning about them.
     with suppress_seqcls_warning():
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
     model.config.pad_token_id = reward_pad_token_id(load_tokenizer(path))
+    if likelihood_feature:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        add_likelihood_feature(model, lm.get_output_embeddings().weight.detach())
     return model
+
+
+def reward_scores(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_tokens: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reward model's score of each row, shape [N]: the head at the last real token (either padding side),
+    plus, for a model with the likelihood feature, scale * sum of log p(token | earlier tokens) over the row's
+    last `response_tokens` real tokens (the answer; a token with no real token before it has no prediction)."""
+    head = getattr(model, LIKELIHOOD_HEAD, None)
+    if head is None:
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+        return logits.reshape(input_ids.shape[0], -1)[:, 0]
+    if response_tokens is None:
+        raise ValueError("a reward model with the likelihood feature needs each row's response length")
+    hidden = model.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    real = attention_mask.bool()
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * real).argmax(-1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    score = model.score(hidden[rows, last]).reshape(-1)
+    logprobs = torch.log_softmax(head(hidden[:, :-1]).float(), -1)
+    token_logprobs = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    real_from_end = real.flip(-1).cumsum(-1).flip(-1)  # 1 at the last real token, 2 before it, ...
+    in_response = real & (real_from_end <= response_tokens.to(input_ids.device)[:, None])
+    predicted = in_response[:, 1:] & real[:, :-1]
+    likelihood = (token_logprobs * predicted).sum(-1)
+    return score.float() + getattr(model, LIKELIHOOD_SCALE) * likelihood
 
 
 class RewardScorer:
@@ -131,12 +232,14 @@ class RewardScorer:
     def score_offset(self) -> float:
         return float(getattr(self.model.config, "score_offset", 0.0) or 0.0)
 
-    def encode(self, messages: list[dict], response: str) -> list[int]:
-        """Token ids the model scores; over-long inputs keep their end, where the score is read."""
-        ids, _ = encode_prompt_response(self.tokenizer, messages, response, self.chat_format)
+    def encode(self, messages: list[dict], response: str) -> tuple[list[int], int]:
+        """(token ids the model scores, how many of them are the response); over-long inputs keep their end,
+        where the score is read."""
+        ids, prompt_length = encode_prompt_response(self.tokenizer, messages, response, self.chat_format)
+        response_tokens = len(ids) - prompt_length
         if self.max_length and len(ids) > self.max_length:
             ids = ids[-self.max_length :]
-        return ids
+        return ids, min(response_tokens, len(ids))
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -157,16 +260,20 @@ class RewardScorer:
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
         scores = torch.empty(len(encoded), dtype=torch.float32)
         # Length-sorted batches waste little compute on padding; scores go back to the input order.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            input_ids, attention_mask, position_ids = self._pad([encoded[i] for i in chunk])
-            logits = self.model(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                position_ids=position_ids.to(self.device),
-                use_cache=False,
-            ).logits
-            scores[chunk] = logits.reshape(len(chunk), -1)[:, 0].float().cpu()
+            input_ids, attention_mask, position_ids = self._pad([encoded[i][0] for i in chunk])
+            scores[chunk] = (
+                reward_scores(
+                    self.model,
+                    input_ids.to(self.device),
+                    attention_mask.to(self.device),
+                    torch.tensor([encoded[i][1] for i in chunk], device=self.device),
+                    position_ids.to(self.device),
+                )
+                .float()
+                .cpu()
+            )
         scores += self.score_offset
         return ScoreBatch(scores=scores, probs=torch.sigmoid(scores))

@@ -39,7 +39,7 @@ from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
 from reward.evaluate import calibrate_safety_offset, evaluate_reward_model, report_markdown
 from reward.loss import MARGIN_TABLES, margin_for, ranking_loss
-from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer
+from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer, reward_scores
 
 SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
@@ -64,6 +64,7 @@ RUN_IDENTITY = (
     "train_top_layers",
     "seed",
     "calibrate_unsafe_precision",
+    "likelihood_feature",
 )
 
 
@@ -96,6 +97,8 @@ def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) 
     if config.margin not in MARGIN_TABLES:
         raise RecipeError(f"margin must be one of {', '.join(MARGIN_TABLES)}, got '{config.margin}'")
     accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
+    if config.likelihood_feature and (config.use_lora or config.train_top_layers is not None):
+        raise RecipeError("likelihood_feature trains the whole model: unset use_lora and train_top_layers")
     if config.calibrate_unsafe_precision is not None:
         if config.reward_model != "safety":
             raise RecipeError("calibrate_unsafe_precision applies to the safety RM only (reward_model: safety)")
@@ -170,7 +173,8 @@ def load_reward_data(
 def tokenize_comparisons(
     comparisons: list[Comparison], tokenizer, chat_format: str, margin: str, max_length: int | None
 ) -> tuple[list[dict], int]:
-    """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none), length, weight.
+    """Rows for RewardTrainer: chosen_ids, rejected_ids, margin m(rating) (unless margin is none), length, weight,
+    and chosen/rejected_response_tokens (how many of the ids are the answer: the likelihood feature's span).
 
     `weight` is 1: the pairs `pad_dataset_to_multiple` adds for a distributed run have weight 0.
 
@@ -182,10 +186,14 @@ def tokenize_comparisons(
     for comparison, m in zip(comparisons, margins):
         row = {}
         for side in ("chosen", "rejected"):
-            ids, _ = encode_prompt_response(tokenizer, comparison.prompt, getattr(comparison, side), chat_format)
+            ids, prompt_length = encode_prompt_response(
+                tokenizer, comparison.prompt, getattr(comparison, side), chat_format
+            )
+            response_tokens = len(ids) - prompt_length
             if max_length and len(ids) > max_length:
                 ids, truncated = ids[-max_length:], truncated + 1
             row[f"{side}_ids"] = ids
+            row[f"{side}_response_tokens"] = min(response_tokens, len(ids))
         if margin != "none":
             row["margin"] = m
         row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
@@ -195,11 +203,16 @@ def tokenize_comparisons(
 
 
 class WeightedPreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator, plus each pair's `weight` (0 for a padding pair, 1 when absent)."""
+    """TRL's preference collator, plus each pair's `weight` (0 for a padding pair, 1 when absent) and each row's
+    `response_tokens` (chosen rows first, as the ids)."""
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
         batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+        if "chosen_response_tokens" in examples[0]:
+            batch["response_tokens"] = torch.tensor(
+                [e[f"{side}_response_tokens"] for side in ("chosen", "rejected") for e in examples]
+            )
         return batch
 
 
@@ -233,7 +246,11 @@ class Llama2RewardTrainer(RewardTrainer):
         super()._set_signature_columns_if_needed()
         self._signature_columns = [
             *self._signature_columns,
-            *(c for c in ("length", "weight") if c not in self._signature_columns),
+            *(
+                c
+                for c in ("length", "weight", "chosen_response_tokens", "rejected_response_tokens")
+                if c not in self._signature_columns
+            ),
         ]
 
     def _get_train_sampler(self, train_dataset=None):
@@ -263,8 +280,10 @@ class Llama2RewardTrainer(RewardTrainer):
         mode = "train" if self.model.training else "eval"
         weight = inputs.pop("weight", None)
         margin = inputs.pop("margin", None)
-        outputs = model(**inputs, use_cache=False)
-        chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        response_tokens = inputs.pop("response_tokens", None)
+        scores = reward_scores(model, inputs["input_ids"], inputs["attention_mask"], response_tokens)
+        outputs = {"logits": scores[:, None]}
+        chosen, rejected = torch.chunk(scores, chunks=2)
         if weight is None:
             weight = torch.ones_like(chosen)
         weight = weight.to(device=chosen.device, dtype=torch.float32)
@@ -369,7 +388,7 @@ def run_reward(config: Llama2RewardConfig, comparisons: list[Comparison] | None 
     tokenizer = prepare_reward_tokenizer(load_tokenizer(config.model_name_or_path))
     check_chat_format(config.chat_format, tokenizer)
     set_seed(config.seed)  # the fresh scalar head is drawn here
-    model = load_reward_model(config.model_name_or_path, config.dtype)
+    model = load_reward_model(config.model_name_or_path, config.dtype, likelihood_feature=config.likelihood_feature)
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.train_top_layers is not None:
         if config.use_lora:

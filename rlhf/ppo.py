@@ -309,7 +309,7 @@ def build_models(config: PPOConfig):
     else:
         # Copied before any checkpoint is loaded: after a resume pi_0 is still the policy at PPO start.
         reference = copy.deepcopy(policy).requires_grad_(False)
-    classifier = load_reward_model(_value_model_path(config), config.dtype)
+    classifier = load_reward_model(_value_model_path(config), config.dtype, keep_likelihood=False)
     if classifier.config.get_text_config().vocab_size < len(tokenizer):
         raise RecipeError(
             f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
