@@ -106,7 +106,8 @@ def _likelihood_keys_expected():
 def add_likelihood_feature(model, lm_head_weight: torch.Tensor, scale: float | torch.Tensor = 1.0):
     """Give a sequence classifier the likelihood feature: a next-token head and a learnt scale (see module doc)."""
     vocab, hidden = lm_head_weight.shape
-    head = torch.nn.Linear(hidden, vocab, bias=False, dtype=lm_head_weight.dtype)
+    # The backbone's dtype (a checkpoint saved in float32 may be loaded in bfloat16); the scale stays float32.
+    head = torch.nn.Linear(hidden, vocab, bias=False, dtype=model.dtype)
     head.weight.data.copy_(lm_head_weight)
     model.add_module(LIKELIHOOD_HEAD, head)
     model.register_parameter(LIKELIHOOD_SCALE, torch.nn.Parameter(torch.as_tensor(scale, dtype=torch.float32)))
@@ -143,6 +144,11 @@ def load_reward_model(
                 if f"{LIKELIHOOD_HEAD}.weight" not in saved or LIKELIHOOD_SCALE not in saved:
                     raise RecipeError(f"{path}: config.json sets likelihood_feature but the weights lack its head")
                 add_likelihood_feature(model, saved[f"{LIKELIHOOD_HEAD}.weight"], saved[LIKELIHOOD_SCALE])
+        elif likelihood_feature:
+            raise RecipeError(
+                f"{path} is a reward model trained without likelihood_feature; it cannot gain one now "
+                "(start from a chat checkpoint, or set likelihood_feature: false)"
+            )
         return model
     # The dropped lm_head and the new score head are expected: silence transformers' warning about them.
     with suppress_seqcls_warning():
@@ -165,6 +171,9 @@ def reward_scores(
     plus, for a model with the likelihood feature, scale * sum of log p(token | earlier tokens) over the row's
     last `response_tokens` real tokens (the answer; a token with no real token before it has no prediction)."""
     head = getattr(model, LIKELIHOOD_HEAD, None)
+    if head is None and getattr(getattr(model, "module", None), LIKELIHOOD_HEAD, None) is not None:
+        # Calling the submodules of a DDP/FSDP-wrapped model would bypass the wrapper's gradient sync.
+        raise RecipeError("likelihood_feature runs in a single process only; this model is wrapped for several")
     if head is None:
         logits = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False

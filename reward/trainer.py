@@ -99,6 +99,9 @@ def validate_reward_inputs(config: Llama2RewardConfig, check_data: bool = True) 
     accumulation_steps(config.global_batch_size, config.per_device_train_batch_size, world_size())
     if config.likelihood_feature and (config.use_lora or config.train_top_layers is not None):
         raise RecipeError("likelihood_feature trains the whole model: unset use_lora and train_top_layers")
+    if config.likelihood_feature and world_size() > 1:
+        # reward_scores calls the model's submodules, which a DDP/FSDP wrapper would not synchronise.
+        raise RecipeError("likelihood_feature trains in a single process only (launch without torchrun/accelerate)")
     if config.calibrate_unsafe_precision is not None:
         if config.reward_model != "safety":
             raise RecipeError("calibrate_unsafe_precision applies to the safety RM only (reward_model: safety)")

@@ -104,6 +104,12 @@ def test_checkpoint_round_trip_and_the_value_model_without_the_feature(tmp_path,
     torch.testing.assert_close(reloaded.score(PROMPTS, RESPONSES).scores, scorer.score(PROMPTS, RESPONSES).scores)
     value_model = load_reward_model(str(tmp_path), keep_likelihood=False)
     assert getattr(value_model, LIKELIHOOD_HEAD, None) is None
+    # Loaded in bfloat16 the kept head follows the backbone's dtype, and the scores stay those of float32.
+    half = RewardScorer(str(tmp_path), dtype="bfloat16")
+    assert half.model.likelihood_head.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        half.score(PROMPTS, RESPONSES).scores, scorer.score(PROMPTS, RESPONSES).scores, atol=0.5, rtol=0.05
+    )
     # A config that claims the feature over weights that lack it is refused, not silently scored without it.
     config = json.loads((tmp_path / "config.json").read_text())
     other = tmp_path / "plain"
@@ -111,6 +117,20 @@ def test_checkpoint_round_trip_and_the_value_model_without_the_feature(tmp_path,
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(RecipeError, match="lack its head"):
         load_reward_model(str(other))
+    # A reward model trained without the feature cannot be asked for it.
+    plain = tmp_path / "no-feature"
+    load_reward_model("builtin:tiny-llama").save_pretrained(plain, safe_serialization=True)
+    with pytest.raises(RecipeError, match="trained without likelihood_feature"):
+        load_reward_model(str(plain), likelihood_feature=True)
+
+
+def test_a_wrapped_model_is_refused_not_scored_without_its_feature(feature_rm):
+    """DDP/FSDP hide the feature behind .module; scoring the wrapper's head alone would be silently wrong."""
+    wrapper = torch.nn.Module()
+    wrapper.module = feature_rm
+    ids = torch.tensor([[1, 5, 6, 3]])
+    with pytest.raises(RecipeError, match="single process"):
+        reward_scores(wrapper, ids, torch.ones_like(ids), torch.tensor([2]))
 
 
 def test_the_trainer_loss_is_the_ranking_loss_of_the_feature_scores(feature_rm, tmp_path):
@@ -163,6 +183,15 @@ def test_a_trained_feature_model_reloads_with_its_reported_accuracy(tmp_path, mo
     chosen, rejected = score_all(scorer, held_out)
     accuracy = (chosen > rejected).float().mean().item()
     assert accuracy == pytest.approx(summary["eval"]["accuracy"]["overall"]["accuracy"], abs=1e-6)
+    # Training reached the feature: its scale and its head moved from where the checkpoint put them.
+    assert abs(scorer.model.likelihood_scale.item() - 1.0) > 1e-3
+    start = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny-llama")).lm_head.weight
+    assert (scorer.model.likelihood_head.weight - start).abs().max() > 1e-3
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config.per_device_train_batch_size = config.global_batch_size // 2  # a valid 2-process batch otherwise
+    with pytest.raises(RecipeError, match="single process"):
+        validate_reward_inputs(config)
+    monkeypatch.setenv("WORLD_SIZE", "1")
     config.use_lora = True
     with pytest.raises(RecipeError, match="likelihood_feature trains the whole model"):
         validate_reward_inputs(config)
