@@ -55,6 +55,21 @@ def pair_group(prompt: dict, better: str, worse: str) -> str:
     return f"correct vs {answer_kind(prompt, worse)}"
 
 
+def gold_ordered_pairs(rows: list[dict]) -> list[tuple[int, bool, str]]:
+    """For each comparison row whose answers' gold grades differ: (row index, whether gold prefers the chosen
+    answer, ``pair_group``); rows of equal gold grade are left out."""
+    ordered = []
+    for index, row in enumerate(rows):
+        prompt = prompt_by_id(row["prompt_id"])
+        gold_chosen, gold_rejected = gold_helpfulness(prompt, row["chosen"]), gold_helpfulness(prompt, row["rejected"])
+        if gold_chosen == gold_rejected:
+            continue
+        chosen_better = gold_chosen > gold_rejected
+        better, worse = (row["chosen"], row["rejected"]) if chosen_better else (row["rejected"], row["chosen"])
+        ordered.append((index, chosen_better, pair_group(prompt, better, worse)))
+    return ordered
+
+
 def rm_test_figures(run: Path, iteration: int) -> dict[str, tuple[int, int]] | None:
     """R_h of the iteration on the run's fixed test set: {pair group: (right, pairs)}."""
     test_file, model = run / "data" / "rm_test.jsonl", run / f"RLHF-V{iteration}" / "reward_helpfulness"
@@ -65,16 +80,9 @@ def rm_test_figures(run: Path, iteration: int) -> dict[str, tuple[int, int]] | N
     chosen = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).scores.tolist()
     rejected = scorer.score([r["prompt"] for r in rows], [r["rejected"] for r in rows]).scores.tolist()
     right, pairs = Counter(), Counter()
-    for row, score_chosen, score_rejected in zip(rows, chosen, rejected):
-        prompt = prompt_by_id(row["prompt_id"])
-        gold_chosen, gold_rejected = gold_helpfulness(prompt, row["chosen"]), gold_helpfulness(prompt, row["rejected"])
-        if gold_chosen == gold_rejected:
-            continue
-        chosen_better = gold_chosen > gold_rejected
-        better, worse = (row["chosen"], row["rejected"]) if chosen_better else (row["rejected"], row["chosen"])
-        group = pair_group(prompt, better, worse)
+    for index, chosen_better, group in gold_ordered_pairs(rows):
         pairs[group] += 1
-        right[group] += (score_chosen > score_rejected) == chosen_better
+        right[group] += (chosen[index] > rejected[index]) == chosen_better
     return {group: (right[group], pairs[group]) for group in pairs}
 
 

@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from alignment.chat import encode_prompt_response
 from alignment.data import read_jsonl_tolerant
 from alignment.models import load_tokenizer
-from alignment.world import prompt_by_id
-from alignment.world.judges import gold_helpfulness
 from benchmarks.common import markdown_table
-from benchmarks.iteration_diagnostics import TEST_SET_GROUPS, pair_group
+from benchmarks.iteration_diagnostics import TEST_SET_GROUPS, gold_ordered_pairs
+from rlhf.ppo import token_logprobs
 
 STATISTICS = ("sum", "mean", "min")
 
@@ -36,29 +35,23 @@ STATISTICS = ("sum", "mean", "min")
 def answer_logprobs(model, tokenizer, messages: list[dict], response: str) -> torch.Tensor:
     """log p(token | earlier tokens) of each answer token (the chat template's end token included)."""
     ids, prompt_length = encode_prompt_response(tokenizer, messages, response, "llama2")
-    logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
-    return logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][prompt_length - 1 :]
+    input_ids = torch.tensor([ids])
+    answer = torch.arange(1, len(ids))[None] >= prompt_length  # action t predicts token t + 1
+    return token_logprobs(model, input_ids, torch.ones_like(input_ids), positions=answer)[answer]
 
 
 def probe(model_dir: str, rows: list[dict]) -> dict[str, dict[str, tuple[int, int]]]:
     """{statistic: {pair group: (ranked as gold ranks them, pairs)}}."""
     tokenizer, model = load_tokenizer(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
     right, pairs = {s: Counter() for s in STATISTICS}, Counter()
-    for row in rows:
-        prompt = prompt_by_id(row["prompt_id"])
-        gold_chosen, gold_rejected = gold_helpfulness(prompt, row["chosen"]), gold_helpfulness(prompt, row["rejected"])
-        if gold_chosen == gold_rejected:
-            continue
-        better, worse = (
-            (row["chosen"], row["rejected"]) if gold_chosen > gold_rejected else (row["rejected"], row["chosen"])
-        )
-        group = pair_group(prompt, better, worse)
+    for index, chosen_better, group in gold_ordered_pairs(rows):
+        row = rows[index]
         pairs[group] += 1
-        lp_better = answer_logprobs(model, tokenizer, row["prompt"], better)
-        lp_worse = answer_logprobs(model, tokenizer, row["prompt"], worse)
+        lp_chosen = answer_logprobs(model, tokenizer, row["prompt"], row["chosen"])
+        lp_rejected = answer_logprobs(model, tokenizer, row["prompt"], row["rejected"])
         for statistic in STATISTICS:
             reduce = getattr(torch.Tensor, statistic)
-            right[statistic][group] += bool(reduce(lp_better) > reduce(lp_worse))
+            right[statistic][group] += bool(reduce(lp_chosen) > reduce(lp_rejected)) == chosen_better
     return {s: {g: (right[s][g], pairs[g]) for g in pairs} for s in STATISTICS}
 
 
