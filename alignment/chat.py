@@ -133,6 +133,14 @@ def encode_prompt(tokenizer, messages: list[dict], chat_format: str = "llama2") 
 
 def encode_prompt_response(tokenizer, messages: list[dict], response: str, chat_format: str = "llama2"):
     """(input_ids, prompt_length) of a prompt and one finished answer: what reward models score."""
+    if chat_format == "llama2":
+        # Llama 2's format encodes each turn on its own, so the open prompt is the answered dialog's segments
+        # before the answer's: one encoding of the prompt instead of two (scoring encodes every rollout).
+        if not messages or messages[-1]["role"] != "user":
+            raise ValueError("a generation prompt must end with a user message")
+        segments = _llama2_segments(tokenizer, list(messages) + [{"role": "assistant", "content": response}], False)
+        input_ids = [i for ids, _ in segments for i in ids]
+        return input_ids, len(input_ids) - len(segments[-1][0])
     prompt_ids = encode_prompt(tokenizer, messages, chat_format)
     full = encode_dialog(tokenizer, list(messages) + [{"role": "assistant", "content": response}], chat_format)
     if full["input_ids"][: len(prompt_ids)] != prompt_ids:

@@ -41,7 +41,8 @@ from transformers.modeling_layers import GenericForSequenceClassification
 
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
-from alignment.models import DTYPES, load_tokenizer, resolve_model_path, stop_token_ids
+from alignment.logprobs import target_logprobs
+from alignment.models import DTYPES, causal_attention_mask, load_tokenizer, resolve_model_path, stop_token_ids
 
 LIKELIHOOD_PREFIX = "likelihood_"
 LIKELIHOOD_HEAD = f"{LIKELIHOOD_PREFIX}head"
@@ -174,27 +175,30 @@ def reward_scores(
     if head is None and getattr(getattr(model, "module", None), LIKELIHOOD_HEAD, None) is not None:
         # Calling the submodules of a DDP/FSDP-wrapped model would bypass the wrapper's gradient sync.
         raise RecipeError("likelihood_feature runs in a single process only; this model is wrapped for several")
+    model_mask = causal_attention_mask(attention_mask)
     if head is None:
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=model_mask, position_ids=position_ids, use_cache=False
         ).logits
         return logits.reshape(input_ids.shape[0], -1)[:, 0]
     if response_tokens is None:
         raise ValueError("a reward model with the likelihood feature needs each row's response length")
     hidden = model.model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids, attention_mask=model_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
     real = attention_mask.bool()
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     last = (positions * real).argmax(-1)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     score = model.score(hidden[rows, last]).reshape(-1)
-    logprobs = torch.log_softmax(head(hidden[:, :-1]).float(), -1)
-    token_logprobs = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     real_from_end = real.flip(-1).cumsum(-1).flip(-1)  # 1 at the last real token, 2 before it, ...
     in_response = real & (real_from_end <= response_tokens.to(input_ids.device)[:, None])
     predicted = in_response[:, 1:] & real[:, :-1]
-    likelihood = (token_logprobs * predicted).sum(-1)
+    # The head and log-softmax on the answer's predictions only: no (rows, length, vocab) array.
+    logprobs, _ = target_logprobs(head(hidden[:, :-1][predicted]).float(), input_ids[:, 1:][predicted])
+    likelihood = torch.zeros(input_ids.shape[0], dtype=logprobs.dtype, device=logprobs.device).index_add(
+        0, predicted.nonzero()[:, 0], logprobs
+    )
     return score.float() + getattr(model, LIKELIHOOD_SCALE) * likelihood
 
 

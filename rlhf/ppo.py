@@ -41,10 +41,12 @@ raises `NonFiniteError` before the optimiser step, naming the last good checkpoi
 
 Cost. Each iteration logs its seconds per phase (``time/generation``, ``scoring``, ``logprobs``, ``values``,
 ``update``, ``evaluation``, ``checkpoint``, ``other``). No FLOPs go to prompts or padding where they can be
-skipped exactly: rollout forwards run on length-sorted micro-batches cut to their own width, and the
-log-softmax and entropy run on response positions only (the LM head from the first one on). R_h and R_s
-given as one checkpoint are loaded and run once. ``logprobs_from_sampling`` takes pi_old from the sampling
-pass (`LogprobSamplingEngine`) instead of a second policy forward.
+skipped exactly: rollout forwards run on length-sorted micro-batches cut to their own width; the LM head,
+log-softmax and entropy run on response positions only (`token_logprobs`, with `alignment.logprobs` for the
+few passes over the vocabulary); right-padded rows run without a padding mask, on causal attention alone
+(`alignment.models.causal_attention_mask`). R_h and R_s given as one checkpoint are loaded and run once.
+``logprobs_from_sampling`` takes pi_old from the sampling pass (`LogprobSamplingEngine`) instead of a second
+policy forward.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ from alignment.data import (
     split_by_key,
 )
 from alignment.distributed import gathered_full_weights, save_full_model
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.logprobs import target_logprobs
+from alignment.models import causal_attention_mask, load_causal_lm, load_tokenizer
 from alignment.stages import COMPLETE_MARKER
 from alignment.world.scorers import world_judge, world_prompt_records
 from reward import scoring as reward_scoring  # module, not names: tests swap its RewardScorer
@@ -204,8 +207,28 @@ class TokenValueModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = getattr(self.classifier, self.classifier.base_model_prefix)
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        mask = causal_attention_mask(attention_mask)
+        hidden = base(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         return self.classifier.score(hidden).squeeze(-1).float()
+
+
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: no logit scale, soft-capping or
+# other maths after the head (transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2/3ForCausalLM).
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _decoder_and_head(model):
+    """``(decoder, head)`` where the LM head may be run on chosen hidden states only, else None.
+
+    A model wrapped for DDP is called through its wrapper (the gradient all-reduce hangs on its forward), and a
+    prompt-learning PEFT adapter changes the inputs in its own forward: both keep the whole-model call."""
+    if hasattr(model, "module") or getattr(getattr(model, "config", None), "model_type", None) not in (
+        PLAIN_HEAD_MODEL_TYPES
+    ):
+        return None
+    if _is_peft(model) and model.active_peft_config.is_prompt_learning:
+        return None
+    return model.get_decoder(), model.get_output_embeddings()
 
 
 def token_logprobs(
@@ -220,48 +243,46 @@ def token_logprobs(
 
     Logits are divided by the sampling temperature so the log-probs are those of the distribution the
     rollouts were drawn from. With ``positions`` (a ``(B, L - 1)`` bool mask, the response actions) the
-    log-softmax and entropy are computed there only, the LM head runs only from the first such position on,
-    and every other position is 0: the same values where the mask is on, with no work on prompts and padding."""
-    start = 0
-    if positions is not None:
-        start = int(positions.any(dim=0).nonzero()[0]) if bool(positions.any()) else input_ids.shape[1] - 1
-    # logits_to_keep: the LM head (a large share of a small model's FLOPs) skips positions before `start`.
-    logits = (
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            logits_to_keep=input_ids.shape[1] - start,
-        )
-        .logits[:, :-1]
-        .float()
-    )
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, start + 1 :]
+    LM head, log-softmax and entropy run there only and every other position is 0: the same values where the
+    mask is on, with no work on prompts and padding. The head and the passes over the vocabulary are a large
+    share of a small model's time: on the tiny Llama (64 wide, 1024 tokens) they took as long as its two decoder
+    layers when run on every position with autograd's log-softmax."""
+    attention_mask = causal_attention_mask(attention_mask)
     if positions is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        targets = input_ids[:, 1:]
         logprobs = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         if not with_entropy:
             return logprobs
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach())
         return logprobs, entropy
-    keep = positions[:, start:]
-    picked = logits[keep]  # (tokens, vocab): response positions only
-    normaliser = torch.logsumexp(picked, dim=-1)
-    values = torch.gather(picked, 1, targets[keep].unsqueeze(-1)).squeeze(-1) - normaliser
+    parts = _decoder_and_head(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        picked = head(hidden[:, :-1][positions]).float()  # (tokens, vocab): response positions only
+        keep, targets = positions, input_ids[:, 1:]
+    else:
+        start = int(positions.any(dim=0).nonzero()[0]) if bool(positions.any()) else input_ids.shape[1] - 1
+        # logits_to_keep: without the decoder / head split, the head at least skips positions before `start`.
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=input_ids.shape[1] - start,
+        ).logits[:, :-1]
+        keep, targets = positions[:, start:], input_ids[:, start + 1 :]
+        picked = logits[keep].float()
+    if temperature != 1.0:
+        picked = picked / temperature
+    values, entropy = target_logprobs(picked, targets[keep], with_entropy)
     logprobs = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(positions, values)
     if not with_entropy:
         return logprobs
-    with torch.no_grad():
-        # H = logsumexp(z) - sum(softmax(z) * z): reuses the normaliser, one exp over the vocabulary (the logits
-        # are a model's, all finite, so entropy_from_logits' guard for -inf entries is not needed here).
-        picked, normaliser = picked.detach(), normaliser.detach()
-        entropy = normaliser - (torch.exp(picked - normaliser.unsqueeze(-1)) * picked).sum(dim=-1)
-        entropy = torch.zeros(positions.shape, dtype=values.dtype, device=values.device).masked_scatter(
-            positions, entropy
-        )
-    return logprobs, entropy
+    return logprobs, torch.zeros_like(logprobs).masked_scatter(positions, entropy)
 
 
 def _unwrap(model):
@@ -448,14 +469,33 @@ class PhaseClock:
             self.seconds[phase] += time.perf_counter() - started
 
 
-def sample_tokens(logprobs: torch.Tensor) -> torch.Tensor:
-    """One token per row drawn from ``exp(logprobs)`` ``(B, V)`` by inverse CDF: the first token whose cumulative
-    probability exceeds a uniform number. One random number per row: drawing one per vocabulary entry, as
-    `torch.multinomial` and the exponential race do, costs more than a small model's forward on CPU. The CDF is
-    summed in float64, and a token of probability 0 is never drawn."""
-    cdf = logprobs.exp().double().cumsum(dim=-1)
-    target = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+SAMPLING_BLOCK = 32
+
+
+def sample_tokens(weights: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn with probability proportional to ``weights`` ``(B, V)`` (non-negative, e.g.
+    ``exp(logits - max)``), by inverse CDF: the first token whose cumulative weight exceeds a uniform number
+    times the row's total. One random number per row: drawing one per vocabulary entry, as `torch.multinomial`
+    and the exponential race do, costs more than a small model's forward on CPU.
+
+    The CDF is taken in two levels, over blocks of ``SAMPLING_BLOCK`` tokens and then within the drawn block, in
+    float64: one pass over the vocabulary instead of a cumulative sum over all of it. A token of weight 0 is
+    never drawn (the uniform number is kept strictly below each level's total)."""
+    rows, vocab = weights.shape
+    pad = -vocab % SAMPLING_BLOCK
+    blocks = (torch.nn.functional.pad(weights, (0, pad)) if pad else weights).view(rows, -1, SAMPLING_BLOCK)
+    # Block sums in the weights' dtype (a float64 sum would first copy the whole array), accumulated in float64.
+    cdf = blocks.sum(dim=-1).double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(
+        torch.rand(rows, 1, dtype=torch.float64, device=weights.device) * total,
+        torch.nextafter(total, torch.zeros_like(total)),
+    )
+    block = torch.searchsorted(cdf, target, right=True)  # < number of blocks: target < total
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    inner = blocks.gather(1, block.unsqueeze(-1).expand(rows, 1, SAMPLING_BLOCK)).squeeze(1).double().cumsum(-1)
+    within = torch.minimum(target - before, torch.nextafter(inner[:, -1:], torch.zeros_like(total)))
+    return (block * SAMPLING_BLOCK + torch.searchsorted(inner, within, right=True)).squeeze(1)
 
 
 def _cache_argument(model) -> str:
@@ -525,10 +565,14 @@ class LogprobSamplingEngine(HFSamplingEngine):
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         tokens, logprobs = [], []
         for step in range(params.max_new_tokens):
-            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
-            token = torch.where(finished, self.pad_id, sample_tokens(logp))
+            scaled = logits.float() / params.temperature
+            peak = scaled.amax(dim=-1, keepdim=True)
+            weights = torch.sub(scaled, peak).exp_()  # softmax's numerator; its sum is the normaliser
+            drawn = sample_tokens(weights)
+            token = torch.where(finished, self.pad_id, drawn)
             tokens.append(token)
-            logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
+            normaliser = weights.sum(dim=-1, keepdim=True).log_() + peak
+            logprobs.append((scaled.gather(1, token.unsqueeze(1)) - normaliser).squeeze(1))
             finished |= torch.isin(token, stop)
             if bool(finished.all()) or step + 1 == params.max_new_tokens:
                 break

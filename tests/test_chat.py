@@ -207,6 +207,23 @@ def test_llama2_generation_prompt_is_the_prefix_of_the_trained_dialog(tiny_token
         encode_prompt(tiny_tokenizer, messages + [{"role": "assistant", "content": "4"}])
 
 
+def test_llama2_prompt_response_is_the_open_prompt_then_the_answer(tiny_tokenizer):
+    # One encoding of the answered dialog must split where the open prompt ends, over several turns too.
+    messages = [
+        {"role": "system", "content": "7"},
+        {"role": "user", "content": "1"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "3 4"},
+    ]
+    ids, prompt_length = encode_prompt_response(tiny_tokenizer, messages, "56")
+    prompt = encode_prompt(tiny_tokenizer, messages)
+    answered = encode_dialog(tiny_tokenizer, messages + [{"role": "assistant", "content": "56"}])["input_ids"]
+    assert (ids, prompt_length) == (answered, len(prompt))
+    assert ids[:prompt_length] == prompt
+    with pytest.raises(ValueError, match="end with a user message"):
+        encode_prompt_response(tiny_tokenizer, messages[:3], "56")
+
+
 # SmolLM2's ChatML template adds its default system prompt when a dialog has none.
 SMOL_SYSTEM = [
     "<|im_start|>",

@@ -5,7 +5,8 @@ import torch
 
 import rlhf.ppo
 from alignment.chat import encode_prompt
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.logprobs import target_logprobs
+from alignment.models import causal_attention_mask, load_causal_lm, load_tokenizer
 from rlhf.ppo import (
     LogprobSamplingEngine,
     collate_rollouts,
@@ -15,7 +16,7 @@ from rlhf.ppo import (
     token_logprobs,
 )
 from rlhf.ppo_config import PPOConfig
-from rlhf.sampling import SamplingParams
+from rlhf.sampling import Sample, SamplingParams
 from tests.test_ppo import PROMPTS, ConstantScorer, DigitScorer, small_config
 
 
@@ -33,6 +34,78 @@ def test_logprobs_from_the_sampling_pass_equal_a_second_forward():
         assert got.shape == (len(sample.response_ids),)
         # Cached decoding vs one full forward: the same weights, so only kernel noise apart.
         torch.testing.assert_close(got, expected[row][response_mask[row]], rtol=0, atol=1e-5)
+
+
+def _rollout_rows():
+    """Three right-padded prompt + response rows of different lengths, and their response positions."""
+    samples = [
+        Sample(0, 0, [2, 40, 41, 42], [50, 51, 3], "", True),
+        Sample(1, 0, [2, 60], [70, 71, 72, 73], "", False),
+        Sample(2, 0, [2, 80, 81, 82, 83], [90], "", True),
+    ]
+    return collate_rollouts(samples, pad_id=0)
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_the_lm_head_on_response_positions_only_equals_the_whole_model_call(monkeypatch, use_lora):
+    torch.manual_seed(0)
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    if use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    input_ids, attention_mask, positions = _rollout_rows()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        logprobs, entropy = token_logprobs(
+            model, input_ids, attention_mask, 0.7, with_entropy=True, positions=positions
+        )
+        (logprobs * torch.arange(logprobs.numel()).view_as(logprobs)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logprobs.detach(), entropy, grads
+
+    assert rlhf.ppo._decoder_and_head(model) is not None
+    split = run()
+    monkeypatch.setattr(rlhf.ppo, "_decoder_and_head", lambda model: None)  # the whole-model call
+    whole = run()
+    torch.testing.assert_close(split[0], whole[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(split[1], whole[1], rtol=0, atol=1e-6)
+    assert split[2].keys() == whole[2].keys() and split[2]
+    for name in split[2]:
+        torch.testing.assert_close(split[2][name], whole[2][name], rtol=1e-5, atol=1e-6)
+    assert (split[0][~positions] == 0).all() and (split[0][positions] < 0).all()
+
+
+def test_target_logprobs_and_their_gradient_against_log_softmax():
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 9, generator=generator, dtype=torch.float64) * 4).requires_grad_()
+    targets = torch.tensor([0, 8, 3, 3, 5, 1])
+    weights = torch.randn(6, generator=generator, dtype=torch.float64)
+    logprobs, entropy = target_logprobs(logits, targets, with_entropy=True)
+    (logprobs * weights).sum().backward()
+    reference = logits.detach().clone().requires_grad_()
+    log_softmax = torch.log_softmax(reference, dim=-1)
+    (log_softmax.gather(1, targets[:, None]).squeeze(1) * weights).sum().backward()
+    torch.testing.assert_close(logprobs.detach(), log_softmax.gather(1, targets[:, None]).squeeze(1).detach())
+    torch.testing.assert_close(entropy, -(log_softmax.exp() * log_softmax).sum(-1).detach())
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert not entropy.requires_grad
+    assert target_logprobs(logits, targets)[1] is None
+    assert torch.autograd.gradcheck(lambda z: target_logprobs(z, targets)[0], (logits.detach().requires_grad_(),))
+
+
+def test_right_padded_rows_run_without_a_padding_mask_and_give_the_same_outputs():
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    input_ids, attention_mask, _ = _rollout_rows()
+    assert causal_attention_mask(attention_mask) is None
+    left = attention_mask.flip(-1)
+    assert causal_attention_mask(left) is left  # left padding needs its mask
+    with torch.no_grad():
+        masked = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        causal = model(input_ids=input_ids).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(masked[real], causal[real], rtol=0, atol=1e-6)
 
 
 def _losses(tmp_path, name, **overrides):
@@ -68,11 +141,27 @@ def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, mon
 def test_sampled_tokens_follow_the_distribution():
     p = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4])
     torch.manual_seed(0)
-    draws = sample_tokens(torch.log(p).expand(200_000, 5))
+    draws = sample_tokens((p * 7.0).expand(200_000, 5))  # unnormalised weights
     share = torch.bincount(draws, minlength=5).double() / draws.numel()
     assert share[1] == 0.0  # probability 0 is never drawn
     # Standard error of each share is at most sqrt(0.25 / 200000) = 0.0011; 5 of them allowed.
     torch.testing.assert_close(share, p.double(), rtol=0, atol=0.0056)
+
+
+def test_sampled_tokens_follow_the_distribution_across_blocks():
+    # 70 tokens: three blocks of 32 (the last one padded), a whole block of zeros, zeros at the block edges.
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(70, generator=generator)
+    weights[32:64] = 0.0
+    weights[[0, 31, 64, 69]] = 0.0
+    weights[5] = 3.0  # one heavy token
+    p = (weights / weights.sum()).double()
+    torch.manual_seed(0)
+    draws = sample_tokens(weights.expand(400_000, 70))
+    share = torch.bincount(draws, minlength=70).double() / draws.numel()
+    assert share[p == 0].sum() == 0.0
+    # Each share's standard error is at most sqrt(p (1 - p) / 400000) <= 0.0008; 5 of them allowed.
+    torch.testing.assert_close(share, p, rtol=0, atol=5 * float((p * (1 - p) / 400_000).sqrt().max()))
 
 
 def test_one_checkpoint_for_both_reward_models_is_scored_once():
