@@ -124,6 +124,25 @@ def test_checkpoint_round_trip_and_the_value_model_without_the_feature(tmp_path,
         load_reward_model(str(plain), likelihood_feature=True)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_feature_head_is_read_from_the_checkpoint_without_loading_the_causal_lm(tmp_path, monkeypatch, tied):
+    torch.manual_seed(1)
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny-llama"))
+    if tied:  # SmolLM2-style: the output embedding is the input one, saved once
+        lm.config.tie_word_embeddings = True
+        lm.tie_weights()
+    lm.save_pretrained(tmp_path, safe_serialization=True)
+    load_tokenizer("builtin:tiny-llama").save_pretrained(tmp_path)
+    expected = lm.get_output_embeddings().weight.detach().clone()
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("the whole causal LM was loaded to take its head")
+
+    monkeypatch.setattr("reward.scoring.AutoModelForCausalLM.from_pretrained", no_second_model)
+    model = load_reward_model(str(tmp_path), likelihood_feature=True)
+    torch.testing.assert_close(getattr(model, LIKELIHOOD_HEAD).weight, expected, rtol=0, atol=0)
+
+
 def test_a_wrapped_model_is_refused_not_scored_without_its_feature(feature_rm):
     """DDP/FSDP hide the feature behind .module; scoring the wrapper's head alone would be silently wrong."""
     wrapper = torch.nn.Module()
