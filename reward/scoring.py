@@ -172,6 +172,19 @@ def load_reward_model(
     return model
 
 
+def encode_scored(
+    tokenizer, messages: list[dict], response: str, chat_format: str, max_length: int | None
+) -> tuple[list[int], int, bool]:
+    """(token ids a reward model scores, how many of them are the response, whether the input was cut), for
+    training and scoring alike. Over-long inputs keep their last `max_length` tokens, where the score is read."""
+    ids, prompt_length = encode_prompt_response(tokenizer, messages, response, chat_format)
+    response_tokens = len(ids) - prompt_length
+    cut = bool(max_length) and len(ids) > max_length
+    if cut:
+        ids = ids[-max_length:]
+    return ids, min(response_tokens, len(ids)), cut
+
+
 def reward_scores(
     model,
     input_ids: torch.Tensor,
@@ -194,7 +207,7 @@ def reward_scores(
         return logits.reshape(input_ids.shape[0], -1)[:, 0]
     if response_tokens is None:
         raise ValueError("a reward model with the likelihood feature needs each row's response length")
-    hidden = model.model(
+    hidden = getattr(model, model.base_model_prefix)(
         input_ids=input_ids, attention_mask=model_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
     real = attention_mask.bool()
@@ -257,13 +270,9 @@ class RewardScorer:
         return float(getattr(self.model.config, "score_offset", 0.0) or 0.0)
 
     def encode(self, messages: list[dict], response: str) -> tuple[list[int], int]:
-        """(token ids the model scores, how many of them are the response); over-long inputs keep their end,
-        where the score is read."""
-        ids, prompt_length = encode_prompt_response(self.tokenizer, messages, response, self.chat_format)
-        response_tokens = len(ids) - prompt_length
-        if self.max_length and len(ids) > self.max_length:
-            ids = ids[-self.max_length :]
-        return ids, min(response_tokens, len(ids))
+        """(token ids the model scores, how many of them are the response): `encode_scored`."""
+        ids, response_tokens, _ = encode_scored(self.tokenizer, messages, response, self.chat_format, self.max_length)
+        return ids, response_tokens
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

@@ -1,7 +1,7 @@
 """Stage 2, the helpfulness (R_h) and safety (R_s) reward models, on TRL's RewardTrainer.
 
 `run_reward(config)` loads the comparisons, holds out a seeded share of each source's prompts, mixes the rest
-as sec. 3.2.2 prescribes, tokenizes every (prompt, response) with `alignment.chat.encode_prompt_response` (the
+as sec. 3.2.2 prescribes, tokenizes every (prompt, response) with `reward.scoring.encode_scored` (the
 tokens RewardScorer will score later), and trains with TRL's RewardTrainer, whose loss with a `margin` column
 is exactly -log sigmoid(r_c - r_r - m(rating)) (verified in tests/test_reward_trainer.py). The model is saved
 as a sequence classifier (safetensors) with its tokenizer, then evaluated on the held-out pairs
@@ -28,7 +28,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from alignment.batching import accumulation_steps, world_size
-from alignment.chat import check_chat_format, encode_prompt_response
+from alignment.chat import check_chat_format
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import SkipCounter, append_jsonl, atomic_write_json, atomic_write_text, held_out_share
 from alignment.distributed import GlobalLengthGroupedSampler
@@ -39,7 +39,13 @@ from reward.config import DEFAULT_MIXTURES, REWARD_MODELS, Llama2RewardConfig
 from reward.data import FORMATS, Comparison, load_comparisons, mix_comparisons, split_comparisons
 from reward.evaluate import calibrate_safety_offset, evaluate_reward_model, report_markdown
 from reward.loss import MARGIN_TABLES, margin_for, ranking_loss
-from reward.scoring import RewardScorer, load_reward_model, prepare_reward_tokenizer, reward_scores
+from reward.scoring import (
+    RewardScorer,
+    encode_scored,
+    load_reward_model,
+    prepare_reward_tokenizer,
+    reward_scores,
+)
 
 SOURCE_KEYS = {"path", "format", "kind", "rating", "pool", "limit"}
 # Fields that define what a finished run in output_dir computed: a match means "already done".
@@ -189,14 +195,12 @@ def tokenize_comparisons(
     for comparison, m in zip(comparisons, margins):
         row = {}
         for side in ("chosen", "rejected"):
-            ids, prompt_length = encode_prompt_response(
-                tokenizer, comparison.prompt, getattr(comparison, side), chat_format
+            ids, response_tokens, cut = encode_scored(
+                tokenizer, comparison.prompt, getattr(comparison, side), chat_format, max_length
             )
-            response_tokens = len(ids) - prompt_length
-            if max_length and len(ids) > max_length:
-                ids, truncated = ids[-max_length:], truncated + 1
+            truncated += cut
             row[f"{side}_ids"] = ids
-            row[f"{side}_response_tokens"] = min(response_tokens, len(ids))
+            row[f"{side}_response_tokens"] = response_tokens
         if margin != "none":
             row["margin"] = m
         row["length"] = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
