@@ -39,6 +39,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.modeling_layers import GenericForSequenceClassification
 
+from alignment.attention import use_short_causal_attention
 from alignment.chat import check_chat_format, encode_prompt_response
 from alignment.config import RecipeError
 from alignment.logprobs import target_logprobs
@@ -233,7 +234,8 @@ class RewardScorer:
     otherwise both are loaded from `model_name_or_path`. `max_length` keeps the last tokens of longer inputs
     (default: the window the model was trained on, `training_max_length` in its config, else the context
     window): a reward model never scores more tokens than it learnt from. `padding_side` ("right" or "left")
-    only changes how rows are laid out; scores are the same either way.
+    only changes how rows are laid out; scores are the same either way. `short_causal_attention` switches the
+    model to `alignment.attention`'s implementation (PPO's scoring; the same scores up to float rounding).
     """
 
     def __init__(
@@ -246,12 +248,15 @@ class RewardScorer:
         model=None,
         tokenizer=None,
         max_length: int | None = None,
+        short_causal_attention: bool = False,
     ):
         if batch_size <= 0:
             raise RecipeError("batch_size must be positive")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name_or_path)
         check_chat_format(chat_format, self.tokenizer)
         self.model = model if model is not None else load_reward_model(model_name_or_path, dtype)
+        if short_causal_attention:
+            use_short_causal_attention(self.model)
         self.chat_format = chat_format
         self.batch_size = batch_size
         self.device = torch.device(device) if device else next(self.model.parameters()).device

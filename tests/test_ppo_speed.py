@@ -126,6 +126,8 @@ def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, mon
     plain = _losses(tmp_path, "plain")
     # A checkpoint every 2 iterations instead of every one: nothing in the maths reads the checkpoint.
     assert _losses(tmp_path, "every2", save_every=2) == plain
+    # Short-sequence attention by batched matmuls against SDPA's kernels everywhere.
+    assert plain == pytest.approx(_losses(tmp_path, "sdpa", short_causal_attention=False), abs=1e-5)
     # pi_old from the sampling pass, against the same samples with pi_old from a second forward pass.
     sampled = _losses(tmp_path, "sampled", logprobs_from_sampling=True)
     real = rlhf.ppo.forward_rollouts
