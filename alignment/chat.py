@@ -58,18 +58,30 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _llama2_segments(tokenizer, messages: list[dict], add_generation_prompt: bool):
+def _llama2_segment_texts(messages: list[dict]) -> list[tuple[str, bool]]:
+    """(text, is_answer) of each Llama 2 turn, each encoded on its own (`_llama2_segments`)."""
+    return [
+        (f"{B_INST} {m['content'].strip()} {E_INST}", False)
+        if m["role"] == "user"
+        # Meta's release encodes f"{B_INST} {user} {E_INST} {answer} " and then EOS: the answer's trailing space
+        # is a token of its own before EOS ("▁" in SentencePiece), and the model learns to emit it.
+        else (f"{m['content'].strip()} ", True)
+        for m in _merge_system(messages)
+    ]
+
+
+def _llama2_framed(tokenizer, texts: list[tuple[str, bool]], encoded: list[list[int]]):
+    """Segments from their encoded texts: BOS before each user turn, EOS after each answer."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    segments = []
-    for message in _merge_system(messages):
-        if message["role"] == "user":
-            segments.append((bos + _encode(tokenizer, f"{B_INST} {message['content'].strip()} {E_INST}"), False))
-        else:
-            # Meta's release encodes f"{B_INST} {user} {E_INST} {answer} " and then EOS: the answer's trailing
-            # space is a token of its own before EOS ("▁" in SentencePiece), and the model learns to emit it.
-            answer = _encode(tokenizer, f"{message['content'].strip()} ")
-            segments.append((answer + [tokenizer.eos_token_id], True))
-    return segments
+    return [
+        (ids + [tokenizer.eos_token_id], True) if is_answer else (bos + ids, False)
+        for (_, is_answer), ids in zip(texts, encoded)
+    ]
+
+
+def _llama2_segments(tokenizer, messages: list[dict], add_generation_prompt: bool):
+    texts = _llama2_segment_texts(messages)
+    return _llama2_framed(tokenizer, texts, [_encode(tokenizer, text) for text, _ in texts])
 
 
 def _template_segments(tokenizer, messages: list[dict], add_generation_prompt: bool):
@@ -133,14 +145,38 @@ def encode_prompt(tokenizer, messages: list[dict], chat_format: str = "llama2") 
 
 def encode_prompt_response(tokenizer, messages: list[dict], response: str, chat_format: str = "llama2"):
     """(input_ids, prompt_length) of a prompt and one finished answer: what reward models score."""
-    if chat_format == "llama2":
-        # Llama 2's format encodes each turn on its own, so the open prompt is the answered dialog's segments
-        # before the answer's: one encoding of the prompt instead of two (scoring encodes every rollout).
+    return encode_prompt_responses(tokenizer, [messages], [response], chat_format)[0]
+
+
+def encode_prompt_responses(
+    tokenizer, prompts: list[list[dict]], responses: list[str], chat_format: str = "llama2"
+) -> list[tuple[list[int], int]]:
+    """`encode_prompt_response` of each (prompt, answer) pair. In the Llama 2 format every turn of every pair is
+    tokenised in one tokenizer call: one call per turn cost a reward model's scoring as much as its forward pass
+    on the tiny Llama (512 rollouts, PPO)."""
+    for messages in prompts:
         if not messages or messages[-1]["role"] != "user":
             raise ValueError("a generation prompt must end with a user message")
-        segments = _llama2_segments(tokenizer, list(messages) + [{"role": "assistant", "content": response}], False)
+    if chat_format != "llama2":
+        return [_encode_prompt_response_by_template(tokenizer, m, r, chat_format) for m, r in zip(prompts, responses)]
+    # Llama 2's format encodes each turn on its own, so the open prompt is the answered dialog's segments before
+    # the answer's: one encoding of the prompt instead of two.
+    per_pair = [
+        _llama2_segment_texts(list(messages) + [{"role": "assistant", "content": response}])
+        for messages, response in zip(prompts, responses)
+    ]
+    flat = [text for texts in per_pair for text, _ in texts]
+    encoded = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    out, start = [], 0
+    for texts in per_pair:
+        segments = _llama2_framed(tokenizer, texts, encoded[start : start + len(texts)])
+        start += len(texts)
         input_ids = [i for ids, _ in segments for i in ids]
-        return input_ids, len(input_ids) - len(segments[-1][0])
+        out.append((input_ids, len(input_ids) - len(segments[-1][0])))
+    return out
+
+
+def _encode_prompt_response_by_template(tokenizer, messages: list[dict], response: str, chat_format: str):
     prompt_ids = encode_prompt(tokenizer, messages, chat_format)
     full = encode_dialog(tokenizer, list(messages) + [{"role": "assistant", "content": response}], chat_format)
     if full["input_ids"][: len(prompt_ids)] != prompt_ids:

@@ -40,7 +40,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from transformers.modeling_layers import GenericForSequenceClassification
 
 from alignment.attention import use_short_causal_attention
-from alignment.chat import check_chat_format, encode_prompt_response
+from alignment.chat import check_chat_format, encode_prompt_responses
 from alignment.config import RecipeError
 from alignment.logprobs import target_logprobs
 from alignment.models import DTYPES, causal_attention_mask, load_tokenizer, resolve_model_path, stop_token_ids
@@ -178,12 +178,21 @@ def encode_scored(
 ) -> tuple[list[int], int, bool]:
     """(token ids a reward model scores, how many of them are the response, whether the input was cut), for
     training and scoring alike. Over-long inputs keep their last `max_length` tokens, where the score is read."""
-    ids, prompt_length = encode_prompt_response(tokenizer, messages, response, chat_format)
-    response_tokens = len(ids) - prompt_length
-    cut = bool(max_length) and len(ids) > max_length
-    if cut:
-        ids = ids[-max_length:]
-    return ids, min(response_tokens, len(ids)), cut
+    return encode_scored_many(tokenizer, [messages], [response], chat_format, max_length)[0]
+
+
+def encode_scored_many(
+    tokenizer, prompts: list[list[dict]], responses: list[str], chat_format: str, max_length: int | None
+) -> list[tuple[list[int], int, bool]]:
+    """`encode_scored` of each (prompt, response) pair, tokenised together (`encode_prompt_responses`)."""
+    out = []
+    for ids, prompt_length in encode_prompt_responses(tokenizer, prompts, responses, chat_format):
+        response_tokens = len(ids) - prompt_length
+        cut = bool(max_length) and len(ids) > max_length
+        if cut:
+            ids = ids[-max_length:]
+        out.append((ids, min(response_tokens, len(ids)), cut))
+    return out
 
 
 def reward_scores(
@@ -295,7 +304,12 @@ class RewardScorer:
     def score(self, prompts: list[list[dict]], responses: list[str]) -> ScoreBatch:
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts and {len(responses)} responses")
-        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        encoded = [
+            (ids, response_tokens)
+            for ids, response_tokens, _ in encode_scored_many(
+                self.tokenizer, prompts, responses, self.chat_format, self.max_length
+            )
+        ]
         scores = torch.empty(len(encoded), dtype=torch.float32)
         # Length-sorted batches waste little compute on padding; scores go back to the input order.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))

@@ -14,6 +14,7 @@ from alignment.chat import (
     encode_dialog,
     encode_prompt,
     encode_prompt_response,
+    encode_prompt_responses,
     llama2_dialog_text,
     user_prompt,
 )
@@ -222,6 +223,27 @@ def test_llama2_prompt_response_is_the_open_prompt_then_the_answer(tiny_tokenize
     assert ids[:prompt_length] == prompt
     with pytest.raises(ValueError, match="end with a user message"):
         encode_prompt_response(tiny_tokenizer, messages[:3], "56")
+
+
+def test_pairs_tokenised_together_equal_each_pair_alone(tiny_tokenizer):
+    # One tokenizer call for every turn of every pair: each pair's ids and split as encode_dialog / encode_prompt.
+    prompts = [
+        [{"role": "user", "content": "1 2"}],
+        [{"role": "system", "content": "7"}, {"role": "user", "content": "3"}],
+        [
+            {"role": "user", "content": "1"},
+            {"role": "assistant", "content": "2"},
+            {"role": "user", "content": "3 4"},
+        ],
+    ]
+    responses = ["45", "", "6 7 8"]
+    together = encode_prompt_responses(tiny_tokenizer, prompts, responses)
+    for (ids, prompt_length), messages, response in zip(together, prompts, responses):
+        answered = encode_dialog(tiny_tokenizer, messages + [{"role": "assistant", "content": response}])
+        assert (ids, prompt_length) == (answered["input_ids"], len(encode_prompt(tiny_tokenizer, messages)))
+    assert encode_prompt_responses(tiny_tokenizer, [], []) == []
+    with pytest.raises(ValueError, match="end with a user message"):
+        encode_prompt_responses(tiny_tokenizer, [prompts[0], prompts[2][:2]], ["1", "2"])
 
 
 # SmolLM2's ChatML template adds its default system prompt when a dialog has none.
