@@ -10,8 +10,9 @@ environment .venv-trl025 (`python -m venv .venv-trl025 --system-site-packages` t
 `.venv-trl025/bin/pip install trl==0.25.1`; never in the global site-packages). Same models (the tiny Llama as
 policy; one tiny reward checkpoint, a seeded random scalar head on the tiny Llama, as value init and reward),
 same prompts (the embedded world's), one PPO epoch, temperature 1. Differences that are the method's, kept: ours
-scores every answer with two reward models (R_h and R_s, eq. 3) where TRL has one, and writes a resumable
-checkpoint (every iteration unless `--save_every`). Seconds per iteration are wall-clock between the ends of
+gates R_h and R_s (eq. 3) where TRL has one reward model (here both are the one checkpoint, so ours loads and runs
+it once), and writes a resumable checkpoint (every iteration unless `--save_every`). `--threads 2` gives each side
+both of a 2-core machine's cores, as the pipeline runs its stages. Seconds per iteration are wall-clock between the ends of
 consecutive iterations (the first one dropped: warm-up).
 
 Phases (seconds per iteration, both sides): generation; policy and reference log-probs (TRL takes the policy's
