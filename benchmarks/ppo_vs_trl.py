@@ -12,8 +12,8 @@ policy; one tiny reward checkpoint, a seeded random scalar head on the tiny Llam
 same prompts (the embedded world's), one PPO epoch, temperature 1. Differences that are the method's, kept: ours
 gates R_h and R_s (eq. 3) where TRL has one reward model (here both are the one checkpoint, so ours loads and runs
 it once), and writes a resumable checkpoint (every iteration unless `--save_every`). `--threads 2` gives each side
-both of a 2-core machine's cores, as the pipeline runs its stages. Seconds per iteration are wall-clock between the ends of
-consecutive iterations (the first one dropped: warm-up).
+both of a 2-core machine's cores, as the pipeline runs its stages. Seconds per iteration are wall-clock between the
+ends of consecutive iterations (the first one dropped: warm-up).
 
 Phases (seconds per iteration, both sides): generation; policy and reference log-probs (TRL takes the policy's
 from the generation logits); values; reward scoring; update (forward and backward of the mini-batches and the
