@@ -373,6 +373,8 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     import time
 
     out = tmp_path / "ppo"
+    # Enough iterations that the kill lands mid-run however fast an iteration is (a check every 0.2 s).
+    total = 40
     command = [
         sys.executable,
         str(ROOT / "recipes/ppo.py"),
@@ -381,7 +383,7 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
         "--output_dir",
         str(out),
         "--num_iterations",
-        "5",
+        str(total),
         "--eval_every",
         "0",
         "--report_to",
@@ -400,13 +402,13 @@ def test_recipe_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = int(latest_checkpoint(out).name.split("-")[1])
-    assert 2 <= killed_at < 5 and not (out / COMPLETE_MARKER).exists()
+    assert 2 <= killed_at < total and not (out / COMPLETE_MARKER).exists()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"iteration {killed_at} done" in result.stdout + result.stderr
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert iterations[-(5 - killed_at) :] == list(range(killed_at + 1, 6))
-    assert json.loads((out / COMPLETE_MARKER).read_text())["iterations"] == 5
+    assert iterations[-(total - killed_at) :] == list(range(killed_at + 1, total + 1))
+    assert json.loads((out / COMPLETE_MARKER).read_text())["iterations"] == total
 
 
 def test_reward_models_can_be_offloaded_to_another_device(monkeypatch):
