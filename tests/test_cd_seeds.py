@@ -70,3 +70,16 @@ def test_a_mode_without_answers_gives_no_paired_target(tmp_path):
     seed0 = _comparison(tmp_path / "s0", {"generic": _answers([1, 1], [0, 0])})
     assert paired_difference([seed0], "generic", "targeted", "refusal") is None
     assert paired_target_rows([seed0]) == []
+
+
+def test_the_reward_model_probe_pairs_differ_in_the_named_way_only():
+    from alignment.world import gold_helpfulness, gold_is_refusal
+    from benchmarks.rm_pair_probe import FACT_MODES, probe_pairs
+
+    pairs = probe_pairs(max_prompts=20, seed=0)
+    assert list(pairs) == [*FACT_MODES, "false refusal (borderline)"]
+    for mode, (prompts, good, bad) in pairs.items():
+        assert len(prompts) == len(good) == len(bad) > 0
+        for prompt, ideal, worse in zip(prompts, good, bad):
+            assert gold_helpfulness(prompt, ideal) == 1.0 > gold_helpfulness(prompt, worse)
+            assert gold_is_refusal(worse) == (mode == "false refusal (borderline)")
