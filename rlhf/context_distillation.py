@@ -14,7 +14,10 @@ Modes:
 - ``targeted``: the template (or generic, ``targeted_preprompt``) preprompt, but a distilled answer is kept
   only where R_s scores it strictly above the original answer (``improved``): ties are dropped, so an answer
   that was already as safe is not replaced by a vaguer one (the paper's fig. 16b motivation). An answer
-  identical to the original is a tie by definition.
+  identical to the original is a tie by definition. Where the gate rejects the distilled answer, the prompt is
+  left out of the fine-tune (``rejected_rows: drop``, the default), or kept with the model's own answer
+  (``original``: sec. 4.2.4 keeps "the context-distilled output only on the examples where it gets a better
+  safety reward model score than the original answer", which leaves the original output on the others).
 
 The original and the distilled answer of a chunk are sampled with the same seed (common random numbers), so
 where the preprompt changes nothing the two answers are identical and the gate drops them: targeted mode then
@@ -58,6 +61,8 @@ from rlhf.scoring import Scorer
 from sft.trainer import run_sft, validate_sft_inputs
 
 MODES = ("generic", "template", "targeted")
+# What targeted mode fine-tunes on where the gate rejects the distilled answer.
+REJECTED_ROWS = ("drop", "original")
 # The paper's generic safety preprompt (sec. 4.2.4): "You are a safe and responsible assistant", with
 # adjectives associated with safe behaviour (responsible, respectful, wise).
 GENERIC_PREPROMPT = GENERIC_SAFETY_PREPROMPTS[0]
@@ -73,6 +78,13 @@ class ContextDistillationArguments:
     mode: str = field(default="targeted", metadata={"help": "generic, template or targeted (sec. 4.2.4)."})
     targeted_preprompt: str = field(
         default="template", metadata={"help": "The preprompt targeted mode distils: template or generic."}
+    )
+    rejected_rows: str = field(
+        default="drop",
+        metadata={
+            "help": "Targeted mode, prompts whose distilled answer the gate rejects: drop (fine-tune on the kept "
+            "rows only) or original (fine-tune on the model's own answer there, so every prompt stays)."
+        },
     )
     prompts_name: str = field(
         default=BUILTIN_WORLD_PROMPTS,
@@ -206,6 +218,8 @@ def validate_cd_inputs(args, model_args, data_args, training_args, have_scorer: 
         raise RecipeError(f"unknown mode '{args.mode}' (use one of {', '.join(MODES)})")
     if args.targeted_preprompt not in ("template", "generic"):
         raise RecipeError(f"targeted_preprompt must be 'template' or 'generic', got '{args.targeted_preprompt}'")
+    if args.rejected_rows not in REJECTED_ROWS:
+        raise RecipeError(f"rejected_rows must be one of {', '.join(REJECTED_ROWS)}, got '{args.rejected_rows}'")
     check_chat_format(model_args.chat_format)
     if args.reward_chat_format:
         check_chat_format(args.reward_chat_format)
@@ -305,9 +319,19 @@ def drop_torn_tail(path: Path) -> None:
             handle.truncate(data.rfind(b"\n") + 1)
 
 
-def training_dialogs(rows: list[dict]) -> list[list[dict]]:
-    """SFT dialogs of the kept rows: the prompt without the preprompt, then the distilled answer."""
-    return [row["prompt"] + [{"role": "assistant", "content": row["distilled"]}] for row in rows if row["kept"]]
+def training_dialogs(rows: list[dict], rejected_rows: str = "drop") -> list[list[dict]]:
+    """SFT dialogs: the prompt without the preprompt, then the distilled answer where it was kept; with
+    ``rejected_rows="original"`` the model's own answer where it was not (a non-empty one)."""
+    dialogs = []
+    for row in rows:
+        if row["kept"]:
+            answer = row["distilled"]
+        elif rejected_rows == "original" and row["original"].strip():
+            answer = row["original"]
+        else:
+            continue
+        dialogs.append(row["prompt"] + [{"role": "assistant", "content": answer}])
+    return dialogs
 
 
 def distillation_manifest(args, model_args, seed: int) -> dict:
@@ -328,6 +352,8 @@ def distillation_manifest(args, model_args, seed: int) -> dict:
         "seed": seed,
         "chat_format": model_args.chat_format,
         "prompt_chunk_size": args.prompt_chunk_size,
+        # What the fine-tune reads; only named when it differs from the default, so earlier runs still resume.
+        **({"rejected_rows": args.rejected_rows} if args.mode == "targeted" and args.rejected_rows != "drop" else {}),
     }
 
 
@@ -389,7 +415,8 @@ def run_context_distillation(
         )
     engine.release()
     safety.release()
-    dialogs = training_dialogs(rows)
+    dialogs = training_dialogs(rows, args.rejected_rows if args.mode == "targeted" else "drop")
+    kept = sum(r["kept"] for r in rows)
     if state.is_main_process:
         atomic_write_text(
             output_dir / TRAIN_FILE, "".join(json.dumps({"messages": d}, ensure_ascii=False) + "\n" for d in dialogs)
@@ -400,8 +427,9 @@ def run_context_distillation(
         "mode": args.mode,
         "policy": model_args.model_name_or_path,
         "prompts": n,
-        "kept": len(dialogs),
-        "kept_share": len(dialogs) / n,
+        "kept": kept,
+        "kept_share": kept / n,
+        "trained_rows": len(dialogs),
         "improved": sum(r["r_s_distilled"] > r["r_s_original"] for r in rows),
         "identical_answers": sum(r["distilled"] == r["original"] for r in rows),
         "mean_r_s_original": sum(r["r_s_original"] for r in rows) / n,

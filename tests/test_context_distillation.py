@@ -197,27 +197,52 @@ def test_gate_keeps_exactly_the_rows_where_r_s_improved_and_drops_ties():
     assert improved(0.0, 1e-9, "a", "b") and not improved(1.0, 1.0, "a", "b")
 
 
-def test_targeted_run_trains_on_exactly_the_improved_rows(tmp_path, tokenizer):
+def _coarse(text):
+    return float(int(text.split()[1]) % 3)  # three levels, so some pairs tie
+
+
+def _targeted_run(tmp_path, tokenizer, *extra):
+    """A targeted run over 9 prompts scored by `_coarse`: (summary, distilled rows, the dialogs trained on)."""
     write_prompts(tmp_path, 9)
     trained = []
-    coarse = lambda text: float(int(text.split()[1]) % 3)  # noqa: E731 - three levels, so some pairs tie
     summary = run_with(
         tmp_path,
         tmp_path / "t",
         FakeEngine(tokenizer),
-        TableScorer(coarse),
+        TableScorer(_coarse),
         "--mode",
         "targeted",
+        *extra,
         train=lambda *a, dialogs: trained.append(dialogs) or {},
     )
     rows = [json.loads(line) for line in open(tmp_path / "t" / "distilled.jsonl")]
+    return summary, rows, trained[0]
+
+
+def test_targeted_run_trains_on_exactly_the_improved_rows(tmp_path, tokenizer):
+    summary, rows, trained = _targeted_run(tmp_path, tokenizer)
     better = [r for r in rows if r["r_s_distilled"] > r["r_s_original"]]
-    assert [r["r_s_original"] for r in rows] == [coarse(r["original"]) for r in rows]
-    assert [r["r_s_distilled"] for r in rows] == [coarse(r["distilled"]) for r in rows]
+    assert [r["r_s_original"] for r in rows] == [_coarse(r["original"]) for r in rows]
+    assert [r["r_s_distilled"] for r in rows] == [_coarse(r["distilled"]) for r in rows]
     ties = [r for r in rows if r["r_s_distilled"] == r["r_s_original"]]
     assert 0 < len(better) < 9 and ties and not any(r["kept"] for r in ties)
-    assert trained[0] == training_dialogs(better) and summary["kept_share"] == len(better) / 9
+    assert trained == training_dialogs(better) and summary["kept_share"] == len(better) / 9
     assert [r["kept"] for r in rows] == [r["r_s_distilled"] > r["r_s_original"] for r in rows]
+
+
+def test_targeted_run_with_rejected_rows_original_trains_every_prompt(tmp_path, tokenizer):
+    summary, rows, trained = _targeted_run(tmp_path, tokenizer, "--rejected_rows", "original")
+    # Per prompt, in order: the distilled answer where the gate kept it, else the model's own answer.
+    answers = [r["distilled"] if r["kept"] else r["original"] for r in rows]
+    assert trained == [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows, answers)]
+    assert summary["trained_rows"] == 9
+    assert 0 < summary["kept"] < 9 and summary["kept_share"] == summary["kept"] / 9
+
+
+def test_rejected_rows_must_be_drop_or_original(tmp_path, tokenizer):
+    write_prompts(tmp_path, 2)
+    with pytest.raises(RecipeError, match="rejected_rows must be one of drop, original, got 'keep'"):
+        run_with(tmp_path, tmp_path / "t", FakeEngine(tokenizer), TableScorer(len), "--rejected_rows", "keep")
 
 
 # Risk categories ----------------------------------------------------------------------------------------
