@@ -87,6 +87,7 @@ from alignment.data import (
 from alignment.distributed import gathered_full_weights, save_full_model
 from alignment.logprobs import target_logprobs
 from alignment.models import causal_attention_mask, load_causal_lm, load_tokenizer
+from alignment.rms_norm import use_fast_rms_norm
 from alignment.stages import COMPLETE_MARKER
 from alignment.world.scorers import world_judge, world_prompt_records
 from reward import scoring as reward_scoring  # module, not names: tests swap its RewardScorer
@@ -337,10 +338,11 @@ def build_models(config: PPOConfig):
             f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
             "tokenizer; it must share the policy's tokenizer"
         )
-    if config.short_causal_attention:
-        for model in (policy, reference, classifier):
-            if model is not None:
-                use_short_causal_attention(model)
+    for model in (policy, reference, classifier):
+        if model is not None and config.short_causal_attention:
+            use_short_causal_attention(model)
+        if model is not None and config.fast_rms_norm:
+            use_fast_rms_norm(model)
     return policy, reference, TokenValueModel(classifier), tokenizer
 
 

@@ -138,6 +138,13 @@ class PPOConfig:
             "lengths; every other call runs SDPA as before."
         },
     )
+    fast_rms_norm: bool = field(
+        default=True,
+        metadata={
+            "help": "RMSNorm with its backward written out (alignment/rms_norm.py) in the policy and value model's "
+            "float32 training passes: the same outputs, gradients up to float rounding, half the time on CPU."
+        },
+    )
     max_new_tokens: int = field(
         default=128, metadata={"range": AT_LEAST_ONE, "help": "Response budget per rollout (paper: not stated)."}
     )

@@ -128,6 +128,8 @@ def test_a_seeded_run_gives_the_same_losses_with_each_optimisation(tmp_path, mon
     assert _losses(tmp_path, "every2", save_every=2) == plain
     # Short-sequence attention by batched matmuls against SDPA's kernels everywhere.
     assert plain == pytest.approx(_losses(tmp_path, "sdpa", short_causal_attention=False), abs=1e-5)
+    # RMSNorm's written-out backward against autograd's.
+    assert plain == pytest.approx(_losses(tmp_path, "norm", fast_rms_norm=False), abs=1e-5)
     # pi_old from the sampling pass, against the same samples with pi_old from a second forward pass.
     sampled = _losses(tmp_path, "sampled", logprobs_from_sampling=True)
     real = rlhf.ppo.forward_rollouts
