@@ -22,6 +22,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 SHORT_CAUSAL = "short_causal"
 # Above this many tokens the CPU flash kernel is faster (measured at head widths 16 and 64).
 SHORT_CAUSAL_MAX_TOKENS = 64
+# What a call adds to its scores, besides a tensor or None: the causal triangle, or nothing this path serves.
+CAUSAL, UNSERVED = object(), object()
 
 
 def short_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -35,9 +37,9 @@ def short_causal_attention(module, query, key, value, attention_mask, dropout=0.
     elif length == 1:
         bias = None  # one new token attends to the whole cache
     else:
-        bias = ...  # a chunk after a cache: causal with an offset, left to SDPA
+        bias = UNSERVED  # a chunk after a cache: causal with an offset, left to SDPA
     served = (
-        bias is not ...
+        bias is not UNSERVED
         and query.device.type == "cpu"
         and keys <= SHORT_CAUSAL_MAX_TOKENS
         and (attention_mask is None or attention_mask.dtype == torch.bool)
@@ -64,9 +66,6 @@ def short_causal_attention(module, query, key, value, attention_mask, dropout=0.
     scale = query.shape[3] ** -0.5 if scaling is None else scaling
     output = _ShortAttention.apply(query, key, value, bias, scale)
     return output.transpose(1, 2).contiguous(), None
-
-
-CAUSAL = object()
 
 
 class _ShortAttention(torch.autograd.Function):
