@@ -283,11 +283,6 @@ class RewardScorer:
     def score_offset(self) -> float:
         return float(getattr(self.model.config, "score_offset", 0.0) or 0.0)
 
-    def encode(self, messages: list[dict], response: str) -> tuple[list[int], int]:
-        """(token ids the model scores, how many of them are the response): `encode_scored`."""
-        ids, response_tokens, _ = encode_scored(self.tokenizer, messages, response, self.chat_format, self.max_length)
-        return ids, response_tokens
-
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)

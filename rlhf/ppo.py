@@ -338,10 +338,10 @@ def build_models(config: PPOConfig):
             f"value model '{_value_model_path(config)}' has a smaller vocabulary than the policy's "
             "tokenizer; it must share the policy's tokenizer"
         )
-    for model in (policy, reference, classifier):
-        if model is not None and config.short_causal_attention:
+    for model in [m for m in (policy, reference, classifier) if m is not None]:
+        if config.short_causal_attention:
             use_short_causal_attention(model)
-        if model is not None and config.fast_rms_norm:
+        if config.fast_rms_norm:
             use_fast_rms_norm(model)
     return policy, reference, TokenValueModel(classifier), tokenizer
 

@@ -133,9 +133,9 @@ class PPOConfig:
     short_causal_attention: bool = field(
         default=True,
         metadata={
-            "help": "On CPU, attention over unpadded sequences of at most 64 tokens by batched matmuls instead of "
-            "the flash kernel (alignment/attention.py): the same values up to float rounding, faster at those "
-            "lengths; every other call runs SDPA as before."
+            "help": "On CPU, attention over at most 64 keys by batched matmuls instead of the flash kernel "
+            "(alignment/attention.py): the same values up to float rounding, faster at those lengths; every "
+            "other call runs SDPA as before."
         },
     )
     fast_rms_norm: bool = field(
