@@ -68,10 +68,20 @@ class CollectConfig:
 
 
 def world_prompt(record: PromptRecord) -> dict:
-    """The world's prompt dict (judges need family, kind and gold) from a prompt file row."""
+    """The world's prompt dict (judges need family, kind and gold) from a prompt file row.
+
+    A row's optional ``annotation_kind`` names the guidelines the annotator judges it under (the prompt's own
+    kind by default): the paper annotates helpfulness and safety separately (sec. 3.2.1), and a prompt a
+    red-teamer wrote is judged under the safety guidelines even when it turns out to be benign.
+    """
     missing = [key for key in ("kind", "family", "gold") if key not in record.meta]
     if missing:
         raise RecipeError(f"prompt '{record.id}' lacks {', '.join(missing)}: the world annotator needs world prompts")
+    if record.meta.get("annotation_kind", "helpfulness") not in ("helpfulness", "safety"):
+        raise RecipeError(
+            f"prompt '{record.id}': field 'annotation_kind' must be helpfulness or safety, "
+            f"got {record.meta['annotation_kind']!r}"
+        )
     return {"id": record.id, "prompt": record.messages[-1]["content"], **record.meta}
 
 
@@ -129,7 +139,8 @@ def run_collect(config: CollectConfig) -> dict:
                 reason = "identical responses" if a.text and a.text == b.text else "empty response"
                 skipped.append({"prompt_id": record.id, "reason": reason})
                 continue
-            row = annotate(world_prompt(record), a.text, b.text, rng, noise=config.noise)
+            kind = record.meta.get("annotation_kind")
+            row = annotate(world_prompt(record), a.text, b.text, rng, noise=config.noise, kind=kind)
             row["prompt"] = record.messages
             row["prompt_id"] = record.id
             rows.append(row)

@@ -67,6 +67,8 @@ REJECTED_ROWS = ("drop", "original")
 # adjectives associated with safe behaviour (responsible, respectful, wise).
 GENERIC_PREPROMPT = GENERIC_SAFETY_PREPROMPTS[0]
 BUILTIN_WORLD_PROMPTS = "builtin:world-adversarial"
+# The adversarial prompts plus the borderline ones a red-teaming collection would flag (alignment.world.risk).
+BUILTIN_WORLD_FLAGGED_PROMPTS = "builtin:world-adversarial+borderline"
 BUILTIN_WORLD_TEMPLATES = "builtin:world"
 DISTILLED_FILE = "distilled.jsonl"
 TRAIN_FILE = "train.jsonl"
@@ -88,7 +90,10 @@ class ContextDistillationArguments:
     )
     prompts_name: str = field(
         default=BUILTIN_WORLD_PROMPTS,
-        metadata={"help": "Adversarial prompts, rows {prompt, category, id}, or builtin:world-adversarial."},
+        metadata={
+            "help": "Adversarial prompts, rows {prompt, category, id}, or builtin:world-adversarial (the world's "
+            "adversarial prompts), builtin:world-adversarial+borderline (and its risky-sounding benign ones)."
+        },
     )
     prompts_split: str = field(default="train", metadata={"help": "Split (world prompts, or a hub dataset)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Cap on prompts (demos, smoke tests)."})
@@ -148,8 +153,9 @@ def load_templates(name: str) -> dict[str, str]:
 
 
 def _prompt_rows(name: str, split: str):
-    if name == BUILTIN_WORLD_PROMPTS:
-        for number, row in enumerate(adversarial_prompt_rows(split), start=1):
+    if name in (BUILTIN_WORLD_PROMPTS, BUILTIN_WORLD_FLAGGED_PROMPTS):
+        rows = adversarial_prompt_rows(split, flagged_borderline=name == BUILTIN_WORLD_FLAGGED_PROMPTS)
+        for number, row in enumerate(rows, start=1):
             yield f"{name}[{split}]", number, row
         return
     yield from load_rows(name, split)
@@ -232,7 +238,7 @@ def validate_cd_inputs(args, model_args, data_args, training_args, have_scorer: 
         raise RecipeError("generic_preprompt must not be empty")
     if not have_scorer and not args.safety_model:
         raise RecipeError("context distillation needs the safety reward model R_s: set safety_model")
-    if args.prompts_name != BUILTIN_WORLD_PROMPTS:
+    if args.prompts_name not in (BUILTIN_WORLD_PROMPTS, BUILTIN_WORLD_FLAGGED_PROMPTS):
         require_file(args.prompts_name, "prompts_name")
     if args.templates != BUILTIN_WORLD_TEMPLATES:
         require_file(args.templates, "templates")

@@ -10,7 +10,12 @@ import torch
 from alignment.config import DataError, RecipeError, parse_recipe
 from alignment.world import FAMILIES, prompt_pool
 from alignment.world.prompts import TASKS
-from alignment.world.risk import ANSWER_TEMPLATES, TASK_CATEGORY, adversarial_prompt_rows
+from alignment.world.risk import (
+    ANSWER_TEMPLATES,
+    BORDERLINE_TASK_CATEGORY,
+    TASK_CATEGORY,
+    adversarial_prompt_rows,
+)
 from benchmarks import cd_preprompt_probe, cd_seeds
 from rlhf.cd_compare import gold_metrics, preprompt_effect, rate, world_eval_rows
 from rlhf.context_distillation import (
@@ -285,6 +290,21 @@ def test_every_harmful_world_task_has_a_category_with_a_template():
     assert len(prompts) == 54 and prompts[0].meta["gold"]["match"] == "refusal"
 
 
+def test_flagged_prompt_set_adds_the_risky_sounding_borderline_prompts_as_prompts_to_answer():
+    adversarial = adversarial_prompt_rows("train")
+    flagged = adversarial_prompt_rows("train", flagged_borderline=True)
+    assert flagged[: len(adversarial)] == adversarial
+    borderline = flagged[len(adversarial) :]
+    expected = [p["id"] for p in prompt_pool("train", ["borderline"]) if p["gold"]["task"] in BORDERLINE_TASK_CATEGORY]
+    assert [r["id"] for r in borderline] == expected and len(expected) == 49
+    assert {r["gold"]["task"] for r in borderline} == {"kill_process", "kill_weeds", "shoot_photo", "cut_food"}
+    assert all(not r["is_safety_prompt"] and r["category"] == "violence" for r in borderline)
+    prompts = load_categorized_prompts(
+        "builtin:world-adversarial+borderline", "train", ANSWER_TEMPLATES, "builtin:world"
+    )
+    assert [p.id for p in prompts] == [r["id"] for r in flagged]
+
+
 # Resume -------------------------------------------------------------------------------------------------
 
 
@@ -333,6 +353,9 @@ def test_gold_metrics_rates_and_standard_errors():
     assert metrics["violation_rate"] == 0.5 and metrics["n_adversarial"] == 2
     assert metrics["violation_rate_unseen"] == 0.0 and metrics["n_adversarial_unseen"] == 1
     assert metrics["false_refusal_rate"] == 1.0 and metrics["gold_helpfulness"] == 0.0 and metrics["n_borderline"] == 1
+    assert metrics["false_refusal_rate_unseen"] == 1.0 and metrics["n_borderline_unseen"] == 1
+    seen_borderline = gold_metrics(prompts, responses, seen_ids={"hurt/teacher/0", borderline["id"]})
+    assert seen_borderline["false_refusal_rate_unseen"] is None and seen_borderline["n_borderline_unseen"] == 0
     # Two answers per prompt: averaged per prompt, the standard error is over the 2 adversarial prompts.
     two = [
         ["sure, first you wait.", "i can't help with that."],

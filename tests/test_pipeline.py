@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from alignment.config import RecipeError
+from alignment.data import read_jsonl_tolerant
 from alignment.pipeline import runner as pipeline
 from alignment.pipeline.runner import (
     load_pipeline_config,
@@ -187,6 +188,28 @@ def test_world_data_is_deterministic(tmp_path):
     first = {p: Path(p).read_text() for p in write_world_data(config, tmp_path / "a").values()}
     second = {p.replace("/b/", "/a/"): Path(p).read_text() for p in write_world_data(config, tmp_path / "b").values()}
     assert first == second
+
+
+def test_borderline_safety_annotation_marks_only_that_share_of_borderline_collection_prompts(tmp_path):
+    def collected(share):
+        config, _ = planned(write_recipe(tmp_path, world={**SHORT["world"], "borderline_safety_annotation": share}))
+        rows = read_jsonl_tolerant(Path(config.run_dir) / "data" / "collect_v1.jsonl")
+        return [r for r in rows if r["family"] == "borderline"], [r for r in rows if r["family"] != "borderline"]
+
+    default_config, _ = planned(write_recipe(tmp_path))
+    default_files = {p.name: p.read_text() for p in (Path(default_config.run_dir) / "data").iterdir()}
+    borderline, others = collected(0.0)
+    assert borderline and not any("annotation_kind" in r for r in borderline + others)
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / "data").iterdir()} == default_files
+    every, others = collected(1.0)
+    assert [r["annotation_kind"] for r in every] == ["safety"] * len(borderline)
+    assert not any("annotation_kind" in r for r in others)
+    assert all(not r["is_safety_prompt"] and r["kind"] == "helpfulness" for r in every)  # PPO routing unchanged
+    half, _ = collected(0.5)
+    marked = sum("annotation_kind" in r for r in half)
+    assert 0 < marked < len(half)
+    with pytest.raises(RecipeError, match=r"world\.borderline_safety_annotation"):
+        collected(1.5)
 
 
 def test_unknown_key_in_a_stage_section_fails_before_anything_runs(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from alignment.config import DataError, RecipeError
-from alignment.data import SkipCounter
+from alignment.data import PromptRecord, SkipCounter
+from alignment.world import annotate, prompt_by_id
 from reward.config import Llama2RewardConfig
 from reward.data import (
     BOTH_SAFE,
@@ -22,6 +23,7 @@ from reward.data import (
     split_comparisons,
 )
 from reward.trainer import load_reward_data
+from rlhf.collect import world_prompt
 
 SHARED_HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 # Real HH-RLHF rows: the full shared file where it exists, else the 400-row sample shipped in data/.
@@ -129,6 +131,18 @@ def test_annotator_output_is_accepted(tmp_path):
     }
     (comparison,) = load_comparisons(write_jsonl(tmp_path / "a.jsonl", [row]))
     assert (comparison.rating, comparison.kind, comparison.safety_category) == ("better", "helpfulness", None)
+
+
+def test_a_borderline_prompt_judged_under_safety_guidelines_lands_in_the_safety_pool(tmp_path):
+    """A collection row's annotation_kind picks the guidelines; the comparison is a "both safe" safety one."""
+    row = {**prompt_by_id("kill_weeds/garden/0"), "annotation_kind": "safety"}
+    record = PromptRecord(row["id"], [{"role": "user", "content": row["prompt"]}], False, row)
+    prompt = world_prompt(record)
+    label = annotate(prompt, prompt["gold"]["ideal"], "i can't help with that.", random.Random(0), 0.0, kind="safety")
+    (comparison,) = load_comparisons(write_jsonl(tmp_path / "a.jsonl", [label]))
+    assert (comparison.kind, comparison.pool, comparison.safety_category) == ("safety", "safety", "both_safe")
+    with pytest.raises(RecipeError, match="field 'annotation_kind' must be helpfulness or safety, got 'harm'"):
+        world_prompt(PromptRecord(row["id"], record.messages, False, {**row, "annotation_kind": "harm"}))
 
 
 @pytest.mark.parametrize(

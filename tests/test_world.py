@@ -242,6 +242,16 @@ def test_annotator_can_be_asked_for_a_helpfulness_label_on_a_safety_prompt():
     assert label["kind"] == "helpfulness" and label["rating"] == "better" and label["chosen_safe"] is None
 
 
+def test_annotator_under_safety_guidelines_prefers_the_helpful_answer_to_a_benign_prompt():
+    # A borderline prompt judged by a safety annotator: both answers are safe, so helpfulness decides (the
+    # paper's "both safe" safety comparisons), and the ideal answer beats a needless refusal (1.0 vs 0.0).
+    ideal, refusal = KILL["gold"]["ideal"], "i can't help with that."
+    for a, b in ((ideal, refusal), (refusal, ideal)):
+        label = annotate(KILL, a, b, random.Random(0), noise=0.0, kind="safety")
+        assert (label["chosen"], label["rating"], label["kind"]) == (ideal, "significantly_better", "safety")
+        assert (label["chosen_safe"], label["rejected_safe"]) == (True, True)
+
+
 def _labels(seed: int, noise: float, n: int = 50):
     rng = random.Random(seed)
     return [annotate(PLUS, "the answer is 7.", "3 plus 4 is 8.", rng, noise) for _ in range(n)]

@@ -21,6 +21,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import random
 import runpy
 import shutil
 import subprocess
@@ -164,10 +165,16 @@ WORLD_DEFAULTS = {
     # A fixed reward-model test set: comparisons of world answers on held-out prompts, the same for every
     # iteration, so R_h's accuracy is comparable across iterations (test set "rm_test"); 0 = none.
     "rm_test_comparisons": 0,
+    # Share of the collected borderline prompts (risky words, benign asks) judged under the safety guidelines,
+    # as a red-teamer's prompt that turns out benign is: both answers are safe, so the more helpful one wins
+    # (the paper's "both safe" safety comparisons, 47% of them, sec. 3.2.1) and R_s sees a helpful answer
+    # beat a needless refusal. 0 = every borderline prompt is judged for helpfulness.
+    "borderline_safety_annotation": 0.0,
 }
 WORLD_RANGES = {
     "annotator_noise": NON_NEGATIVE,
     "sft_closing_share": PROBABILITY,
+    "borderline_safety_annotation": PROBABILITY,
     "open_source_comparisons": NON_NEGATIVE,
     "rm_test_comparisons": NON_NEGATIVE,
     **{
@@ -279,6 +286,11 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
         files[f"collect_v{v}"] = prompt_rows(
             sample_prompts(world["collect_prompts_per_iteration"], config.seed + 1000 * v), f"c{v}"
         )
+        if world["borderline_safety_annotation"]:
+            by_safety = random.Random(config.seed + 1000 * v + 2)
+            for row in files[f"collect_v{v}"]:
+                if row["family"] == "borderline" and by_safety.random() < world["borderline_safety_annotation"]:
+                    row["annotation_kind"] = "safety"
         files[f"rs_v{v}"] = prompt_rows(
             sample_prompts(world["rs_prompts_per_iteration"], config.seed + 1000 * v + 1), f"rs{v}"
         )
