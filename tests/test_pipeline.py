@@ -259,6 +259,21 @@ def test_rerun_skips_finished_stages_and_redoes_only_the_interrupted_one(tmp_pat
     assert log.read_text().split()[len(first) + len(second) :] == []
 
 
+def test_stop_after_a_finished_stage_stops_there(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, iterations=2, ppo_from_iteration=3)
+    monkeypatch.setattr(pipeline, "write_report", lambda *a: {"versions": []})
+    log = tmp_path / "launched.txt"
+    monkeypatch.setattr(pipeline, "launch_command", _fake_stage_launcher(log, fail_on=None))
+    pipeline.run_pipeline(str(path), stop_after="RLHF-V1/collect")
+    assert log.read_text().split() == ["SFT/sft", "SFT/evaluate", "RLHF-V1/collect"]
+    # Already done: a second call with the same stop runs nothing (it once ran the rest of the pipeline).
+    pipeline.run_pipeline(str(path), stop_after="SFT/sft")
+    assert log.read_text().split() == ["SFT/sft", "SFT/evaluate", "RLHF-V1/collect"]
+    with pytest.raises(RecipeError, match="--stop_after: no stage 'RLHF-V9/collect' in this run"):
+        pipeline.run_pipeline(str(path), stop_after="RLHF-V9/collect")
+    assert len(log.read_text().split()) == 3
+
+
 STAGE_PROBE = """
 import json, os, sys, torch
 out = dict(argv=sys.argv[1:], threads=torch.get_num_threads(), omp=os.environ["OMP_NUM_THREADS"], cwd=os.getcwd(),

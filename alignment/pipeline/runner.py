@@ -617,6 +617,10 @@ def run_pipeline(config_path: str, stop_after: str | None = None, overrides: lis
     data = {**write_world_data(config, run_dir / "data"), **config.data_files}
     stages = plan_stages(config, run_dir, data)
     validate_stages(stages, config_path)
+    if stop_after and stop_after not in {stage.name for stage in stages}:
+        raise RecipeError(
+            f"--stop_after: no stage '{stop_after}' in this run (stages: {stages[0].name} ... {stages[-1].name})"
+        )
     hashes = stage_hashes(stages, data)
     manifest = read_manifest(run_dir)
     started = time.time()
@@ -626,6 +630,8 @@ def run_pipeline(config_path: str, stop_after: str | None = None, overrides: lis
         output_dir = run_dir / stage.folder
         if record and record.get("status") == "complete" and record.get("hash") == hashes[stage.name]:
             print(f"[{index}/{len(stages)}] {stage.name}: done (hash {hashes[stage.name]}), skipped")
+            if stop_after and stage.name == stop_after:
+                return manifest
             continue
         if record and record.get("hash") != hashes[stage.name] and output_dir.exists():
             # Config (or an input) changed: its old outputs are stale; a resumed checkpoint would mix both.
