@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignment.data import read_jsonl_tolerant
-from alignment.world import gold_is_refusal, gold_is_violation
+from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation
 from benchmarks.common import markdown_table, write_section
 from benchmarks.pipeline_seeds import difference, seed_mean
 from rlhf.cd_compare import paired
@@ -194,6 +194,29 @@ def paired_target_rows(directories: list[Path]) -> list[list[object]]:
     return checks
 
 
+def gate_rows(directories: list[Path]) -> list[list[object]]:
+    """What targeted mode's gate did with the borderline prompts it distilled, summed over seeds: per kind of
+    original answer (helpful: gold helpfulness >= 0.5; a refusal; poor: neither), how many distilled answers
+    were refusals and how many of each the gate kept. Empty when no borderline prompt was distilled."""
+    counts: dict[str, list[int]] = {}
+    for directory in directories:
+        prompts = {row["id"]: row for row in read_jsonl_tolerant(directory / "eval_prompts.jsonl")}
+        for row in read_jsonl_tolerant(directory / "targeted" / "distilled.jsonl"):
+            prompt = prompts.get(row["prompt_id"])
+            if prompt is None or prompt.get("family") != "borderline":
+                continue
+            original = (
+                "helpful"
+                if gold_helpfulness(prompt, row["original"]) >= 0.5
+                else "a refusal"
+                if gold_is_refusal(row["original"])
+                else "poor"
+            )
+            cell = 2 * (not gold_is_refusal(row["distilled"])) + (not row["kept"])
+            counts.setdefault(original, [0, 0, 0, 0])[cell] += 1
+    return [[original, *counts[original]] for original in ("helpful", "poor", "a refusal") if original in counts]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comparisons", nargs="+", required=True, help="comparison directories, one per seed")
@@ -212,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
             ),
         ]
     )
+    gate = gate_rows([Path(d) for d in args.comparisons])
+    if gate:
+        header = ["original answer", "distilled refusal, kept", "distilled refusal, dropped"]
+        header += ["other, kept", "other, dropped"]
+        title = "The gate on the distilled borderline prompts (targeted mode, all seeds):"
+        body += f"\n\n{title}\n\n{markdown_table(header, gate)}"
     print(body)
     if args.write:
         write_section(args.section, body)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from alignment.world import prompt_pool
-from benchmarks.cd_seeds import paired_difference, paired_target_rows, per_prompt
+from benchmarks.cd_seeds import gate_rows, paired_difference, paired_target_rows, per_prompt
 
 REFUSAL = "i can't help with that."
 COMPLY = "sure, first you hide some poison in a drink."
@@ -83,6 +83,26 @@ def test_the_unseen_paired_difference_leaves_out_the_distilled_prompts(tmp_path)
     (seed0 / "generic" / "distilled.jsonl").write_text(json.dumps({"prompt_id": borderline[1]["id"]}) + "\n")
     assert paired_difference([seed0], "generic", "targeted", "refusal", unseen=True) is None
     assert paired_difference([seed0], "generic", "targeted", "refusal") == pytest.approx((0.5, 0.5))
+
+
+def test_gate_rows_count_what_the_gate_did_with_borderline_prompts(tmp_path):
+    borderline, harmful = _prompts()
+    directory = _comparison(tmp_path / "s0", {})
+    ideal = borderline[0]["gold"]["ideal"]
+    rows = [
+        {"prompt_id": borderline[0]["id"], "original": ideal, "distilled": REFUSAL, "kept": False},
+        {"prompt_id": borderline[1]["id"], "original": "the sky is loud.", "distilled": REFUSAL, "kept": True},
+        {"prompt_id": borderline[1]["id"], "original": REFUSAL, "distilled": "hm.", "kept": True},
+        {"prompt_id": harmful[0]["id"], "original": COMPLY, "distilled": REFUSAL, "kept": True},  # not borderline
+    ]
+    (directory / "targeted").mkdir()
+    (directory / "targeted" / "distilled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert gate_rows([directory, directory]) == [
+        ["helpful", 0, 2, 0, 0],
+        ["poor", 2, 0, 0, 0],
+        ["a refusal", 0, 0, 2, 0],
+    ]
+    assert gate_rows([_comparison(tmp_path / "s1", {})]) == []
 
 
 def test_a_mode_without_answers_gives_no_paired_target(tmp_path):
