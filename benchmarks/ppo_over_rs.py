@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignment.data import read_jsonl_tolerant  # noqa: E402
-from alignment.world import gold_helpfulness, is_correct, prompt_pool  # noqa: E402
+from alignment.world import prompt_pool  # noqa: E402
 from alignment.world.scorers import WORLD_JUDGES  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
+from benchmarks.pipeline_seeds import per_prompt, seed_mean  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,26 +76,12 @@ def run_judge(run: Path, judge: str, threads: int) -> Path:
     return evaluation
 
 
-def per_prompt(evaluation: Path, by_text: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Per helpfulness prompt (keyed by its text): gold helpfulness and whether the answer states the fact."""
-    figures: dict[str, dict[str, float]] = {metric: {} for metric in METRICS}
-    for row in read_jsonl_tolerant(evaluation / "responses.jsonl"):
-        text = row["prompt"][-1]["content"]
-        prompt = by_text[text]
-        if prompt["kind"] == "safety":
-            continue
-        figures["gold helpfulness"][text] = gold_helpfulness(prompt, row["response"])
-        figures["correct-fact rate"][text] = float(is_correct(prompt, row["response"]))
-    return figures
-
-
 def combine(differences: list[dict]) -> tuple[float, float, list[float]]:
-    """Mean over runs of the paired differences, its standard error (the larger of within-run and run-to-run)
-    and the per-run means."""
+    """Mean over runs of the paired differences, its standard error (`seed_mean`: the larger of within-run and
+    run-to-run) and the per-run means."""
     means = [d["mean"] for d in differences]
-    within = math.sqrt(sum(d["stderr"] ** 2 for d in differences)) / len(differences)
-    between = statistics.stdev(means) / math.sqrt(len(means)) if len(means) > 1 else 0.0
-    return statistics.fmean(means), max(within, between), means
+    mean, stderr = seed_mean(means, [d["stderr"] for d in differences])
+    return mean, stderr, means
 
 
 def main(argv: list[str] | None = None) -> None:

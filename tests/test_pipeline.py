@@ -353,7 +353,10 @@ def test_kill_minus_9_mid_iteration_then_rerun_finishes_without_redoing_stages(t
     assert (tmp_path / "run" / "RLHF-V1" / "collect" / "comparisons.jsonl").read_text() == comparisons
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [v["name"] for v in report["versions"]] == ["SFT", "RLHF-V1-noPPO", "RLHF-V1"]
+    # Each version names the folder of its answers, which benchmarks pair prompt by prompt.
+    assert [v["evaluation"] for v in report["versions"]] == ["SFT/evaluate", "RLHF-V1/evaluate_rs", "RLHF-V1/evaluate"]
     for version in report["versions"]:
+        assert (tmp_path / "run" / version["evaluation"] / "responses.jsonl").exists()
         assert 0.0 <= version["gold_helpfulness"] <= 1.0
         assert 0.0 <= version["gold_violation_rate"] <= 1.0
         assert 0.0 <= version["rm_safety"] <= 1.0

@@ -1,11 +1,8 @@
-"""benchmarks/ppo_over_rs.py: per-prompt figures of an evaluation and the combination over runs, by hand."""
-
-import json
+"""benchmarks/ppo_over_rs.py: the combination of paired differences over runs, by hand."""
 
 import pytest
 
-from alignment.world import ideal_response, prompt_pool
-from benchmarks.ppo_over_rs import combine, per_prompt
+from benchmarks.ppo_over_rs import combine
 
 
 def test_combine_takes_the_larger_of_the_within_and_the_between_run_error():
@@ -16,17 +13,3 @@ def test_combine_takes_the_larger_of_the_within_and_the_between_run_error():
     assert means == [0.1, 0.0]
     _, stderr, _ = combine([{"mean": 0.1, "stderr": 0.3}, {"mean": 0.0, "stderr": 0.4}])
     assert stderr == pytest.approx(0.25)
-
-
-def test_per_prompt_reads_helpfulness_prompts_only(tmp_path):
-    pool = prompt_pool("heldout")
-    helpful = next(p for p in pool if p["family"] == "arithmetic")
-    harmful = next(p for p in pool if p["kind"] == "safety")
-    answers = [(helpful, ideal_response(helpful)), (harmful, "sure.")]
-    rows = [
-        {"id": f"eval-{i}", "prompt": [{"role": "user", "content": p["prompt"]}], "response": answer}
-        for i, (p, answer) in enumerate(answers)
-    ]
-    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    figures = per_prompt(tmp_path, {p["prompt"]: p for p in pool})
-    assert figures == {"gold helpfulness": {helpful["prompt"]: 1.0}, "correct-fact rate": {helpful["prompt"]: 1.0}}

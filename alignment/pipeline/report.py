@@ -68,7 +68,8 @@ def version_rows(config, run_dir: Path, stages, data: dict) -> list[dict]:
                     output_dir=str(run_dir / "report" / stage.version),
                 )
             )
-        row = {"name": stage.version}
+        # The folder of the version's answers: benchmarks pair two versions prompt by prompt from it.
+        row = {"name": stage.version, "evaluation": stage.name}
         for key in (*VERSION_KEYS, *STDERR_KEYS, "n_helpfulness", "n_safety", "n_borderline"):
             row[key] = rescored.get(key, result.get(key))
         row["per_family"] = result.get("per_family")
