@@ -16,6 +16,12 @@ helpfulness prompts (borderline included), gold helpfulness and the correct-fact
 definitions), against V5 without PPO (``RLHF-V5/evaluate_rs``), the recipe's V5 and SFT: the mean over runs ± the
 larger of the within-run error (paired over prompts, combined over runs) and the run-to-run error. Outputs go to
 ``<run>/ppo_over_rs/<judge>/``; a finished judge is not run again. About a minute per run and judge at 1 thread.
+
+A second table asks whether PPO moved the held-out answers the way the run's R_h wanted (``answer_changes``): over
+the helpfulness prompts whose greedy answer PPO changed from V5 without PPO's, how many gold rates higher and
+lower, how many the run's V5 R_h scores higher, and on the changes gold rates differently how often R_h agrees
+with gold. A policy exploiting R_h would raise R_h on most changes while gold falls; a policy whose training-prompt
+gains do not carry to unseen prompts changes answers with no lean in either.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignment.world import prompt_pool  # noqa: E402
+from alignment.data import read_jsonl_tolerant  # noqa: E402
+from alignment.world import gold_helpfulness, prompt_pool  # noqa: E402
 from alignment.world.scorers import WORLD_JUDGES  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
 from benchmarks.pipeline_seeds import per_prompt, seed_mean  # noqa: E402
+from reward.scoring import RewardScorer  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +92,48 @@ def combine(differences: list[dict]) -> tuple[float, float, list[float]]:
     return mean, stderr, means
 
 
+def changed_answers(before: Path, after: Path, by_text: dict[str, dict]) -> list[tuple[list[dict], str, str, dict]]:
+    """(messages, answer before, answer after, prompt) for each helpfulness prompt whose answer differs."""
+    old = {row["prompt"][-1]["content"]: row for row in read_jsonl_tolerant(before / "responses.jsonl")}
+    out = []
+    for row in read_jsonl_tolerant(after / "responses.jsonl"):
+        text = row["prompt"][-1]["content"]
+        prompt = by_text[text]
+        if prompt["kind"] != "safety" and row["response"] != old[text]["response"]:
+            out.append((row["prompt"], old[text]["response"], row["response"], prompt))
+    return out
+
+
+def change_counts(changes: list[tuple[float, float, float, float]]) -> dict[str, int]:
+    """Counts over (gold before, gold after, R_h before, R_h after) of changed answers (module docstring)."""
+    gold_differs = [c for c in changes if c[1] != c[0]]
+    return {
+        "changed": len(changes),
+        "gold up": sum(c[1] > c[0] for c in changes),
+        "gold down": sum(c[1] < c[0] for c in changes),
+        "R_h up": sum(c[3] > c[2] for c in changes),
+        "gold differs": len(gold_differs),
+        "R_h agrees with gold": sum((c[3] > c[2]) == (c[1] > c[0]) for c in gold_differs),
+    }
+
+
+def answer_changes(run: Path, evaluation: Path, by_text: dict[str, dict]) -> dict[str, int]:
+    """`change_counts` of PPO's held-out answers against V5 without PPO's, R_h being the run's V5 R_h."""
+    changes = changed_answers(run / BASELINES["V5 without PPO"], evaluation, by_text)
+    if not changes:
+        return change_counts([])
+    scorer = RewardScorer(str(run / "RLHF-V5" / "reward_helpfulness"))
+    messages = [c[0] for c in changes]
+    before = scorer.score(messages, [c[1] for c in changes]).scores
+    after = scorer.score(messages, [c[2] for c in changes]).scores
+    return change_counts(
+        [
+            (gold_helpfulness(c[3], c[1]), gold_helpfulness(c[3], c[2]), float(b), float(a))
+            for c, b, a in zip(changes, before, after)
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="finished main-job run directories")
@@ -112,11 +162,19 @@ def main(argv: list[str] | None = None) -> None:
                 summary[f"{name} - {baseline}: {metric}"] = {"mean": mean, "stderr": stderr, "per_run": means}
                 per_run = ", ".join(f"{m:+.3f}" for m in means)
                 rows.append([f"{name} - {baseline}", metric, f"{mean:+.3f} ± {stderr:.3f}", per_run])
+    change_rows = []
+    for name, evaluations in sources:
+        for run, evaluation in evaluations.items():
+            counts = answer_changes(run, evaluation, by_text)
+            summary[f"{name}: answer changes: {run}"] = counts
+            change_rows.append([name, str(run), *counts.values()])
     command = "python benchmarks/ppo_over_rs.py --runs " + " ".join(str(run) for run in args.runs)
     budget = ", ".join(f"{key} {value}" for key, value in BUDGET.items())
     body = (
         f"Command: `{command}`\n\nPPO budget: {budget}. Paired per prompt over {len(args.runs)} runs.\n\n"
         + markdown_table(["comparison", "figure", "mean ± s.e.", "per run"], rows)
+        + "\n\nHeld-out helpfulness answers PPO changed from V5 without PPO's, by gold and the run's V5 R_h:\n\n"
+        + markdown_table(["PPO", "run", *change_counts([]).keys()], change_rows)
     )
     print(body)
     print(json.dumps(summary, indent=1))
