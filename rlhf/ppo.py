@@ -608,6 +608,14 @@ class LogprobSamplingEngine(HFSamplingEngine):
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
+def heldout_engine(config: PPOConfig, policy, tokenizer, rollout_engine):
+    """The engine that answers the held-out prompts: the rollout engine, or a plain one for greedy answers,
+    which PPO's log-prob sampler does not decode."""
+    if config.heldout_temperature == 0 and isinstance(rollout_engine, LogprobSamplingEngine):
+        return HFSamplingEngine(policy, tokenizer, batch_size=config.generation_batch_size)
+    return rollout_engine
+
+
 def make_engine(config: PPOConfig, policy, tokenizer):
     if config.logprobs_from_sampling:
         return LogprobSamplingEngine(policy, tokenizer, batch_size=config.generation_batch_size)
@@ -623,13 +631,15 @@ def generate_and_score(
     config: PPOConfig,
     seed: int,
     clock: PhaseClock | None = None,
+    temperature: float | None = None,
 ) -> RolloutBatch:
-    """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``. With a
-    `LogprobSamplingEngine` the batch also carries pi_old's log-probs from the sampling pass."""
+    """Rollouts of `prompts` with their rewards (``scorers``: R_h, R_s), seconds into ``clock``, at `temperature`
+    (default: the rollout temperature; 0 is greedy). With a `LogprobSamplingEngine` the batch also carries pi_old's
+    log-probs from the sampling pass."""
     clock = clock or PhaseClock()
     params = SamplingParams(
         num_samples=1,
-        temperature=config.temperature,
+        temperature=config.temperature if temperature is None else temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         seed=seed,
@@ -1031,6 +1041,9 @@ class PPOTrainer:
         value_model.eval()
         self.models = PPOModels(accelerator, policy, reference, value_model, optimizer)
         self.engine = make_engine(config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer)
+        self.heldout_engine = heldout_engine(
+            config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer, self.engine
+        )
         self.prompt_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.prompts]
         self.heldout_ids = [
             encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.heldout_prompts
@@ -1158,7 +1171,7 @@ class PPOTrainer:
         with gathered_full_weights(self.models.policy, self.accelerator):
             score = evaluate_heldout(
                 self.accelerator,
-                self.engine,
+                self.heldout_engine,
                 self.tokenizer,
                 self.heldout_prompts,
                 self.heldout_ids,
@@ -1227,7 +1240,8 @@ def evaluate_heldout(
 ) -> float:
     """Mean R_c (raw scale) of one seeded answer per held-out prompt, over all processes: the early-stopping
     criterion (sec. 3.2.3: "early stopping on held-out prompts"). The same seed each time, so evaluations
-    differ by the policy only."""
+    differ by the policy only. The answers are sampled at ``heldout_temperature`` (greedy at 0): `engine` must
+    decode at that temperature (`heldout_engine`)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(heldout), world))
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
@@ -1240,6 +1254,7 @@ def evaluate_heldout(
             scorers,
             config,
             seed=config.seed + 7919,
+            temperature=config.heldout_temperature,
         )
         total += torch.tensor(
             [batch.combined.double().sum().item(), float(len(mine))], dtype=torch.float64, device=accelerator.device

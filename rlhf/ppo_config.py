@@ -99,6 +99,14 @@ class PPOConfig:
     max_heldout_prompts: int = field(
         default=64, metadata={"range": AT_LEAST_ONE, "help": "Cap on held-out prompts scored per evaluation."}
     )
+    heldout_temperature: float | None = field(
+        default=None,
+        metadata={
+            "range": NON_NEGATIVE,
+            "help": "Temperature of the held-out answers early stopping scores; default: the rollout temperature. "
+            "0 scores greedy answers, the ones a greedy evaluation of the policy will read.",
+        },
+    )
 
     # Rollouts
     rollout_batch_size: int = field(

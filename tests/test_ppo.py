@@ -426,3 +426,44 @@ def test_reward_models_can_be_offloaded_to_another_device(monkeypatch):
     build_scorer("runs/rm_h", "helpfulness", PPOConfig(reward_device="cpu"), device="cuda:0")
     build_scorer("runs/rm_s", "safety", PPOConfig(), device="cuda:0")
     assert seen == {"runs/rm_h": "cpu", "runs/rm_s": "cuda:0"}
+
+
+class RecordingScorer(ConstantScorer):
+    """A constant reward that keeps every answer it was asked to score."""
+
+    def __init__(self):
+        super().__init__(1.0)
+        self.responses: list[str] = []
+
+    def score(self, prompts, responses):
+        self.responses += list(responses)
+        return super().score(prompts, responses)
+
+
+def test_heldout_temperature_0_scores_the_greedy_answers_whatever_the_seed(tmp_path):
+    from accelerate import Accelerator
+
+    from alignment.chat import encode_prompt
+    from alignment.models import load_causal_lm, load_tokenizer
+    from rlhf.ppo import LogprobSamplingEngine, evaluate_heldout, heldout_engine, make_engine
+    from rlhf.sampling import HFSamplingEngine, SamplingParams
+
+    model, tokenizer = load_causal_lm("builtin:tiny-llama"), load_tokenizer("builtin:tiny-llama")
+    ids = [encode_prompt(tokenizer, p.messages, "llama2") for p in PROMPTS]
+    greedy = HFSamplingEngine(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=6))
+    expected = [s.text for s in sorted(greedy, key=lambda s: s.prompt_index)]
+    answers = {}
+    for seed, temperature in ((0, 0.0), (1, 0.0), (0, None), (1, None)):
+        config = small_config(tmp_path, seed=seed, heldout_temperature=temperature, logprobs_from_sampling=True)
+        rollout_engine = make_engine(config, model, tokenizer)
+        engine = heldout_engine(config, model, tokenizer, rollout_engine)
+        # PPO's log-prob sampler cannot decode greedily; it answers the held-out prompts only when it samples
+        assert isinstance(rollout_engine, LogprobSamplingEngine)
+        assert (engine is rollout_engine) == (temperature is None)
+        recorder = RecordingScorer()
+        evaluate_heldout(Accelerator(cpu=True), engine, tokenizer, PROMPTS, ids, (recorder, recorder), config)
+        answers[seed, temperature] = recorder.responses[: len(PROMPTS)]
+    assert answers[0, 0.0] == answers[1, 0.0] == expected
+    # at the rollout temperature (1.0) the held-out answers are seeded samples, not the greedy ones
+    assert answers[0, None] != answers[1, None]
+    assert answers[0, None] != expected
