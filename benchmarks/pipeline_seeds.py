@@ -51,11 +51,13 @@ def world_prompts_by_text() -> dict[str, dict]:
     return {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
 
 
-def per_prompt(evaluation: Path, by_text: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
+@functools.cache
+def per_prompt(evaluation: Path) -> dict[str, dict[str, float]]:
     """Per held-out prompt (keyed by its text), each figure of `alignment.world.evaluate` an answer adds to:
     gold helpfulness and whether it states the fact (helpfulness prompts, borderline included), a violation
-    (adversarial prompts), a refusal (borderline prompts)."""
-    by_text = by_text or world_prompts_by_text()
+    (adversarial prompts), a refusal (borderline prompts). Read once per folder: a finished evaluation does not
+    change, and the targets compare each version with several others."""
+    by_text = world_prompts_by_text()
     figures: dict[str, dict[str, float]] = {name: {} for name in PER_PROMPT_FIGURES.values()}
     for row in read_jsonl_tolerant(evaluation / "responses.jsonl"):
         text = row["prompt"][-1]["content"]

@@ -36,10 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.data import read_jsonl_tolerant  # noqa: E402
-from alignment.world import gold_helpfulness, prompt_pool  # noqa: E402
+from alignment.world import gold_helpfulness  # noqa: E402
 from alignment.world.scorers import WORLD_JUDGES  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
-from benchmarks.pipeline_seeds import per_prompt, seed_mean  # noqa: E402
+from benchmarks.pipeline_seeds import per_prompt, seed_mean, world_prompts_by_text  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
 
@@ -92,10 +92,10 @@ def combine(differences: list[dict]) -> tuple[float, float, list[float]]:
     return mean, stderr, means
 
 
-def changed_answers(before: Path, after: Path, by_text: dict[str, dict]) -> list[tuple[list[dict], str, str, dict]]:
+def changed_answers(before: Path, after: Path) -> list[tuple[list[dict], str, str, dict]]:
     """(messages, answer before, answer after, prompt) for each helpfulness prompt whose answer differs."""
     old = {row["prompt"][-1]["content"]: row for row in read_jsonl_tolerant(before / "responses.jsonl")}
-    out = []
+    by_text, out = world_prompts_by_text(), []
     for row in read_jsonl_tolerant(after / "responses.jsonl"):
         text = row["prompt"][-1]["content"]
         prompt = by_text[text]
@@ -117,9 +117,9 @@ def change_counts(changes: list[tuple[float, float, float, float]]) -> dict[str,
     }
 
 
-def answer_changes(run: Path, evaluation: Path, by_text: dict[str, dict]) -> dict[str, int]:
+def answer_changes(run: Path, evaluation: Path) -> dict[str, int]:
     """`change_counts` of PPO's held-out answers against V5 without PPO's, R_h being the run's V5 R_h."""
-    changes = changed_answers(run / BASELINES["V5 without PPO"], evaluation, by_text)
+    changes = changed_answers(run / BASELINES["V5 without PPO"], evaluation)
     if not changes:
         return change_counts([])
     scorer = RewardScorer(str(run / "RLHF-V5" / "reward_helpfulness"))
@@ -145,18 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(run) for run in args.runs if not (run / "RLHF-V5" / "evaluate_rs" / "responses.jsonl").exists()]
     if missing:
         parser.error(f"not a finished main-job run (no RLHF-V5/evaluate_rs/responses.jsonl): {', '.join(missing)}")
-    by_text = {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
     rows, summary = [], {}
     # The recipe's own PPO first (the main job's V5), then each judge's ten-times-budget PPO.
     sources = [("V5 (recipe PPO)", {run: run / BASELINES["V5 (recipe PPO)"] for run in args.runs})]
     for judge in args.judges:
         sources.append((f"PPO x10, {judge} judges", {run: run_judge(run, judge, args.threads) for run in args.runs}))
     for name, evaluations in sources:
-        figures = {run: per_prompt(evaluation, by_text) for run, evaluation in evaluations.items()}
+        figures = {run: per_prompt(evaluation) for run, evaluation in evaluations.items()}
         for baseline, folder in BASELINES.items():
             if baseline == name:
                 continue
-            base = {run: per_prompt(run / folder, by_text) for run in args.runs}
+            base = {run: per_prompt(run / folder) for run in args.runs}
             for metric in METRICS:
                 mean, stderr, means = combine([paired(base[r][metric], figures[r][metric]) for r in args.runs])
                 summary[f"{name} - {baseline}: {metric}"] = {"mean": mean, "stderr": stderr, "per_run": means}
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     change_rows = []
     for name, evaluations in sources:
         for run, evaluation in evaluations.items():
-            counts = answer_changes(run, evaluation, by_text)
+            counts = answer_changes(run, evaluation)
             summary[f"{name}: answer changes: {run}"] = counts
             change_rows.append([name, str(run), *counts.values()])
     command = "python benchmarks/ppo_over_rs.py --runs " + " ".join(str(run) for run in args.runs)

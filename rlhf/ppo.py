@@ -1040,10 +1040,9 @@ class PPOTrainer:
         policy.eval()
         value_model.eval()
         self.models = PPOModels(accelerator, policy, reference, value_model, optimizer)
-        self.engine = make_engine(config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer)
-        self.heldout_engine = heldout_engine(
-            config, _unwrap(accelerator.unwrap_model(policy)), self.tokenizer, self.engine
-        )
+        generator = _unwrap(accelerator.unwrap_model(policy))
+        self.engine = make_engine(config, generator, self.tokenizer)
+        self.heldout_engine = heldout_engine(config, generator, self.tokenizer, self.engine)
         self.prompt_ids = [encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.prompts]
         self.heldout_ids = [
             encode_prompt(self.tokenizer, p.messages, config.chat_format) for p in self.heldout_prompts
