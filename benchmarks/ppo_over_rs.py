@@ -1,6 +1,7 @@
 """Does PPO add to rejection sampling on the main job, and is the judge the limit? (issue 14)
 
-    python benchmarks/ppo_over_rs.py --runs runs/rs320-s0 runs/rs320-s1 ... [--judges trained oracle] [--write]
+    python benchmarks/ppo_over_rs.py --runs runs/rs320-s0 runs/rs320-s1 ... [--judges trained oracle]
+        [--every_training_prompt] [--prompt_sets] [--write]
 
 From each finished main-job run's RLHF-V5 rejection-sampling model, PPO with ten times the recipe's rollouts
 (`BUDGET`: 60 iterations of 64 against 12 of 32, lr 5e-5, kl 0.05; the recipe's PPO moves the tiny policy by an
@@ -16,12 +17,21 @@ helpfulness prompts (borderline included), gold helpfulness and the correct-fact
 definitions), against V5 without PPO (``RLHF-V5/evaluate_rs``), the recipe's V5 and SFT: the mean over runs ± the
 larger of the within-run error (paired over prompts, combined over runs) and the run-to-run error. Outputs go to
 ``<run>/ppo_over_rs/<judge>/``; a finished judge is not run again. About a minute per run and judge at 1 thread.
+With ``--every_training_prompt`` each judge's PPO also runs on every training prompt of the world (809, in the
+world's own family mix: over half arithmetic, as in the held-out set) instead of the run's PPO prompt file (256
+draws, every family equally likely), into ``<run>/ppo_over_rs/<judge>-every-training-prompt/``.
 
 A second table asks whether PPO moved the held-out answers the way the run's R_h wanted (``answer_changes``): over
 the helpfulness prompts whose greedy answer PPO changed from V5 without PPO's, how many gold rates higher and
 lower, how many the run's V5 R_h scores higher, and on the changes gold rates differently how often R_h agrees
 with gold. A policy exploiting R_h would raise R_h on most changes while gold falls; a policy whose training-prompt
 gains do not carry to unseen prompts changes answers with no lean in either.
+
+A third table (``--prompt_sets``) tells those two apart: V5 without PPO and each PPO model also answer every training
+prompt of the world (greedy, as the evaluation does), and gold helpfulness is compared on PPO's own prompts (the
+run's PPO prompt file), the other training prompts and the held-out prompts, for arithmetic and for the other
+families. If PPO loses gold on the prompts it trained on, the judge misled it there; if it gains there and not on
+held-out prompts, the gains do not transfer. About 40 s per model and run at 1 thread.
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignment.data import read_jsonl_tolerant  # noqa: E402
-from alignment.world import gold_helpfulness  # noqa: E402
+import yaml  # noqa: E402
+
+from alignment.data import atomic_write_text, read_jsonl_tolerant  # noqa: E402
+from alignment.world import gold_helpfulness, prompt_file_rows, prompt_pool  # noqa: E402
 from alignment.world.scorers import WORLD_JUDGES  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
 from benchmarks.pipeline_seeds import per_prompt, seed_mean, world_prompts_by_text  # noqa: E402
@@ -59,15 +72,45 @@ BUDGET = {
 JUDGES = ("trained", "oracle")
 BASELINES = {"V5 without PPO": "RLHF-V5/evaluate_rs", "V5 (recipe PPO)": "RLHF-V5/evaluate", "SFT": "SFT/evaluate"}
 METRICS = ("gold helpfulness", "correct-fact rate")
+PROMPT_SETS = ("PPO's prompts", "other training prompts", "held-out prompts")
+# Arithmetic is most of the prompts and most of the errors (the model cannot add reliably): R_h's judgement of a
+# sum takes the same arithmetic as writing it, so it is reported apart from the families it can check.
+FAMILY_GROUPS = ("all", "arithmetic", "other families")
 
 
-def run_judge(run: Path, judge: str, threads: int) -> Path:
-    """PPO from the run's V5 RS model with `judge`, then the pipeline's V5 evaluation of it; returns the eval dir."""
-    out = run / "ppo_over_rs" / judge
+class Source(NamedTuple):
+    """A V5 model compared with V5 without PPO: per run its held-out evaluation, its weights, the prompt file its
+    PPO trained on, and its folder under ``<run>/ppo_over_rs/``."""
+
+    name: str
+    evaluations: dict[Path, Path]
+    models: dict[Path, Path]
+    ppo_prompts: dict[Path, Path]
+    folder: str
+
+
+def recipe_ppo_prompts(run: Path) -> Path:
+    recipe = yaml.safe_load((run / "RLHF-V5" / "ppo" / "recipe.yaml").read_text(encoding="utf-8"))
+    return Path(recipe["prompts_name"])
+
+
+def judge_source(runs: list[Path], judge: str, every_training_prompt: bool, threads: int) -> Source:
+    """`run_judge` on each run, as a `Source`."""
+    folder = f"{judge}-every-training-prompt" if every_training_prompt else judge
+    name = f"PPO x10{' on every training prompt' if every_training_prompt else ''}, {judge} judges"
+    prompts = {run: training_prompts_file(run) if every_training_prompt else recipe_ppo_prompts(run) for run in runs}
+    evaluations = {run: run_judge(run, judge, threads, folder, prompts[run]) for run in runs}
+    return Source(name, evaluations, {run: e.parent / "ppo" for run, e in evaluations.items()}, prompts, folder)
+
+
+def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -> Path:
+    """PPO from the run's V5 RS model with `judge` on `prompts`, then the pipeline's V5 evaluation of it; returns
+    the eval dir."""
+    out = run / "ppo_over_rs" / folder
     evaluation = out / "eval"
     if (evaluation / "eval.json").exists():
         return evaluation
-    options = [f"--{key}={value}" for key, value in BUDGET.items()]
+    options = [f"--{key}={value}" for key, value in BUDGET.items()] + [f"--prompts_name={prompts}"]
     if judge == "oracle":
         helpfulness, safety = WORLD_JUDGES
         options += [
@@ -78,10 +121,89 @@ def run_judge(run: Path, judge: str, threads: int) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     ppo = [sys.executable, str(REPO / "recipes" / "ppo.py"), "--config", str(run / "RLHF-V5" / "ppo" / "recipe.yaml")]
     subprocess.run([*ppo, "--output_dir", str(out / "ppo"), *options], check=True, env=env)
+    return evaluate_model(run, out / "ppo", evaluation, threads)
+
+
+def evaluate_model(run: Path, model: Path, evaluation: Path, threads: int, prompts: Path | None = None) -> Path:
+    """The pipeline's V5 evaluation of `model` (its held-out prompts, or `prompts`) into `evaluation`, once."""
+    if (evaluation / "eval.json").exists():
+        return evaluation
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     evaluate = [sys.executable, str(REPO / "recipes" / "evaluate.py")]
-    evaluate += ["--config", str(run / "RLHF-V5" / "evaluate" / "recipe.yaml"), "--model", str(out / "ppo")]
+    evaluate += ["--config", str(run / "RLHF-V5" / "evaluate" / "recipe.yaml"), "--model", str(model)]
+    if prompts is not None:
+        evaluate += ["--prompts", str(prompts)]
     subprocess.run([*evaluate, "--output_dir", str(evaluation)], check=True, env=env)
     return evaluation
+
+
+def training_prompts_file(run: Path) -> Path:
+    """Every training prompt of the world, as a prompt file for the evaluation stage."""
+    path = run / "ppo_over_rs" / "training_prompts.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            path, "".join(json.dumps(row) + "\n" for row in prompt_file_rows(prompt_pool("train"), "train"))
+        )
+    return path
+
+
+def prompt_set(text: str, ppo_texts: set[str], heldout_texts: set[str]) -> str:
+    if text in heldout_texts:
+        return "held-out prompts"
+    return "PPO's prompts" if text in ppo_texts else "other training prompts"
+
+
+def set_differences(
+    before: dict[str, float], after: dict[str, float], set_of: dict[str, str], family_of: dict[str, str]
+) -> dict[tuple[str, str], dict]:
+    """`paired` after - before within each (prompt set, family group) of `PROMPT_SETS` x `FAMILY_GROUPS`."""
+    out = {}
+    for name in PROMPT_SETS:
+        for group in FAMILY_GROUPS:
+            keep = {
+                text
+                for text in before
+                if set_of.get(text) == name
+                and (group == "all" or (family_of[text] == "arithmetic") == (group == "arithmetic"))
+            }
+            if keep:
+                out[(name, group)] = paired({t: before[t] for t in keep}, after)
+    return out
+
+
+def prompt_set_rows(runs: list[Path], sources: list[Source], threads: int) -> tuple[list[list], dict]:
+    """The third table (module docstring): gold helpfulness against V5 without PPO per prompt set and family group."""
+    family_of = {text: prompt["family"] for text, prompt in world_prompts_by_text().items()}
+    baseline = BASELINES["V5 without PPO"]
+    rs_models = {run: run / "RLHF-V5" / "rejection_sampling" for run in runs}
+    no_ppo = Source("V5 without PPO", {run: run / baseline for run in runs}, rs_models, {}, "rs")
+
+    def answers(source: Source, run: Path) -> dict[str, float]:
+        """Gold helpfulness per prompt, training (evaluated here, once) and held-out."""
+        folder = run / "ppo_over_rs" / source.folder / "training_eval"
+        trained_on = evaluate_model(run, source.models[run], folder, threads, training_prompts_file(run))
+        return {
+            **per_prompt(trained_on)["gold helpfulness"],
+            **per_prompt(source.evaluations[run])["gold helpfulness"],
+        }
+
+    rows, summary = [], {}
+    for source in sources:
+        per_run = []
+        for run in runs:
+            before = answers(no_ppo, run)
+            heldout_texts = set(per_prompt(run / baseline)["gold helpfulness"])
+            ppo_texts = {row["prompt"] for row in read_jsonl_tolerant(source.ppo_prompts[run])}
+            set_of = {text: prompt_set(text, ppo_texts, heldout_texts) for text in before}
+            per_run.append(set_differences(before, answers(source, run), set_of, family_of))
+        for key in per_run[0]:
+            mean, stderr, means = combine([differences[key] for differences in per_run])
+            prompts = sum(differences[key]["n"] for differences in per_run)
+            summary[f"{source.name} - V5 without PPO: {key[0]}, {key[1]}"] = {"mean": mean, "stderr": stderr}
+            row = [source.name, *key, prompts, f"{mean:+.3f} ± {stderr:.3f}", ", ".join(f"{m:+.3f}" for m in means)]
+            rows.append(row)
+    return rows, summary
 
 
 def combine(differences: list[dict]) -> tuple[float, float, list[float]]:
@@ -139,6 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="finished main-job run directories")
     parser.add_argument("--judges", nargs="+", choices=JUDGES, default=list(JUDGES))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each PPO and evaluation process")
+    parser.add_argument(
+        "--prompt_sets",
+        action="store_true",
+        help="also answer every training prompt and compare PPO's own, the other training and held-out prompts",
+    )
+    parser.add_argument(
+        "--every_training_prompt",
+        action="store_true",
+        help="also run each judge's PPO on every training prompt of the world instead of the run's PPO prompt file",
+    )
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     parser.add_argument("--section", default="PPO over rejection sampling on the main job, trained and perfect judges")
     args = parser.parse_args(argv)
@@ -147,10 +279,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"not a finished main-job run (no RLHF-V5/evaluate_rs/responses.jsonl): {', '.join(missing)}")
     rows, summary = [], {}
     # The recipe's own PPO first (the main job's V5), then each judge's ten-times-budget PPO.
-    sources = [("V5 (recipe PPO)", {run: run / BASELINES["V5 (recipe PPO)"] for run in args.runs})]
-    for judge in args.judges:
-        sources.append((f"PPO x10, {judge} judges", {run: run_judge(run, judge, args.threads) for run in args.runs}))
-    for name, evaluations in sources:
+    runs = args.runs
+    recipe = {run: run / BASELINES["V5 (recipe PPO)"] for run in runs}
+    ppo_models = {run: run / "RLHF-V5" / "ppo" for run in runs}
+    sources = [Source("V5 (recipe PPO)", recipe, ppo_models, {run: recipe_ppo_prompts(run) for run in runs}, "recipe")]
+    for every_training_prompt in (False, True) if args.every_training_prompt else (False,):
+        sources += [judge_source(runs, judge, every_training_prompt, args.threads) for judge in args.judges]
+    for name, evaluations, *_ in sources:
         figures = {run: per_prompt(evaluation) for run, evaluation in evaluations.items()}
         for baseline, folder in BASELINES.items():
             if baseline == name:
@@ -162,12 +297,13 @@ def main(argv: list[str] | None = None) -> None:
                 per_run = ", ".join(f"{m:+.3f}" for m in means)
                 rows.append([f"{name} - {baseline}", metric, f"{mean:+.3f} ± {stderr:.3f}", per_run])
     change_rows = []
-    for name, evaluations in sources:
+    for name, evaluations, *_ in sources:
         for run, evaluation in evaluations.items():
             counts = answer_changes(run, evaluation)
             summary[f"{name}: answer changes: {run}"] = counts
             change_rows.append([name, str(run), *counts.values()])
     command = "python benchmarks/ppo_over_rs.py --runs " + " ".join(str(run) for run in args.runs)
+    command += " --every_training_prompt" * args.every_training_prompt + " --prompt_sets" * args.prompt_sets
     budget = ", ".join(f"{key} {value}" for key, value in BUDGET.items())
     body = (
         f"Command: `{command}`\n\nPPO budget: {budget}. Paired per prompt over {len(args.runs)} runs.\n\n"
@@ -175,6 +311,14 @@ def main(argv: list[str] | None = None) -> None:
         + "\n\nHeld-out helpfulness answers PPO changed from V5 without PPO's, by gold and the run's V5 R_h:\n\n"
         + markdown_table(["PPO", "run", *change_counts([]).keys()], change_rows)
     )
+    if args.prompt_sets:
+        set_rows, set_summary = prompt_set_rows(args.runs, sources, args.threads)
+        summary |= set_summary
+        body += (
+            "\n\nGold helpfulness against V5 without PPO on PPO's own prompts, the other training prompts and the "
+            "held-out prompts (greedy answers, paired per prompt; `prompts` summed over runs):\n\n"
+            + markdown_table(["PPO", "prompt set", "families", "prompts", "mean ± s.e.", "per run"], set_rows)
+        )
     print(body)
     print(json.dumps(summary, indent=1))
     if args.write:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from alignment.config import DataError, RecipeError
 from alignment.data import atomic_write_json, atomic_write_text, load_prompts, read_jsonl_tolerant
-from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation, prompt_pool
+from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation, prompt_file_rows, prompt_pool
 from rlhf.context_distillation import (
     DISTILLED_FILE,
     MODES,
@@ -48,19 +48,7 @@ def world_eval_rows() -> list[dict]:
     """The comparison prompt set (module docstring) as prompt-file rows with gold fields."""
 
     prompts = prompt_pool("train", ["harmful", "borderline"]) + prompt_pool("heldout")
-    return [
-        {
-            "id": p["id"],
-            "prompt": p["prompt"],
-            "is_safety_prompt": p["kind"] == "safety",
-            "kind": p["kind"],
-            "family": p["family"],
-            "gold": p["gold"],
-            "world_id": p["id"],
-            "split": p["split"],
-        }
-        for p in prompts
-    ]
+    return [{**row, "split": p["split"]} for row, p in zip(prompt_file_rows(prompts), prompts)]
 
 
 def eval_prompts_file(name: str, output_dir: Path) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.ppo_over_rs import change_counts, combine
+from benchmarks.ppo_over_rs import change_counts, combine, prompt_set, set_differences
 
 
 def test_combine_takes_the_larger_of_the_within_and_the_between_run_error():
@@ -32,3 +32,26 @@ def test_change_counts_by_hand():
         "R_h agrees with gold": 2,
     }
     assert change_counts([])["changed"] == 0
+
+
+def test_prompt_set_puts_held_out_first_then_ppo_prompts():
+    assert prompt_set("a", ppo_texts={"a"}, heldout_texts={"a"}) == "held-out prompts"
+    assert prompt_set("a", ppo_texts={"a"}, heldout_texts=set()) == "PPO's prompts"
+    assert prompt_set("b", ppo_texts={"a"}, heldout_texts=set()) == "other training prompts"
+
+
+def test_set_differences_pairs_within_each_set_and_family_group():
+    before = {"p1": 0.25, "p2": 1.0, "o1": 0.5, "h1": 0.0, "h2": 0.5}
+    after = {"p1": 1.0, "p2": 1.0, "o1": 0.25, "h1": 0.25, "h2": 0.5}
+    set_of = {"p1": "PPO's prompts", "p2": "PPO's prompts", "o1": "other training prompts"}
+    set_of |= {"h1": "held-out prompts", "h2": "held-out prompts"}
+    family_of = {"p1": "arithmetic", "p2": "word", "o1": "arithmetic", "h1": "capital", "h2": "arithmetic"}
+    out = set_differences(before, after, set_of, family_of)
+    assert out[("PPO's prompts", "all")]["mean"] == pytest.approx(0.375)  # (+0.75 + 0) / 2
+    assert out[("PPO's prompts", "all")]["n"] == 2
+    assert out[("PPO's prompts", "arithmetic")]["mean"] == pytest.approx(0.75)
+    assert out[("PPO's prompts", "other families")]["mean"] == pytest.approx(0.0)
+    assert out[("other training prompts", "arithmetic")]["mean"] == pytest.approx(-0.25)
+    assert ("other training prompts", "other families") not in out  # no such prompt: no row
+    assert out[("held-out prompts", "all")]["mean"] == pytest.approx(0.125)
+    assert out[("held-out prompts", "other families")]["n"] == 1

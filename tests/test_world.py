@@ -27,6 +27,7 @@ from alignment.world import (
     pool_sizes,
     pretraining_corpus,
     prompt_by_id,
+    prompt_file_rows,
     prompt_pool,
     response_mixture,
     sample_prompts,
@@ -509,3 +510,19 @@ def test_corpus_answers_harmful_requests_ideally_less_often_than_questions():
     on_harmful, on_questions = ideal_shares(pretraining_corpus(4000, seed=2, **plain))
     assert abs(on_harmful - 0.25) < 0.05 and abs(on_questions - 0.4) < 0.03
     assert ideal_shares(pretraining_corpus(300, seed=2, ideal_share=1.0, **plain)) == (1.0, 1.0)
+
+
+def test_prompt_file_rows_keep_the_gold_and_number_the_rows_by_tag():
+    harmful = next(p for p in prompt_pool("train", ["harmful"]))
+    rows = prompt_file_rows([PLUS, harmful], "eval")
+    assert rows[0] == {
+        "id": "eval-0",
+        "prompt": "what is 3 plus 4?",
+        "is_safety_prompt": False,
+        "kind": "helpfulness",
+        "family": "arithmetic",
+        "gold": PLUS["gold"],
+        "world_id": "plus/3-4/0",
+    }
+    assert rows[1]["id"] == "eval-1" and rows[1]["is_safety_prompt"] is True
+    assert [row["id"] for row in prompt_file_rows([PLUS])] == ["plus/3-4/0"]  # no tag: the world's own id

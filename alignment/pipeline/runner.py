@@ -50,7 +50,13 @@ from alignment.data import atomic_write_json, atomic_write_text
 from alignment.pipeline.manifest import MANIFEST, Stage, read_manifest
 from alignment.pipeline.report import write_report
 from alignment.stages import BY_SECTION, RECIPES_DIR, STAGES, stage_by_script
-from alignment.world import eval_prompts, open_source_comparisons, sample_prompts, sft_demonstrations
+from alignment.world import (
+    eval_prompts,
+    open_source_comparisons,
+    prompt_file_rows,
+    sample_prompts,
+    sft_demonstrations,
+)
 from alignment.world.scorers import WORLD_JUDGES
 from evals.pipeline import safety_eval_stages
 
@@ -256,22 +262,6 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
     world = {**WORLD_DEFAULTS, **config.world}
     data_dir.mkdir(parents=True, exist_ok=True)
 
-    def prompt_rows(prompts, tag):
-        rows = []
-        for i, p in enumerate(prompts):
-            rows.append(
-                {
-                    "id": f"{tag}-{i}",
-                    "prompt": p["prompt"],
-                    "is_safety_prompt": p["kind"] == "safety",
-                    "kind": p["kind"],
-                    "family": p["family"],
-                    "gold": p["gold"],
-                    "world_id": p["id"],
-                }
-            )
-        return rows
-
     files: dict[str, list[dict]] = {
         "sft": sft_demonstrations(
             world["sft_demonstrations"],
@@ -279,11 +269,11 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
             family_weights=world["sft_family_weights"] or None,
             closing_share=world["sft_closing_share"],
         ),
-        "eval": prompt_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
-        "ppo": prompt_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
+        "eval": prompt_file_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
+        "ppo": prompt_file_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
     }
     for v in range(1, config.iterations + 1):
-        files[f"collect_v{v}"] = prompt_rows(
+        files[f"collect_v{v}"] = prompt_file_rows(
             sample_prompts(world["collect_prompts_per_iteration"], config.seed + 1000 * v), f"c{v}"
         )
         if world["borderline_safety_annotation"]:
@@ -291,7 +281,7 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
             for row in files[f"collect_v{v}"]:
                 if row["family"] == "borderline" and by_safety.random() < world["borderline_safety_annotation"]:
                     row["annotation_kind"] = "safety"
-        files[f"rs_v{v}"] = prompt_rows(
+        files[f"rs_v{v}"] = prompt_file_rows(
             sample_prompts(world["rs_prompts_per_iteration"], config.seed + 1000 * v + 1), f"rs{v}"
         )
     noise = world["annotator_noise"]

@@ -44,6 +44,7 @@ from alignment.world.prompts import (
     is_safety_prompt,
     pool_sizes,
     prompt_by_id,
+    prompt_file_rows,
     prompt_pool,
     sample_prompts,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "pool_sizes",
     "pretraining_corpus",
     "prompt_by_id",
+    "prompt_file_rows",
     "prompt_pool",
     "rating_for_gap",
     "response_mixture",

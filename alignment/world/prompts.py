@@ -455,6 +455,23 @@ def eval_prompts(
     return out
 
 
+def prompt_file_rows(prompts: Iterable[dict], tag: str | None = None) -> list[dict]:
+    """World prompts as the rows of a stage's prompt file, gold kept for the evaluation: ids ``<tag>-<i>``, or the
+    world's own ids without a tag."""
+    return [
+        {
+            "id": p["id"] if tag is None else f"{tag}-{i}",
+            "prompt": p["prompt"],
+            "is_safety_prompt": p["kind"] == "safety",
+            "kind": p["kind"],
+            "family": p["family"],
+            "gold": p["gold"],
+            "world_id": p["id"],
+        }
+        for i, p in enumerate(prompts)
+    ]
+
+
 def pool_sizes() -> dict[str, dict[str, int]]:
     """Number of distinct prompts per family and split."""
     return {family: {split: len(_pool(family, split)) for split in SPLITS} for family in FAMILIES}
