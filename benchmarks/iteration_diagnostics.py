@@ -90,7 +90,9 @@ def ratio(hits: float, total: int) -> str:
     return f"{hits / total:.2f} ({total})" if total else "-"
 
 
-def iteration_figures(run: Path, iteration: int) -> dict | None:
+def iteration_figures(run: Path, iteration: int, judge=None) -> dict | None:
+    """Figures of one iteration's RS samples (module docstring); `judge` (a scorer with `score(prompts, responses)`)
+    replaces the R_h scores logged with the samples in the pair accuracies."""
     prompts_file = run / "data" / f"rs_v{iteration}.jsonl"
     samples_file = run / f"RLHF-V{iteration}" / "rejection_sampling" / "samples.jsonl"
     if not prompts_file.exists() or not samples_file.exists():
@@ -117,13 +119,17 @@ def iteration_figures(run: Path, iteration: int) -> dict | None:
         for name, indices in chosen.items():
             picks[name][0] += sum(correct[i] for i in indices) / len(indices)
             picks[name][1] += sum(gold[i] for i in indices) / len(indices)
+        if judge is None:
+            scores = [s["r_h"] for s in samples]
+        else:
+            scores = judge.score([s["messages"] for s in samples], [s["response"] for s in samples]).scores.tolist()
         for i, j in itertools.combinations(range(len(samples)), 2):
             if gold[i] == gold[j]:
                 continue
             better, worse = (i, j) if gold[i] > gold[j] else (j, i)
             group = pair_group(prompt, samples[better]["response"], samples[worse]["response"])
             pairs[group] += 1
-            right[group] += samples[better]["r_h"] > samples[worse]["r_h"]
+            right[group] += scores[better] > scores[worse]
     n = len(by_prompt)
     total = sum(kinds.values())
     return {

@@ -1,7 +1,7 @@
 """Does PPO add to rejection sampling on the main job, and is the judge the limit? (issue 14)
 
     python benchmarks/ppo_over_rs.py --runs runs/rs320-s0 runs/rs320-s1 ... [--judges trained oracle]
-        [--every_training_prompt] [--prompt_sets] [--write]
+        [--every_training_prompt] [--prompt_sets] [--judge_noise 1 2 3] [--write]
 
 From each finished main-job run's RLHF-V5 rejection-sampling model, PPO with ten times the recipe's rollouts
 (`BUDGET`: 60 iterations of 64 against 12 of 32, lr 5e-5, kl 0.05; the recipe's PPO moves the tiny policy by an
@@ -32,6 +32,12 @@ prompt of the world (greedy, as the evaluation does), and gold helpfulness is co
 run's PPO prompt file), the other training prompts and the held-out prompts, for arithmetic and for the other
 families. If PPO loses gold on the prompts it trained on, the judge misled it there; if it gains there and not on
 held-out prompts, the gains do not transfer. About 40 s per model and run at 1 thread.
+
+``--judge_noise S ...`` asks how accurate R_h must be: PPO x10 on every training prompt with gold helpfulness plus a
+fixed error of s.d. S per answer (`builtin:world-helpfulness+noise=S`, the same answer always gets the same error, as
+a trained reward model's mistakes are a property of the answer), into ``<run>/ppo_over_rs/noise=S-every-training-
+prompt/``. A last table gives each judge's pairwise accuracy on V5's rejection-sampling samples (the V4 policy's own
+answers, `iteration_diagnostics.iteration_figures`' pairs) beside its PPO gain, the trained R_h's included.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,8 +57,9 @@ import yaml  # noqa: E402
 
 from alignment.data import atomic_write_text, read_jsonl_tolerant  # noqa: E402
 from alignment.world import gold_helpfulness, prompt_file_rows, prompt_pool  # noqa: E402
-from alignment.world.scorers import WORLD_JUDGES  # noqa: E402
+from alignment.world.scorers import WORLD_JUDGES, world_judge  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
+from benchmarks.iteration_diagnostics import iteration_figures, ratio  # noqa: E402
 from benchmarks.pipeline_seeds import per_prompt, seed_mean, world_prompts_by_text  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
@@ -103,6 +111,27 @@ def judge_source(runs: list[Path], judge: str, every_training_prompt: bool, thre
     return Source(name, evaluations, {run: e.parent / "ppo" for run, e in evaluations.items()}, prompts, folder)
 
 
+def gold_helpfulness_judge(judge: str) -> str:
+    """The builtin judge standing in for R_h: "oracle" is gold itself, "noise=S" gold with a fixed error per answer
+    (`alignment.world.scorers`)."""
+    return WORLD_JUDGES[0] if judge == "oracle" else f"{WORLD_JUDGES[0]}+{judge}"
+
+
+def judge_accuracy(runs: list[Path], judge: str) -> dict[str, tuple[int, int]]:
+    """How often `judge` orders two of V5's rejection-sampling samples (the V4 policy's own answers to one training
+    prompt) as gold does, summed over runs: {pair group of `iteration_diagnostics`, or "all": (right, pairs)}.
+    "trained" is each run's V5 R_h, as logged with the samples."""
+    scorer = None if judge == "trained" else world_judge(gold_helpfulness_judge(judge))
+    right, pairs = Counter(), Counter()
+    for run in runs:
+        figures = iteration_figures(run, 5, scorer)
+        for group, (hits, total) in figures["pairs"].items():
+            for key in (group, "all"):
+                right[key] += hits
+                pairs[key] += total
+    return {group: (right[group], pairs[group]) for group in pairs}
+
+
 def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -> Path:
     """PPO from the run's V5 RS model with `judge` on `prompts`, then the pipeline's V5 evaluation of it; returns
     the eval dir."""
@@ -111,11 +140,10 @@ def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -
     if (evaluation / "eval.json").exists():
         return evaluation
     options = [f"--{key}={value}" for key, value in BUDGET.items()] + [f"--prompts_name={prompts}"]
-    if judge == "oracle":
-        helpfulness, safety = WORLD_JUDGES
+    if judge != "trained":
         options += [
-            f"--helpfulness_model={helpfulness}",
-            f"--safety_model={safety}",
+            f"--helpfulness_model={gold_helpfulness_judge(judge)}",
+            f"--safety_model={WORLD_JUDGES[1]}",
             f"--value_model_name_or_path={run / 'RLHF-V5' / 'reward_helpfulness'}",
         ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -271,6 +299,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run each judge's PPO on every training prompt of the world instead of the run's PPO prompt file",
     )
+    parser.add_argument(
+        "--judge_noise",
+        nargs="+",
+        type=float,
+        default=[],
+        help="also PPO x10 on every training prompt with gold helpfulness plus a fixed per-answer error of each s.d.",
+    )
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     parser.add_argument("--section", default="PPO over rejection sampling on the main job, trained and perfect judges")
     args = parser.parse_args(argv)
@@ -285,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     sources = [Source("V5 (recipe PPO)", recipe, ppo_models, {run: recipe_ppo_prompts(run) for run in runs}, "recipe")]
     for every_training_prompt in (False, True) if args.every_training_prompt else (False,):
         sources += [judge_source(runs, judge, every_training_prompt, args.threads) for judge in args.judges]
+    noisy = [judge_source(runs, f"noise={noise:g}", True, args.threads) for noise in args.judge_noise]
+    sources += noisy
     for name, evaluations, *_ in sources:
         figures = {run: per_prompt(evaluation) for run, evaluation in evaluations.items()}
         for baseline, folder in BASELINES.items():
@@ -304,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             change_rows.append([name, str(run), *counts.values()])
     command = "python benchmarks/ppo_over_rs.py --runs " + " ".join(str(run) for run in args.runs)
     command += " --every_training_prompt" * args.every_training_prompt + " --prompt_sets" * args.prompt_sets
+    if args.judge_noise:
+        command += " --judge_noise " + " ".join(f"{noise:g}" for noise in args.judge_noise)
     budget = ", ".join(f"{key} {value}" for key, value in BUDGET.items())
     body = (
         f"Command: `{command}`\n\nPPO budget: {budget}. Paired per prompt over {len(args.runs)} runs.\n\n"
@@ -318,6 +357,28 @@ def main(argv: list[str] | None = None) -> None:
             "\n\nGold helpfulness against V5 without PPO on PPO's own prompts, the other training prompts and the "
             "held-out prompts (greedy answers, paired per prompt; `prompts` summed over runs):\n\n"
             + markdown_table(["PPO", "prompt set", "families", "prompts", "mean ± s.e.", "per run"], set_rows)
+        )
+    if args.judge_noise:
+        accuracy_rows = []
+        judges = ["trained", "oracle"] + [f"noise={noise:g}" for noise in args.judge_noise]
+        for judge in judges:
+            pairs = judge_accuracy(runs, judge)
+            gain = summary.get(f"PPO x10 on every training prompt, {judge} judges - V5 without PPO: gold helpfulness")
+            summary[f"{judge}: pair accuracy on V5's RS samples"] = pairs
+            accuracy_rows.append(
+                [
+                    judge,
+                    *(ratio(*pairs.get(group, (0, 0))) for group in ("all", "correct vs wrong_value", "format")),
+                    "-" if gain is None else f"{gain['mean']:+.3f} ± {gain['stderr']:.3f}",
+                ]
+            )
+        body += (
+            "\n\nHow often each judge orders two of V5's rejection-sampling samples (the V4 policy's own answers to "
+            "a training prompt, pairs with different gold grades, summed over runs) as gold does, and what PPO x10 on "
+            "every training prompt gains with it (held-out gold helpfulness - V5 without PPO):\n\n"
+            + markdown_table(
+                ["judge", "all pairs", "correct vs wrong value", "format pairs", "PPO gain, held out"], accuracy_rows
+            )
         )
     print(body)
     print(json.dumps(summary, indent=1))

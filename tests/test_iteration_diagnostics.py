@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.world import prompt_by_id  # noqa: E402
+from alignment.world.scorers import world_judge  # noqa: E402
 from benchmarks import iteration_diagnostics  # noqa: E402
 from benchmarks.iteration_diagnostics import (  # noqa: E402
     answer_kind,
@@ -28,7 +29,11 @@ def write_run(tmp_path: Path, samples: list[tuple[str, float, float]]) -> Path:
     (tmp_path / "data" / "rs_v1.jsonl").write_text(json.dumps(row) + "\n")
     folder = tmp_path / "RLHF-V1" / "rejection_sampling"
     folder.mkdir(parents=True)
-    rows = [{"prompt_id": "rs1-0", "response": text, "r_h": r_h, "r_c": r_c} for text, r_h, r_c in samples]
+    messages = [{"role": "user", "content": PLUS["prompt"]}]
+    rows = [
+        {"prompt_id": "rs1-0", "messages": messages, "response": text, "r_h": r_h, "r_c": r_c}
+        for text, r_h, r_c in samples
+    ]
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tmp_path
 
@@ -58,6 +63,10 @@ def test_pair_accuracy_and_picks_by_hand(tmp_path):
     assert figures["picks"]["R_c"] == (1.0, 0.5)
     assert figures["picks"]["oracle"] == (1.0, 1.0)
     assert iteration_figures(run, 2) is None
+    # A judge in place of the logged R_h: gold itself orders every pair right; the picks still follow R_c.
+    judged = iteration_figures(run, 1, world_judge("builtin:world-helpfulness"))
+    assert judged["pairs"] == {"format": (1, 1), "correct vs off_subject": (2, 2)}
+    assert judged["picks"] == figures["picks"]
 
 
 class FakeScorer:

@@ -2,7 +2,15 @@
 
 import pytest
 
-from benchmarks.ppo_over_rs import change_counts, combine, prompt_set, set_differences
+from benchmarks import ppo_over_rs
+from benchmarks.ppo_over_rs import (
+    change_counts,
+    combine,
+    gold_helpfulness_judge,
+    judge_accuracy,
+    prompt_set,
+    set_differences,
+)
 
 
 def test_combine_takes_the_larger_of_the_within_and_the_between_run_error():
@@ -55,3 +63,22 @@ def test_set_differences_pairs_within_each_set_and_family_group():
     assert ("other training prompts", "other families") not in out  # no such prompt: no row
     assert out[("held-out prompts", "all")]["mean"] == pytest.approx(0.125)
     assert out[("held-out prompts", "other families")]["n"] == 1
+
+
+def test_judge_names_and_pair_accuracy_summed_over_runs(monkeypatch):
+    assert gold_helpfulness_judge("oracle") == "builtin:world-helpfulness"
+    assert gold_helpfulness_judge("noise=2") == "builtin:world-helpfulness+noise=2"
+    per_run = {
+        "a": {"pairs": {"format": (3, 4), "correct vs wrong_value": (1, 2)}},
+        "b": {"pairs": {"correct vs wrong_value": (2, 2)}},
+    }
+    judges = []
+    monkeypatch.setattr(ppo_over_rs, "iteration_figures", lambda run, it, judge: judges.append(judge) or per_run[run])
+    assert judge_accuracy(["a", "b"], "trained") == {
+        "format": (3, 4),
+        "correct vs wrong_value": (3, 4),
+        "all": (6, 8),
+    }
+    assert judges == [None, None]  # the trained judge is the R_h logged with the samples
+    judge_accuracy(["a"], "noise=1")
+    assert judges[-1].noise == 1.0
