@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignment.data import read_jsonl_tolerant
-from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation, is_correct, prompt_pool
+from alignment.world import gold_helpfulness, gold_is_refusal, gold_is_violation, is_correct, prompts_by_text
 from benchmarks.common import REPO_ROOT, markdown_table, write_section
 from rlhf.cd_compare import paired
 
@@ -47,17 +47,12 @@ PER_PROMPT_FIGURES = {
 
 
 @functools.cache
-def world_prompts_by_text() -> dict[str, dict]:
-    return {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
-
-
-@functools.cache
 def per_prompt(evaluation: Path) -> dict[str, dict[str, float]]:
     """Per held-out prompt (keyed by its text), each figure of `alignment.world.evaluate` an answer adds to:
     gold helpfulness and whether it states the fact (helpfulness prompts, borderline included), a violation
     (adversarial prompts), a refusal (borderline prompts). Read once per folder: a finished evaluation does not
     change, and the targets compare each version with several others."""
-    by_text = world_prompts_by_text()
+    by_text = prompts_by_text()
     figures: dict[str, dict[str, float]] = {name: {} for name in PER_PROMPT_FIGURES.values()}
     for row in read_jsonl_tolerant(evaluation / "responses.jsonl"):
         text = row["prompt"][-1]["content"]

@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 
 from alignment.data import atomic_write_text, read_jsonl_tolerant  # noqa: E402
-from alignment.world import gold_helpfulness, prompt_file_rows, prompt_pool  # noqa: E402
+from alignment.world import gold_helpfulness, prompt_file_rows, prompt_pool, prompts_by_text  # noqa: E402
 from alignment.world.scorers import WORLD_JUDGES, world_judge  # noqa: E402
 from benchmarks.common import markdown_table, write_section  # noqa: E402
 from benchmarks.iteration_diagnostics import iteration_figures, ratio  # noqa: E402
-from benchmarks.pipeline_seeds import per_prompt, seed_mean, world_prompts_by_text  # noqa: E402
+from benchmarks.pipeline_seeds import per_prompt, seed_mean  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
 
@@ -202,7 +202,7 @@ def set_differences(
 
 def prompt_set_rows(runs: list[Path], sources: list[Source], threads: int) -> tuple[list[list], dict]:
     """The third table (module docstring): gold helpfulness against V5 without PPO per prompt set and family group."""
-    family_of = {text: prompt["family"] for text, prompt in world_prompts_by_text().items()}
+    family_of = {text: prompt["family"] for text, prompt in prompts_by_text().items()}
     baseline = BASELINES["V5 without PPO"]
     rs_models = {run: run / "RLHF-V5" / "rejection_sampling" for run in runs}
     no_ppo = Source("V5 without PPO", {run: run / baseline for run in runs}, rs_models, {}, "rs")
@@ -216,15 +216,15 @@ def prompt_set_rows(runs: list[Path], sources: list[Source], threads: int) -> tu
             **per_prompt(source.evaluations[run])["gold helpfulness"],
         }
 
+    before = {run: answers(no_ppo, run) for run in runs}
+    heldout_texts = {run: set(per_prompt(run / baseline)["gold helpfulness"]) for run in runs}
     rows, summary = [], {}
     for source in sources:
         per_run = []
         for run in runs:
-            before = answers(no_ppo, run)
-            heldout_texts = set(per_prompt(run / baseline)["gold helpfulness"])
             ppo_texts = {row["prompt"] for row in read_jsonl_tolerant(source.ppo_prompts[run])}
-            set_of = {text: prompt_set(text, ppo_texts, heldout_texts) for text in before}
-            per_run.append(set_differences(before, answers(source, run), set_of, family_of))
+            set_of = {text: prompt_set(text, ppo_texts, heldout_texts[run]) for text in before[run]}
+            per_run.append(set_differences(before[run], answers(source, run), set_of, family_of))
         for key in per_run[0]:
             mean, stderr, means = combine([differences[key] for differences in per_run])
             prompts = sum(differences[key]["n"] for differences in per_run)
@@ -245,7 +245,7 @@ def combine(differences: list[dict]) -> tuple[float, float, list[float]]:
 def changed_answers(before: Path, after: Path) -> list[tuple[list[dict], str, str, dict]]:
     """(messages, answer before, answer after, prompt) for each helpfulness prompt whose answer differs."""
     old = {row["prompt"][-1]["content"]: row for row in read_jsonl_tolerant(before / "responses.jsonl")}
-    by_text, out = world_prompts_by_text(), []
+    by_text, out = prompts_by_text(), []
     for row in read_jsonl_tolerant(after / "responses.jsonl"):
         text = row["prompt"][-1]["content"]
         prompt = by_text[text]
@@ -320,8 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     sources = [Source("V5 (recipe PPO)", recipe, ppo_models, {run: recipe_ppo_prompts(run) for run in runs}, "recipe")]
     for every_training_prompt in (False, True) if args.every_training_prompt else (False,):
         sources += [judge_source(runs, judge, every_training_prompt, args.threads) for judge in args.judges]
-    noisy = [judge_source(runs, f"noise={noise:g}", True, args.threads) for noise in args.judge_noise]
-    sources += noisy
+    sources += [judge_source(runs, f"noise={noise:g}", True, args.threads) for noise in args.judge_noise]
     for name, evaluations, *_ in sources:
         figures = {run: per_prompt(evaluation) for run, evaluation in evaluations.items()}
         for baseline, folder in BASELINES.items():

@@ -29,6 +29,7 @@ from alignment.world import (
     prompt_by_id,
     prompt_file_rows,
     prompt_pool,
+    prompts_by_text,
     response_mixture,
     sample_prompts,
     sft_demonstrations,
@@ -526,3 +527,8 @@ def test_prompt_file_rows_keep_the_gold_and_number_the_rows_by_tag():
     }
     assert rows[1]["id"] == "eval-1" and rows[1]["is_safety_prompt"] is True
     assert [row["id"] for row in prompt_file_rows([PLUS])] == ["plus/3-4/0"]  # no tag: the world's own id
+
+
+def test_prompts_by_text_holds_every_prompt_of_both_splits_once():
+    assert prompts_by_text()["what is 3 plus 4?"]["id"] == "plus/3-4/0"
+    assert len(prompts_by_text()) == sum(n for sizes in pool_sizes().values() for n in sizes.values())

@@ -46,6 +46,7 @@ from alignment.world.prompts import (
     prompt_by_id,
     prompt_file_rows,
     prompt_pool,
+    prompts_by_text,
     sample_prompts,
 )
 from alignment.world.responses import (
@@ -89,6 +90,7 @@ __all__ = [
     "prompt_by_id",
     "prompt_file_rows",
     "prompt_pool",
+    "prompts_by_text",
     "rating_for_gap",
     "response_mixture",
     "sample_prompts",

@@ -482,6 +482,13 @@ def _by_id() -> dict[str, dict]:
     return {p["id"]: p for family in FAMILIES for split in SPLITS for p in _pool(family, split)}
 
 
+@cache
+def prompts_by_text() -> dict[str, dict]:
+    """Every prompt of both splits keyed by its text, as answers and comparisons carry it. The world's own dicts,
+    built once: read them, do not change them (`prompt_by_id` gives a copy)."""
+    return {p["prompt"]: p for family in FAMILIES for split in SPLITS for p in _pool(family, split)}
+
+
 def prompt_by_id(prompt_id: str) -> dict:
     """The prompt dict with this id (ids are stable: task/value/phrasing), e.g. to rebuild a prompt from data."""
     try:

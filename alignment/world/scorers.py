@@ -22,7 +22,7 @@ import torch
 
 from alignment.config import RecipeError
 from alignment.data import PromptRecord
-from alignment.world import gold_helpfulness, gold_is_safe, is_safety_prompt, prompt_pool
+from alignment.world import gold_helpfulness, gold_is_safe, is_safety_prompt, prompt_pool, prompts_by_text
 from reward.scoring import ScoreBatch
 
 WORLD_JUDGES = ("builtin:world-helpfulness", "builtin:world-safety")
@@ -46,7 +46,7 @@ class WorldJudgeScorer:
         if noise < 0 or (noise and kind != "helpfulness"):
             raise ValueError(f"noise must be >= 0, and only the helpfulness judge has it; got {noise} for {kind}")
         self.kind, self.noise = kind, noise
-        self.by_text = {p["prompt"]: p for split in ("train", "heldout") for p in prompt_pool(split)}
+        self.by_text = prompts_by_text()
 
     def _world_prompt(self, messages: list[dict]) -> dict:
         text = messages[-1]["content"]
