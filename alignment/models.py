@@ -49,7 +49,12 @@ def _publish_dir(build, target: Path) -> Path:
             shutil.rmtree(tmp)
         else:
             shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process renamed its finished build into place between the check and the rename.
+                if not (target / "config.json").exists():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -94,3 +94,20 @@ def test_a_changed_world_text_set_builds_its_own_tiny_llama(monkeypatch):
     assert first == models.tiny_llama_dir()
     monkeypatch.setattr(models, "default_tokenizer_texts", lambda: ["[INST] what is 3 plus 5? [/INST] 8."])
     assert models.tiny_llama_dir() != first
+
+
+def test_a_build_published_by_another_process_during_ours_is_kept(tmp_path, monkeypatch):
+    # Two pipelines started together both build builtin:tiny-llama; the slower one's rename must not fail.
+    target = tmp_path / "tiny-llama-key"
+    real_rmtree = models.shutil.rmtree
+
+    def other_process_publishes(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if Path(path) == target and not target.exists():
+            target.mkdir()
+            (target / "config.json").write_text("{}", encoding="utf-8")
+
+    monkeypatch.setattr(models.shutil, "rmtree", other_process_publishes)
+    built = models._publish_dir(lambda tmp: (tmp / "config.json").write_text('{"ours": 1}', encoding="utf-8"), target)
+    assert built == target and (target / "config.json").read_text(encoding="utf-8") == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama-key"]  # our temporary build is gone
