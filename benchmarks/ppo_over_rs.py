@@ -78,6 +78,9 @@ BUDGET = {
     "early_stopping_min_delta": 0.02,
 }
 JUDGES = ("trained", "oracle")
+# The trained judges with `flagged_reward: lower`: an answer the safety gate flags on a helpfulness prompt gets the
+# lower of R_s and R_h, not R_s (rlhf.rewards.combined_reward).
+LOWER = "lower"
 BASELINES = {"V5 without PPO": "RLHF-V5/evaluate_rs", "V5 (recipe PPO)": "RLHF-V5/evaluate", "SFT": "SFT/evaluate"}
 METRICS = ("gold helpfulness", "correct-fact rate")
 PROMPT_SETS = ("PPO's prompts", "other training prompts", "held-out prompts")
@@ -140,7 +143,9 @@ def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -
     if (evaluation / "eval.json").exists():
         return evaluation
     options = [f"--{key}={value}" for key, value in BUDGET.items()] + [f"--prompts_name={prompts}"]
-    if judge != "trained":
+    if judge == LOWER:
+        options.append("--flagged_reward=lower")
+    elif judge != "trained":
         options += [
             f"--helpfulness_model={gold_helpfulness_judge(judge)}",
             f"--safety_model={WORLD_JUDGES[1]}",
@@ -287,7 +292,7 @@ def answer_changes(run: Path, evaluation: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="finished main-job run directories")
-    parser.add_argument("--judges", nargs="+", choices=JUDGES, default=list(JUDGES))
+    parser.add_argument("--judges", nargs="+", choices=(*JUDGES, LOWER), default=list(JUDGES))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each PPO and evaluation process")
     parser.add_argument(
         "--prompt_sets",

@@ -651,9 +651,9 @@ def generate_and_score(
     with clock("scoring"):
         if scorers[0] is scorers[1]:  # R_h and R_s are one checkpoint: one pass gives both scores
             both = scorers[0].score(messages, texts).scores
-            scores = combine_scores(both, both, flags, config.safety_threshold)
+            scores = combine_scores(both, both, flags, config.safety_threshold, config.flagged_reward)
         else:
-            scores = score_samples(*scorers, messages, texts, flags, config.safety_threshold)
+            scores = score_samples(*scorers, messages, texts, flags, config.safety_threshold, config.flagged_reward)
     input_ids, attention_mask, response_mask = collate_rollouts(samples, tokenizer.pad_token_id)
     batch = RolloutBatch(
         input_ids=input_ids,

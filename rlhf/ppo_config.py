@@ -8,6 +8,7 @@ Paper values: batch 512, mini-batch 64, one gradient step per mini-batch, clip 0
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from alignment.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, PROBABILITY, TOP_P, RecipeError
 
@@ -59,6 +60,14 @@ class PPOConfig:
     )
     safety_threshold: float = field(
         default=0.15, metadata={"range": OPEN_UNIT, "help": "Gate R_s < 0.15 of eq. (3) (sec. 3.2.3)."}
+    )
+    flagged_reward: Literal["safety", "lower"] = field(
+        default="safety",
+        metadata={
+            "help": "R_c of an answer the gate flags on a prompt that is not a safety prompt: R_s as eq. (3) "
+            "writes, or the lower of R_s and R_h, so that a flag never raises a reward when R_h's scores sit "
+            "below logit(0.15) (rlhf.rewards.combined_reward)."
+        },
     )
     use_lora: bool = field(
         default=False,

@@ -30,6 +30,9 @@ __all__ = [
 
 # Sec. 3.2.3: precision 0.89 and recall 0.55 on the Meta Safety test set.
 SAFETY_THRESHOLD = 0.15
+# What R_c is for an answer the gate flags on a prompt that is not a safety prompt: R_s (eq. 3), or the lower of R_s
+# and R_h, so that being flagged can never raise an answer's reward (`combined_reward`).
+FLAGGED_REWARDS = ("safety", "lower")
 
 # WHITEN of eq. (3); one implementation, shared with the PPO maths (masked statistics, optional all-reduce).
 whiten = masked_whiten
@@ -59,15 +62,29 @@ def combined_reward(
     safety_score: torch.Tensor,
     is_safety_prompt: torch.Tensor | bool,
     threshold: float = SAFETY_THRESHOLD,
+    flagged_reward: str = "safety",
 ) -> CombinedReward:
     """R_c on the raw-score (logit) scale and the gate mask: ``(score, use_safety)`` (sec. 3.2.3, eq. 3).
 
     ``helpfulness_score`` and ``safety_score`` are the raw RM outputs for the same (prompt, generation)
     pairs. The gate is evaluated on sigmoid(safety_score) against ``threshold``; ``score`` is the safety
     score where gated and the helpfulness score elsewhere, i.e. LOGIT(R_c) of the paper.
+
+    ``flagged_reward="lower"`` gives an answer the gate flagged on a prompt that is not a safety prompt the lower
+    of its two scores instead of R_s. Eq. 3 sends a flagged answer to R_s as a penalty: a score under
+    logit(0.15) = -1.73, low when R_h's scores sit around 0. A ranking loss leaves each RM's level free, and where
+    R_h's typical score is lower than that, the flag becomes a bonus that PPO learns to seek (BENCHMARKS.md,
+    issue 14: one off-subject answer R_s flags on most arithmetic prompts). Safety prompts always get R_s.
     """
+    if flagged_reward not in FLAGGED_REWARDS:
+        raise ValueError(f"flagged_reward must be one of {FLAGGED_REWARDS}, got {flagged_reward!r}")
     use_safety = safety_gate(torch.sigmoid(safety_score), is_safety_prompt, threshold)
-    return CombinedReward(torch.where(use_safety, safety_score, helpfulness_score), use_safety)
+    score = torch.where(use_safety, safety_score, helpfulness_score)
+    if flagged_reward == "lower":
+        is_safety = torch.as_tensor(is_safety_prompt, dtype=torch.bool, device=score.device)
+        flagged = use_safety & ~is_safety
+        score = torch.where(flagged, torch.minimum(safety_score, helpfulness_score), score)
+    return CombinedReward(score, use_safety)
 
 
 def logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

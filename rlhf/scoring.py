@@ -54,12 +54,13 @@ def combine_scores(
     safety: torch.Tensor,
     is_safety_prompt: torch.Tensor | Sequence[bool] | bool,
     threshold: float = SAFETY_THRESHOLD,
+    flagged_reward: str = "safety",
 ) -> SampleScores:
     """Raw r_h and r_s into `SampleScores` through `combined_reward` (the gate lives there, not here)."""
     helpfulness = torch.as_tensor(helpfulness, dtype=torch.float32).detach().cpu()
     safety = torch.as_tensor(safety, dtype=torch.float32).detach().cpu()
     flags = torch.as_tensor(is_safety_prompt, dtype=torch.bool)
-    reward = combined_reward(helpfulness, safety, flags, threshold)
+    reward = combined_reward(helpfulness, safety, flags, threshold, flagged_reward)
     return SampleScores(helpfulness, safety, torch.sigmoid(safety), reward.score, reward.use_safety)
 
 
@@ -70,13 +71,14 @@ def score_samples(
     responses: list[str],
     is_safety_prompt: Sequence[bool] | torch.Tensor,
     threshold: float = SAFETY_THRESHOLD,
+    flagged_reward: str = "safety",
 ) -> SampleScores:
     """Score each (prompt messages, response text) with R_h and R_s and combine them into R_c."""
     if not (len(prompts) == len(responses) == len(is_safety_prompt)):
         raise ValueError("prompts, responses and is_safety_prompt must have the same length")
     if not prompts:
         empty = torch.zeros(0)
-        return combine_scores(empty, empty, torch.zeros(0, dtype=torch.bool), threshold)
+        return combine_scores(empty, empty, torch.zeros(0, dtype=torch.bool), threshold, flagged_reward)
     helpfulness = helpfulness_scorer.score(prompts, responses).scores
     safety = safety_scorer.score(prompts, responses).scores
-    return combine_scores(helpfulness, safety, is_safety_prompt, threshold)
+    return combine_scores(helpfulness, safety, is_safety_prompt, threshold, flagged_reward)

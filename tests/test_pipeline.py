@@ -23,7 +23,7 @@ from alignment.pipeline.runner import (
     validate_stages,
     write_world_data,
 )
-from alignment.world import prompt_by_id
+from alignment.world import prompt_by_id, prompt_pool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,6 +188,16 @@ def test_world_data_is_deterministic(tmp_path):
     first = {p: Path(p).read_text() for p in write_world_data(config, tmp_path / "a").values()}
     second = {p.replace("/b/", "/a/"): Path(p).read_text() for p in write_world_data(config, tmp_path / "b").values()}
     assert first == second
+
+
+def test_ppo_every_training_prompt_writes_the_whole_training_pool_and_nothing_held_out(tmp_path):
+    config, _ = planned(write_recipe(tmp_path, world={**SHORT["world"], "ppo_every_training_prompt": True}))
+    rows = read_jsonl_tolerant(Path(config.run_dir) / "data" / "ppo.jsonl")
+    pool = prompt_pool("train")
+    assert [r["prompt"] for r in rows] == [p["prompt"] for p in pool] and len(rows) > SHORT["world"]["ppo_prompts"]
+    assert not {r["prompt"] for r in rows} & {p["prompt"] for p in prompt_pool("heldout")}
+    drawn, _ = planned(write_recipe(tmp_path))
+    assert len(read_jsonl_tolerant(Path(drawn.run_dir) / "data" / "ppo.jsonl")) == SHORT["world"]["ppo_prompts"]
 
 
 def test_borderline_safety_annotation_marks_only_that_share_of_borderline_collection_prompts(tmp_path):

@@ -467,3 +467,25 @@ def test_heldout_temperature_0_scores_the_greedy_answers_whatever_the_seed(tmp_p
     # at the rollout temperature (1.0) the held-out answers are seeded samples, not the greedy ones
     assert answers[0, None] != answers[1, None]
     assert answers[0, None] != expected
+
+
+def test_rollout_rewards_follow_flagged_reward():
+    from alignment.chat import encode_prompt
+    from alignment.models import load_causal_lm, load_tokenizer
+    from rlhf.ppo import LogprobSamplingEngine, generate_and_score
+
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    tokenizer = load_tokenizer("builtin:tiny-llama")
+    engine = LogprobSamplingEngine(model, tokenizer)
+    prompt_ids = [encode_prompt(tokenizer, p.messages, "llama2") for p in PROMPTS]
+    # Every answer flagged (sigmoid(-2) = 0.12 < 0.15) and R_h far below R_s, as the tiny R_h with the likelihood
+    # feature sits (issue 14): eq. 3 rewards the flag with R_s, "lower" keeps R_h on the helpfulness prompts.
+    scorers = (ConstantScorer(-7.0), ConstantScorer(-2.0))
+    rewards = {}
+    for rule in ("safety", "lower"):
+        config = PPOConfig(max_new_tokens=4, temperature=1.0, flagged_reward=rule)
+        batch = generate_and_score(engine, tokenizer, PROMPTS, prompt_ids, scorers, config, seed=2)
+        assert batch.use_safety.all()
+        rewards[rule] = batch.combined.tolist()
+    assert [p.is_safety_prompt for p in PROMPTS] == [False, False, False, True]
+    assert rewards == {"safety": [-2.0] * 4, "lower": [-7.0, -7.0, -7.0, -2.0]}

@@ -37,6 +37,21 @@ def test_combined_reward_picks_raw_scores_and_gates_on_sigmoid():
     assert score.tolist() == [s_lo, 1.5, -0.5, 5.0]
 
 
+def test_a_flag_never_raises_the_reward_with_flagged_reward_lower():
+    # R_h's level is free under a ranking loss: at -7 a flagged answer's R_s of -1.8 would be a bonus (issue 14).
+    safety = torch.tensor([-1.75, -1.75, -2.5, -1.75, 0.5])
+    helpful = torch.tensor([-7.0, 1.0, -2.0, -7.0, -7.0])
+    is_safety = torch.tensor([False, False, False, True, False])
+    paper = combined_reward(helpful, safety, is_safety)
+    assert paper.score.tolist() == [-1.75, -1.75, -2.5, -1.75, -7.0]
+    lower = combined_reward(helpful, safety, is_safety, flagged_reward="lower")
+    # flagged: min(R_s, R_h); a safety prompt keeps R_s whatever R_h says; an unflagged answer keeps R_h.
+    assert lower.score.tolist() == [-7.0, -1.75, -2.5, -1.75, -7.0]
+    assert lower.use_safety.tolist() == paper.use_safety.tolist() == [True, True, True, True, False]
+    with pytest.raises(ValueError, match="flagged_reward"):
+        combined_reward(helpful, safety, is_safety, flagged_reward="min")
+
+
 def test_combined_reward_raw_score_equals_logit_of_sigmoid():
     # LOGIT(R_c) of eq. (3) undoes the sigmoid, so the raw score is what PPO whitens.
     safety = torch.tensor([-4.0, 0.3])

@@ -54,6 +54,7 @@ from alignment.world import (
     eval_prompts,
     open_source_comparisons,
     prompt_file_rows,
+    prompt_pool,
     sample_prompts,
     sft_demonstrations,
 )
@@ -157,6 +158,9 @@ WORLD_DEFAULTS = {
     "collect_prompts_per_iteration": 256,
     "rs_prompts_per_iteration": 128,
     "ppo_prompts": 512,
+    # PPO on every training prompt of the world, in the world's own family mix (as the held-out set's), instead of
+    # ppo_prompts draws with every family equally likely.
+    "ppo_every_training_prompt": False,
     "eval_prompts_per_family": 16,
     "annotator_noise": 0.2,
     # Family weights of the SFT demonstrations (uniform when empty). Fewer refusal demonstrations than the
@@ -270,7 +274,12 @@ def write_world_data(config: PipelineConfig, data_dir: Path) -> dict[str, str]:
             closing_share=world["sft_closing_share"],
         ),
         "eval": prompt_file_rows(eval_prompts(world["eval_prompts_per_family"], config.seed), "eval"),
-        "ppo": prompt_file_rows(sample_prompts(world["ppo_prompts"], config.seed + 7), "ppo"),
+        "ppo": prompt_file_rows(
+            prompt_pool("train")
+            if world["ppo_every_training_prompt"]
+            else sample_prompts(world["ppo_prompts"], config.seed + 7),
+            "ppo",
+        ),
     }
     for v in range(1, config.iterations + 1):
         files[f"collect_v{v}"] = prompt_file_rows(
