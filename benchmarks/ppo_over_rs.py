@@ -10,6 +10,9 @@ approx-KL of about 1e-5 per step), once per judge:
 - ``trained``: the run's own V5 R_h and R_s, as the pipeline's PPO uses them;
 - ``oracle``: the world's gold judges in their place (`builtin:world-helpfulness`, `builtin:world-safety`; the value
   model still starts from R_h), an upper bound on what a better reward model could give PPO.
+- ``lower`` (not run by default): the trained judges with `flagged_reward: lower`, so an answer the safety gate flags
+  on a helpfulness prompt gets the lower of R_s and R_h instead of R_s (`rlhf.rewards.combined_reward`). ``trained``
+  names eq. 3's rule (`flagged_reward: safety`) whatever the run's PPO recipe sets.
 
 Each PPO model answers the run's held-out prompts exactly as the pipeline evaluates V5 (the run's
 ``RLHF-V5/evaluate/recipe.yaml`` with ``--model`` replaced). Figures are per-prompt paired differences on the
@@ -143,9 +146,9 @@ def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -
     if (evaluation / "eval.json").exists():
         return evaluation
     options = [f"--{key}={value}" for key, value in BUDGET.items()] + [f"--prompts_name={prompts}"]
-    if judge == LOWER:
-        options.append("--flagged_reward=lower")
-    elif judge != "trained":
+    # The rule is named, not taken from the run's PPO recipe, which may set either.
+    options.append(f"--flagged_reward={'lower' if judge == LOWER else 'safety'}")
+    if judge not in ("trained", LOWER):
         options += [
             f"--helpfulness_model={gold_helpfulness_judge(judge)}",
             f"--safety_model={WORLD_JUDGES[1]}",
