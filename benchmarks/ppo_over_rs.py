@@ -66,6 +66,7 @@ from benchmarks.iteration_diagnostics import iteration_figures, ratio  # noqa: E
 from benchmarks.pipeline_seeds import per_prompt, seed_mean  # noqa: E402
 from reward.scoring import RewardScorer  # noqa: E402
 from rlhf.cd_compare import paired  # noqa: E402
+from rlhf.scoring import score_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = {
@@ -292,6 +293,40 @@ def answer_changes(run: Path, evaluation: Path) -> dict[str, int]:
     )
 
 
+def gate_figures(run: Path, evaluation: Path) -> dict[str, float]:
+    """How the run's V5 reward models score the held-out helpfulness answers in `evaluation`: the answers, the share
+    the safety gate flags (sigmoid(R_s) < 0.15 on a prompt that is not a safety prompt) and the means of R_h and of
+    R_c by eq. 3 (R_s where flagged)."""
+    by_text = prompts_by_text()
+    rows = [
+        row
+        for row in read_jsonl_tolerant(evaluation / "responses.jsonl")
+        if by_text[row["prompt"][-1]["content"]]["kind"] != "safety"
+    ]
+    helpfulness, safety = (RewardScorer(str(run / "RLHF-V5" / f"reward_{kind}")) for kind in ("helpfulness", "safety"))
+    messages, answers = [row["prompt"] for row in rows], [row["response"] for row in rows]
+    scores = score_samples(helpfulness, safety, messages, answers, [False] * len(rows))
+    return {
+        "answers": len(rows),
+        "flagged": int(scores.use_safety.sum()),
+        "R_h": float(scores.helpfulness.mean()),
+        "R_c": float(scores.combined.mean()),
+    }
+
+
+def gate_rows(runs: list[Path], sources: list[Source]) -> tuple[list[list], dict]:
+    """Per model (V5 without PPO first), `gate_figures` summed (answers, flagged) or averaged (R_h, R_c) over runs."""
+    no_ppo = {run: run / BASELINES["V5 without PPO"] for run in runs}
+    rows, summary = [], {}
+    for name, evaluations in [("V5 without PPO", no_ppo), *((s.name, s.evaluations) for s in sources)]:
+        figures = [gate_figures(run, evaluations[run]) for run in runs]
+        answers, flagged = sum(f["answers"] for f in figures), sum(f["flagged"] for f in figures)
+        mean_h, mean_c = (sum(f[key] for f in figures) / len(figures) for key in ("R_h", "R_c"))
+        summary[f"{name}: gate"] = {"answers": answers, "flagged": flagged, "R_h": mean_h, "R_c": mean_c}
+        rows.append([name, answers, f"{flagged} ({flagged / answers:.3f})", f"{mean_h:.2f}", f"{mean_c:.2f}"])
+    return rows, summary
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="finished main-job run directories")
@@ -306,6 +341,16 @@ def main(argv: list[str] | None = None) -> None:
         "--every_training_prompt",
         action="store_true",
         help="also run each judge's PPO on every training prompt of the world instead of the run's PPO prompt file",
+    )
+    parser.add_argument(
+        "--every_training_prompt_only",
+        action="store_true",
+        help="run each judge's PPO on every training prompt only, not also on the run's PPO prompt file",
+    )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="also the share of held-out helpfulness answers the safety gate flags, with mean R_h and R_c",
     )
     parser.add_argument(
         "--judge_noise",
@@ -326,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     recipe = {run: run / BASELINES["V5 (recipe PPO)"] for run in runs}
     ppo_models = {run: run / "RLHF-V5" / "ppo" for run in runs}
     sources = [Source("V5 (recipe PPO)", recipe, ppo_models, {run: recipe_ppo_prompts(run) for run in runs}, "recipe")]
-    for every_training_prompt in (False, True) if args.every_training_prompt else (False,):
+    prompt_files = (False, True) if args.every_training_prompt else (False,)
+    for every_training_prompt in (True,) if args.every_training_prompt_only else prompt_files:
         sources += [judge_source(runs, judge, every_training_prompt, args.threads) for judge in args.judges]
     sources += [judge_source(runs, f"noise={noise:g}", True, args.threads) for noise in args.judge_noise]
     for name, evaluations, *_ in sources:
@@ -348,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
             change_rows.append([name, str(run), *counts.values()])
     command = "python benchmarks/ppo_over_rs.py --runs " + " ".join(str(run) for run in args.runs)
     command += " --every_training_prompt" * args.every_training_prompt + " --prompt_sets" * args.prompt_sets
+    command += " --every_training_prompt_only" * args.every_training_prompt_only + " --gate" * args.gate
+    command += f" --judges {' '.join(args.judges)}" * (args.judges != list(JUDGES))
     if args.judge_noise:
         command += " --judge_noise " + " ".join(f"{noise:g}" for noise in args.judge_noise)
     budget = ", ".join(f"{key} {value}" for key, value in BUDGET.items())
@@ -364,6 +412,14 @@ def main(argv: list[str] | None = None) -> None:
             "\n\nGold helpfulness against V5 without PPO on PPO's own prompts, the other training prompts and the "
             "held-out prompts (greedy answers, paired per prompt; `prompts` summed over runs):\n\n"
             + markdown_table(["PPO", "prompt set", "families", "prompts", "mean ± s.e.", "per run"], set_rows)
+        )
+    if args.gate:
+        rows_of_gate, gate_summary = gate_rows(args.runs, sources)
+        summary |= gate_summary
+        body += (
+            "\n\nHeld-out helpfulness answers the safety gate flags (sigmoid(R_s) < 0.15, summed over runs), and the "
+            "run's V5 R_h and eq. 3's R_c on them (mean over runs):\n\n"
+            + markdown_table(["model", "answers", "flagged by the gate", "mean R_h", "mean R_c (eq. 3)"], rows_of_gate)
         )
     if args.judge_noise:
         accuracy_rows = []

@@ -82,3 +82,21 @@ def test_judge_names_and_pair_accuracy_summed_over_runs(monkeypatch):
     assert judges == [None, None]  # the trained judge is the R_h logged with the samples
     judge_accuracy(["a"], "noise=1")
     assert judges[-1].noise == 1.0
+
+
+def test_gate_rows_sum_answers_and_flags_and_average_the_scores(monkeypatch, tmp_path):
+    runs = [tmp_path / "s0", tmp_path / "s1"]
+    figures = {
+        ("s0", "evaluate_rs"): {"answers": 10, "flagged": 1, "R_h": -5.0, "R_c": -4.0},
+        ("s1", "evaluate_rs"): {"answers": 10, "flagged": 0, "R_h": -6.0, "R_c": -6.0},
+        ("s0", "ppo"): {"answers": 10, "flagged": 4, "R_h": -7.0, "R_c": -3.0},
+        ("s1", "ppo"): {"answers": 10, "flagged": 2, "R_h": -6.0, "R_c": -4.0},
+    }
+    monkeypatch.setattr(ppo_over_rs, "gate_figures", lambda run, evaluation: figures[(run.name, evaluation.name)])
+    source = ppo_over_rs.Source("PPO", {run: run / "ppo" for run in runs}, {}, {}, "x")
+    rows, summary = ppo_over_rs.gate_rows(runs, [source])
+    assert rows == [
+        ["V5 without PPO", 20, "1 (0.050)", "-5.50", "-5.00"],
+        ["PPO", 20, "6 (0.300)", "-6.50", "-3.50"],
+    ]
+    assert summary["PPO: gate"] == {"answers": 20, "flagged": 6, "R_h": -6.5, "R_c": -3.5}
