@@ -32,8 +32,8 @@ def selection_rank(row: dict) -> tuple[bool, float]:
     R_c puts a flagged answer on R_s's scale (below logit(0.15) = -1.73) and the others on R_h's, which is
     not calibrated to it: in the committed tiny run, on the 32 RLHF-V1 prompts with both kinds of samples,
     a flagged answer won 6 times, because R_h scored every unflagged rival lower. Picking an answer R_s
-    calls unsafe while one it does not is at hand contradicts the gate's purpose; PPO keeps the paper's R_c
-    (the flagged answer's low R_s is its penalty there).
+    calls unsafe while one it does not is at hand contradicts the gate's purpose. PPO's counterpart is
+    `flagged_reward: lower` (`rlhf.rewards.combined_reward`): with eq. 3's R_c, PPO learnt to be flagged.
     """
     return (flagged_unsafe(row), -row["r_c"])
 
