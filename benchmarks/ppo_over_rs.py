@@ -13,6 +13,9 @@ approx-KL of about 1e-5 per step), once per judge:
 - ``lower`` (not run by default): the trained judges with `flagged_reward: lower`, so an answer the safety gate flags
   on a helpfulness prompt gets the lower of R_s and R_h instead of R_s (`rlhf.rewards.combined_reward`). ``trained``
   names eq. 3's rule (`flagged_reward: safety`) whatever the run's PPO recipe sets.
+- ``other-seed`` (not run by default): ``lower`` with R_h trained on the run's V5 comparisons from the next run's SFT
+  model instead of its own (`other_seed_reward_model`, into ``<run>/ppo_over_rs/members/``); the value model still
+  starts from the run's R_h. Its pair accuracy on V5's samples is reported with the judges'.
 
 Each PPO model answers the run's held-out prompts exactly as the pipeline evaluates V5 (the run's
 ``RLHF-V5/evaluate/recipe.yaml`` with ``--model`` replaced). Figures are per-prompt paired differences on the
@@ -85,6 +88,8 @@ JUDGES = ("trained", "oracle")
 # The trained judges with `flagged_reward: lower`: an answer the safety gate flags on a helpfulness prompt gets the
 # lower of R_s and R_h, not R_s (rlhf.rewards.combined_reward).
 LOWER = "lower"
+# `LOWER` with R_h trained on the run's V5 comparisons from the next run's SFT model (`other_seed_reward_model`).
+OTHER_SEED = "other-seed"
 BASELINES = {"V5 without PPO": "RLHF-V5/evaluate_rs", "V5 (recipe PPO)": "RLHF-V5/evaluate", "SFT": "SFT/evaluate"}
 METRICS = ("gold helpfulness", "correct-fact rate")
 PROMPT_SETS = ("PPO's prompts", "other training prompts", "held-out prompts")
@@ -114,7 +119,12 @@ def judge_source(runs: list[Path], judge: str, every_training_prompt: bool, thre
     folder = f"{judge}-every-training-prompt" if every_training_prompt else judge
     name = f"PPO x10{' on every training prompt' if every_training_prompt else ''}, {judge} judges"
     prompts = {run: training_prompts_file(run) if every_training_prompt else recipe_ppo_prompts(run) for run in runs}
-    evaluations = {run: run_judge(run, judge, threads, folder, prompts[run]) for run in runs}
+    evaluations = {
+        run: run_judge(run, judge, threads, folder, prompts[run], other_seed_reward_model(run, runs, threads))
+        if judge == OTHER_SEED
+        else run_judge(run, judge, threads, folder, prompts[run])
+        for run in runs
+    }
     return Source(name, evaluations, {run: e.parent / "ppo" for run, e in evaluations.items()}, prompts, folder)
 
 
@@ -124,13 +134,29 @@ def gold_helpfulness_judge(judge: str) -> str:
     return WORLD_JUDGES[0] if judge == "oracle" else f"{WORLD_JUDGES[0]}+{judge}"
 
 
-def judge_accuracy(runs: list[Path], judge: str) -> dict[str, tuple[int, int]]:
+def other_seed_reward_model(run: Path, runs: list[Path], threads: int) -> Path:
+    """R_h trained once on `run`'s V5 comparisons with its V5 R_h's recipe, but from the SFT model of the run after it
+    in `runs` (cyclically): SFT on other demonstrations, so its likely wrong answers are not the policy's."""
+    other = runs[(runs.index(run) + 1) % len(runs)]
+    out = run / "ppo_over_rs" / "members" / f"sft-of-{other.name}"
+    if not (out / "stage_complete.json").exists():
+        reward = [sys.executable, str(REPO / "recipes" / "reward.py")]
+        reward += ["--config", str(run / "RLHF-V5" / "reward_helpfulness" / "recipe.yaml")]
+        reward += ["--model_name_or_path", str(other / "SFT" / "sft"), "--output_dir", str(out)]
+        subprocess.run(reward, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        atomic_write_text(out / "stage_complete.json", "{}\n")
+    return out
+
+
+def judge_accuracy(runs: list[Path], judge: str, threads: int = 1) -> dict[str, tuple[int, int]]:
     """How often `judge` orders two of V5's rejection-sampling samples (the V4 policy's own answers to one training
     prompt) as gold does, summed over runs: {pair group of `iteration_diagnostics`, or "all": (right, pairs)}.
-    "trained" is each run's V5 R_h, as logged with the samples."""
+    "trained" is each run's V5 R_h, as logged with the samples; `OTHER_SEED` the run's `other_seed_reward_model`."""
     scorer = None if judge == "trained" else world_judge(gold_helpfulness_judge(judge))
     right, pairs = Counter(), Counter()
     for run in runs:
+        if judge == OTHER_SEED:
+            scorer = RewardScorer(str(other_seed_reward_model(run, runs, threads)))
         figures = iteration_figures(run, 5, scorer)
         for group, (hits, total) in figures["pairs"].items():
             for key in (group, "all"):
@@ -139,17 +165,22 @@ def judge_accuracy(runs: list[Path], judge: str) -> dict[str, tuple[int, int]]:
     return {group: (right[group], pairs[group]) for group in pairs}
 
 
-def run_judge(run: Path, judge: str, threads: int, folder: str, prompts: Path) -> Path:
-    """PPO from the run's V5 RS model with `judge` on `prompts`, then the pipeline's V5 evaluation of it; returns
-    the eval dir."""
+def run_judge(
+    run: Path, judge: str, threads: int, folder: str, prompts: Path, helpfulness_model: Path | None = None
+) -> Path:
+    """PPO from the run's V5 RS model with `judge` on `prompts` (`OTHER_SEED`: R_h is `helpfulness_model`), then the
+    pipeline's V5 evaluation of it; returns the eval dir."""
     out = run / "ppo_over_rs" / folder
     evaluation = out / "eval"
     if (evaluation / "eval.json").exists():
         return evaluation
     options = [f"--{key}={value}" for key, value in BUDGET.items()] + [f"--prompts_name={prompts}"]
     # The rule is named, not taken from the run's PPO recipe, which may set either.
-    options.append(f"--flagged_reward={'lower' if judge == LOWER else 'safety'}")
-    if judge not in ("trained", LOWER):
+    options.append(f"--flagged_reward={'lower' if judge in (LOWER, OTHER_SEED) else 'safety'}")
+    if judge == OTHER_SEED:
+        own = run / "RLHF-V5" / "reward_helpfulness"
+        options += [f"--helpfulness_model={helpfulness_model}", f"--value_model_name_or_path={own}"]
+    elif judge not in ("trained", LOWER):
         options += [
             f"--helpfulness_model={gold_helpfulness_judge(judge)}",
             f"--safety_model={WORLD_JUDGES[1]}",
@@ -330,7 +361,7 @@ def gate_rows(runs: list[Path], sources: list[Source]) -> tuple[list[list], dict
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="finished main-job run directories")
-    parser.add_argument("--judges", nargs="+", choices=(*JUDGES, LOWER), default=list(JUDGES))
+    parser.add_argument("--judges", nargs="+", choices=(*JUDGES, LOWER, OTHER_SEED), default=list(JUDGES))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each PPO and evaluation process")
     parser.add_argument(
         "--prompt_sets",
@@ -421,11 +452,12 @@ def main(argv: list[str] | None = None) -> None:
             "run's V5 R_h and eq. 3's R_c on them (mean over runs):\n\n"
             + markdown_table(["model", "answers", "flagged by the gate", "mean R_h", "mean R_c (eq. 3)"], rows_of_gate)
         )
-    if args.judge_noise:
+    if args.judge_noise or OTHER_SEED in args.judges:
         accuracy_rows = []
         judges = ["trained", "oracle"] + [f"noise={noise:g}" for noise in args.judge_noise]
+        judges += [OTHER_SEED] * (OTHER_SEED in args.judges)
         for judge in judges:
-            pairs = judge_accuracy(runs, judge)
+            pairs = judge_accuracy(runs, judge, args.threads)
             gain = summary.get(f"PPO x10 on every training prompt, {judge} judges - V5 without PPO: gold helpfulness")
             summary[f"{judge}: pair accuracy on V5's RS samples"] = pairs
             accuracy_rows.append(

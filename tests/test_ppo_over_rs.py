@@ -100,3 +100,20 @@ def test_gate_rows_sum_answers_and_flags_and_average_the_scores(monkeypatch, tmp
         ["PPO", 20, "6 (0.300)", "-6.50", "-3.50"],
     ]
     assert summary["PPO: gate"] == {"answers": 20, "flagged": 6, "R_h": -6.5, "R_c": -3.5}
+
+
+def test_each_judge_names_its_gate_rule_and_reward_models(monkeypatch, tmp_path):
+    commands = []
+    monkeypatch.setattr(ppo_over_rs.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    monkeypatch.setattr(ppo_over_rs, "evaluate_model", lambda run, model, evaluation, threads: evaluation)
+    run, prompts, other = tmp_path / "s0", tmp_path / "p.jsonl", tmp_path / "s0" / "members" / "sft-of-s1"
+    own = run / "RLHF-V5" / "reward_helpfulness"
+    for judge in ("trained", "lower", "oracle"):
+        ppo_over_rs.run_judge(run, judge, 1, judge, prompts)
+    ppo_over_rs.run_judge(run, ppo_over_rs.OTHER_SEED, 1, "o", prompts, other)
+    options = [{arg for arg in command if arg.startswith("--") and "=" in arg} for command in commands]
+    assert "--flagged_reward=safety" in options[0] and not any("_model" in o for o in options[0])
+    assert "--flagged_reward=lower" in options[1] and not any("_model" in o for o in options[1])
+    assert {"--flagged_reward=safety", "--helpfulness_model=builtin:world-helpfulness"} <= options[2]
+    assert {"--flagged_reward=lower", f"--helpfulness_model={other}", f"--value_model_name_or_path={own}"} <= options[3]
+    assert not any(o.startswith("--safety_model") for o in options[3])  # the run's own R_s
