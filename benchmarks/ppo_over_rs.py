@@ -152,7 +152,7 @@ def judge_accuracy(runs: list[Path], judge: str, threads: int = 1) -> dict[str, 
     """How often `judge` orders two of V5's rejection-sampling samples (the V4 policy's own answers to one training
     prompt) as gold does, summed over runs: {pair group of `iteration_diagnostics`, or "all": (right, pairs)}.
     "trained" is each run's V5 R_h, as logged with the samples; `OTHER_SEED` the run's `other_seed_reward_model`."""
-    scorer = None if judge == "trained" else world_judge(gold_helpfulness_judge(judge))
+    scorer = None if judge in ("trained", OTHER_SEED) else world_judge(gold_helpfulness_judge(judge))
     right, pairs = Counter(), Counter()
     for run in runs:
         if judge == OTHER_SEED:

@@ -82,6 +82,11 @@ def test_judge_names_and_pair_accuracy_summed_over_runs(monkeypatch):
     assert judges == [None, None]  # the trained judge is the R_h logged with the samples
     judge_accuracy(["a"], "noise=1")
     assert judges[-1].noise == 1.0
+    # other-seed: each run is scored by its own other-seed R_h, not by a builtin judge.
+    monkeypatch.setattr(ppo_over_rs, "other_seed_reward_model", lambda run, runs, threads: f"rm-of-{run}")
+    monkeypatch.setattr(ppo_over_rs, "RewardScorer", lambda path: path)
+    assert judge_accuracy(["a", "b"], ppo_over_rs.OTHER_SEED)["all"] == (6, 8)
+    assert judges[-2:] == ["rm-of-a", "rm-of-b"]
 
 
 def test_gate_rows_sum_answers_and_flags_and_average_the_scores(monkeypatch, tmp_path):
@@ -115,5 +120,6 @@ def test_each_judge_names_its_gate_rule_and_reward_models(monkeypatch, tmp_path)
     assert "--flagged_reward=safety" in options[0] and not any("_model" in o for o in options[0])
     assert "--flagged_reward=lower" in options[1] and not any("_model" in o for o in options[1])
     assert {"--flagged_reward=safety", "--helpfulness_model=builtin:world-helpfulness"} <= options[2]
-    assert {"--flagged_reward=lower", f"--helpfulness_model={other}", f"--value_model_name_or_path={own}"} <= options[3]
+    expected = {"--flagged_reward=lower", f"--helpfulness_model={other}", f"--value_model_name_or_path={own}"}
+    assert expected <= options[3]
     assert not any(o.startswith("--safety_model") for o in options[3])  # the run's own R_s
