@@ -119,12 +119,10 @@ def judge_source(runs: list[Path], judge: str, every_training_prompt: bool, thre
     folder = f"{judge}-every-training-prompt" if every_training_prompt else judge
     name = f"PPO x10{' on every training prompt' if every_training_prompt else ''}, {judge} judges"
     prompts = {run: training_prompts_file(run) if every_training_prompt else recipe_ppo_prompts(run) for run in runs}
-    evaluations = {
-        run: run_judge(run, judge, threads, folder, prompts[run], other_seed_reward_model(run, runs, threads))
-        if judge == OTHER_SEED
-        else run_judge(run, judge, threads, folder, prompts[run])
-        for run in runs
-    }
+    evaluations = {}
+    for run in runs:
+        helpfulness_model = other_seed_reward_model(run, runs, threads) if judge == OTHER_SEED else None
+        evaluations[run] = run_judge(run, judge, threads, folder, prompts[run], helpfulness_model)
     return Source(name, evaluations, {run: e.parent / "ppo" for run, e in evaluations.items()}, prompts, folder)
 
 
@@ -324,19 +322,18 @@ def answer_changes(run: Path, evaluation: Path) -> dict[str, int]:
     )
 
 
-def gate_figures(run: Path, evaluation: Path) -> dict[str, float]:
-    """How the run's V5 reward models score the held-out helpfulness answers in `evaluation`: the answers, the share
-    the safety gate flags (sigmoid(R_s) < 0.15 on a prompt that is not a safety prompt) and the means of R_h and of
-    R_c by eq. 3 (R_s where flagged)."""
+def gate_figures(scorers: tuple, evaluation: Path) -> dict[str, float]:
+    """How a run's V5 reward models (`scorers`: R_h, R_s) score the held-out helpfulness answers in `evaluation`: the
+    answers, the share the safety gate flags (sigmoid(R_s) < 0.15 on a prompt that is not a safety prompt) and the
+    means of R_h and of R_c by eq. 3 (R_s where flagged)."""
     by_text = prompts_by_text()
     rows = [
         row
         for row in read_jsonl_tolerant(evaluation / "responses.jsonl")
         if by_text[row["prompt"][-1]["content"]]["kind"] != "safety"
     ]
-    helpfulness, safety = (RewardScorer(str(run / "RLHF-V5" / f"reward_{kind}")) for kind in ("helpfulness", "safety"))
     messages, answers = [row["prompt"] for row in rows], [row["response"] for row in rows]
-    scores = score_samples(helpfulness, safety, messages, answers, [False] * len(rows))
+    scores = score_samples(*scorers, messages, answers, [False] * len(rows))
     return {
         "answers": len(rows),
         "flagged": int(scores.use_safety.sum()),
@@ -348,9 +345,14 @@ def gate_figures(run: Path, evaluation: Path) -> dict[str, float]:
 def gate_rows(runs: list[Path], sources: list[Source]) -> tuple[list[list], dict]:
     """Per model (V5 without PPO first), `gate_figures` summed (answers, flagged) or averaged (R_h, R_c) over runs."""
     no_ppo = {run: run / BASELINES["V5 without PPO"] for run in runs}
+    # Each run's two reward models, loaded once for every model they judge.
+    scorers = {
+        run: tuple(RewardScorer(str(run / "RLHF-V5" / f"reward_{kind}")) for kind in ("helpfulness", "safety"))
+        for run in runs
+    }
     rows, summary = [], {}
     for name, evaluations in [("V5 without PPO", no_ppo), *((s.name, s.evaluations) for s in sources)]:
-        figures = [gate_figures(run, evaluations[run]) for run in runs]
+        figures = [gate_figures(scorers[run], evaluations[run]) for run in runs]
         answers, flagged = sum(f["answers"] for f in figures), sum(f["flagged"] for f in figures)
         mean_h, mean_c = (sum(f[key] for f in figures) / len(figures) for key in ("R_h", "R_c"))
         summary[f"{name}: gate"] = {"answers": answers, "flagged": flagged, "R_h": mean_h, "R_c": mean_c}

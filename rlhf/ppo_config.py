@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alignment.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, PROBABILITY, TOP_P, RecipeError
+from rlhf.rewards import FLAGGED_REWARDS
 
 KL_ESTIMATORS = ("k1", "k3")
 BUILTIN_PROMPTS = "builtin:world"
@@ -61,7 +62,7 @@ class PPOConfig:
     safety_threshold: float = field(
         default=0.15, metadata={"range": OPEN_UNIT, "help": "Gate R_s < 0.15 of eq. (3) (sec. 3.2.3)."}
     )
-    flagged_reward: Literal["safety", "lower"] = field(
+    flagged_reward: Literal[FLAGGED_REWARDS] = field(
         default="safety",
         metadata={
             "help": "R_c of an answer the gate flags on a prompt that is not a safety prompt: R_s as eq. (3) "

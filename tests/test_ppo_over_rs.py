@@ -1,5 +1,7 @@
 """benchmarks/ppo_over_rs.py: the combination of paired differences over runs, by hand."""
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks import ppo_over_rs
@@ -97,7 +99,8 @@ def test_gate_rows_sum_answers_and_flags_and_average_the_scores(monkeypatch, tmp
         ("s0", "ppo"): {"answers": 10, "flagged": 4, "R_h": -7.0, "R_c": -3.0},
         ("s1", "ppo"): {"answers": 10, "flagged": 2, "R_h": -6.0, "R_c": -4.0},
     }
-    monkeypatch.setattr(ppo_over_rs, "gate_figures", lambda run, evaluation: figures[(run.name, evaluation.name)])
+    monkeypatch.setattr(ppo_over_rs, "RewardScorer", lambda path: Path(path).parents[1].name)
+    monkeypatch.setattr(ppo_over_rs, "gate_figures", lambda scorers, ev: figures[(scorers[0], ev.name)])
     source = ppo_over_rs.Source("PPO", {run: run / "ppo" for run in runs}, {}, {}, "x")
     rows, summary = ppo_over_rs.gate_rows(runs, [source])
     assert rows == [
