@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import re
 import subprocess
@@ -95,7 +96,7 @@ def finish(process: subprocess.Popen, log: Path) -> dict:
 
 def parameters(model_dir: Path) -> int:
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as weights:
-        return sum(weights.get_slice(name).get_shape().numel() for name in weights.keys())
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
 
 
 def main() -> None:
@@ -170,7 +171,7 @@ def main() -> None:
     )
     command = f"python benchmarks/reward_train_speed.py --run {args.run} --pairs {args.pairs}"
     body = (
-        f"Command: `{command}` ({os.cpu_count()} cores, one case at a time, nothing else running). The run's V5 R_h "
+        f"Command: `{command}` ({os.cpu_count()} cores, one case at a time). The run's V5 R_h "
         f"({size:,} parameters, {tokens_per_pair:.1f} tokens per pair) trained on {args.pairs} comparisons per case; "
         f"seconds are the training loop's. fp32 matmul peak measured in this run: {peaks[1] / 1e9:.0f} GFLOP/s at "
         f"one thread, {peaks[2] / 1e9:.0f} at two. The two processes side by side took {beside_wall:.1f} s of wall "
