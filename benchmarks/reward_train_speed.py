@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import math
 import os
 import re
@@ -86,9 +85,10 @@ def start(command: list[str], threads: int, log: Path) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, log: Path) -> dict:
-    if process.wait() != 0:
-        raise SystemExit(f"a benchmark case failed; its log: {log}")
-    text = log.read_text(errors="replace")
+    text = log.read_text(errors="replace") if process.wait() == 0 else None
+    if text is None:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"a benchmark case failed; the end of its log:\n{tail}")
     metrics = ast.literal_eval(METRICS_LINE.findall(text)[-1])
     tokens = TOKENS.findall(text)
     return {"seconds": float(metrics["train_runtime"]), "tokens": float(tokens[-1]) if tokens else None}
@@ -109,36 +109,35 @@ def main() -> None:
     for model in ("helpfulness", "safety"):
         if not (run / "RLHF-V5" / f"reward_{model}" / "recipe.yaml").is_file():
             raise SystemExit(f"{run}: no RLHF-V5/reward_{model}/recipe.yaml; is it a finished main-job run?")
-    scratch = Path(tempfile.mkdtemp(prefix="reward_train_speed_"))
+    with tempfile.TemporaryDirectory(prefix="reward_train_speed_") as scratch:
 
-    def case(name: str, model: str, threads: int, batch: int = 8, processes: int = 1) -> dict:
-        log = scratch / f"{name.replace(' ', '_')}.log"
-        out = scratch / name.replace(" ", "_")
-        command = reward_command(run, model, out, args.pairs // batch, batch, processes)
-        result = finish(start(command, threads, log), log)
-        return {**result, "threads": threads, "processes": processes, "out": out}
+        def launch(name: str, model: str, threads: int, batch: int = 8, processes: int = 1) -> dict:
+            slug = name.replace(" ", "_")
+            log, out = Path(scratch) / f"{slug}.log", Path(scratch) / slug
+            command = reward_command(run, model, out, args.pairs // batch, batch, processes)
+            return {"process": start(command, threads, log), "log": log, "threads": threads, "processes": processes}
 
-    results = {
-        "baseline": case("baseline", "helpfulness", 2),
-        "one thread": case("one thread", "helpfulness", 1),
-        "16 pairs per step": case("16 pairs per step", "helpfulness", 2, batch=16),
-        "DDP, 2 x 1 thread": case("ddp", "helpfulness", 1, processes=2),
-        "R_s baseline": case("safety baseline", "safety", 2),
-    }
-    logs = {model: scratch / f"beside_{model}.log" for model in ("helpfulness", "safety")}
-    began = time.perf_counter()
-    processes = {
-        model: start(reward_command(run, model, scratch / f"beside_{model}", args.pairs // 8, 8, 1), 1, logs[model])
-        for model in logs
-    }
-    beside = {model: finish(process, logs[model]) for model, process in processes.items()}
-    beside_wall = time.perf_counter() - began
+        def case(*spec, **options) -> dict:
+            launched = launch(*spec, **options)
+            return {**finish(launched["process"], launched["log"]), **launched}
 
-    peaks = {threads: None for threads in (1, 2)}
-    for threads in peaks:
+        results = {
+            "baseline": case("baseline", "helpfulness", 2),
+            "one thread": case("one thread", "helpfulness", 1),
+            "16 pairs per step": case("16 pairs per step", "helpfulness", 2, batch=16),
+            "DDP, 2 x 1 thread": case("ddp", "helpfulness", 1, processes=2),
+            "R_s baseline": case("safety baseline", "safety", 2),
+        }
+        began = time.perf_counter()
+        side_by_side = {model: launch(f"beside {model}", model, 1) for model in ("helpfulness", "safety")}
+        beside = {model: finish(job["process"], job["log"]) for model, job in side_by_side.items()}
+        beside_wall = time.perf_counter() - began
+        size = parameters(Path(scratch) / "baseline")
+
+    peaks = {}
+    for threads in (1, 2):
         torch.set_num_threads(threads)
         peaks[threads] = measure_matmul_peak()
-    size = parameters(results["baseline"]["out"])
     tokens_per_pair = results["baseline"]["tokens"] / args.pairs
     base_seconds = results["baseline"]["seconds"]
 
@@ -182,9 +181,6 @@ def main() -> None:
         )
     )
     print(body)
-    (scratch / "results.json").write_text(
-        json.dumps({k: {**v, "out": str(v["out"])} for k, v in results.items()} | {"beside": beside}, indent=1)
-    )
     if not args.no_write:
         write_section("Reward-model training on two cores (issue 14, 2026-12-01, fifth session)", body)
 
